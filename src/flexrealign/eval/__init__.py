@@ -1,0 +1,1 @@
+"""Evaluation harness: benchmark loading (`benchmarks`) and answer grading (`grading`)."""

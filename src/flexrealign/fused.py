@@ -1,0 +1,140 @@
+"""The interface that InRaModel and DeRa share: two paths, one forward, logits fused per row with lam."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, PretrainedConfig
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from flexrealign.fusion import ALIGNED, REF, LamLike, as_lam_tensor, fuse_paths, needed_paths
+
+BOTH = "both"  # a cache holding the two paths stacked on the batch axis: rows [aligned; ref]
+
+
+class PathCache:
+    """Key/value caches of a two-path model, one Hugging Face cache per part.
+
+    `paths` are the paths this cache serves; a later call that needs another path is an error, because that
+    path's cache would be missing the earlier tokens.
+    """
+
+    def __init__(self, paths: Iterable[str], caches: dict[str, DynamicCache]) -> None:
+        self.paths = tuple(paths)
+        self.caches = caches
+
+    def __getitem__(self, part: str) -> DynamicCache:
+        return self.caches[part]
+
+    def get_seq_length(self) -> int:
+        return max((c.get_seq_length() for c in self.caches.values()), default=0)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (B',) in every cache, in place (a server drops finished requests)."""
+        batch = None
+        for part, cache in self.caches.items():
+            if part == BOTH:
+                batch = cache.layers[0].keys.shape[0] // 2 if batch is None else batch
+                cache.batch_select_indices(torch.cat([rows, rows + batch]))
+            else:
+                cache.batch_select_indices(rows)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged over labels != -100 (Hugging Face convention)."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])  # (B*(T-1), V)
+    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)  # (B*(T-1),)
+    return F.cross_entropy(shift_logits.float(), shift_labels, ignore_index=-100)
+
+
+def default_position_ids(input_ids: torch.Tensor, cache: PathCache | None) -> torch.Tensor:
+    """Positions past the cached tokens, as Hugging Face models compute them when none are given."""
+    past = cache.get_seq_length() if cache is not None else 0
+    return torch.arange(past, past + input_ids.shape[1], device=input_ids.device).unsqueeze(0)  # (1, T)
+
+
+class FusedCausalLM(nn.Module):
+    """Base class: subclasses compute each path's logits; this class handles lam, caches, fusion and loss."""
+
+    config: PretrainedConfig
+
+    def _path_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        cache: PathCache | None,
+        paths: tuple[str, ...],
+        logits_to_keep: int,
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def new_cache(self, paths: Iterable[str]) -> PathCache:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        lam: LamLike = 1.0,
+        past_key_values: PathCache | None = None,
+        use_cache: bool = False,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+        paths: Iterable[str] | None = None,
+        **unused: object,
+    ) -> CausalLMOutputWithPast:
+        """Run the paths that `lam` needs and return fused fp32 logits (B, T, V) (or the last `logits_to_keep`).
+
+        lam: a float or one value per row, any finite real. Rows at lam == 0 get the reference logits and rows
+        at lam == 1 the aligned logits exactly; a batch where every row is 0 (or 1) runs one path only.
+        paths: force the paths to compute (a generation whose lam changes mid-way needs both from the start).
+        """
+        lam_t = as_lam_tensor(lam, input_ids.shape[0], input_ids.device)  # (B,)
+        paths = self._resolve_paths(lam_t, past_key_values, paths)
+        cache = past_key_values
+        if use_cache and cache is None:
+            cache = self.new_cache(paths)
+        if position_ids is None:
+            position_ids = default_position_ids(input_ids, cache)
+        logits = self._path_logits(input_ids, attention_mask, position_ids, cache, paths, logits_to_keep)
+        fused = fuse_paths(logits, lam_t)  # (B, T, V) fp32
+        loss = causal_lm_loss(fused, labels) if labels is not None else None
+        return CausalLMOutputWithPast(loss=loss, logits=fused, past_key_values=cache if use_cache else None)
+
+    @staticmethod
+    def _resolve_paths(
+        lam: torch.Tensor, cache: PathCache | None, paths: Iterable[str] | None
+    ) -> tuple[str, ...]:
+        need = needed_paths(lam)
+        if paths is not None:
+            given = set(paths)
+            if not given or given - {REF, ALIGNED}:
+                raise ValueError(
+                    f"paths must be a non-empty subset of ('ref', 'aligned'), got {sorted(given)}"
+                )
+            paths = tuple(p for p in (REF, ALIGNED) if p in given)
+        if cache is not None:
+            paths = cache.paths if paths is None else paths
+            if not set(paths) <= set(cache.paths):
+                raise ValueError(f"the cache holds paths {cache.paths} but {paths} were requested")
+        paths = need if paths is None else paths
+        missing = set(need) - set(paths)
+        if missing:
+            raise ValueError(
+                f"lam={lam.tolist()} needs the {sorted(missing)} path(s), which this call does not compute; "
+                "start the generation with paths=('ref', 'aligned') when lam changes mid-way"
+            )
+        return paths

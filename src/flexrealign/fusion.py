@@ -1,0 +1,95 @@
+"""Logit fusion (the paper's Eq. 5): pi_hat = softmax(lam * h_aligned + (1 - lam) * h_ref), per token, in fp32."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+LamLike = float | int | Sequence[float] | torch.Tensor
+
+REF, ALIGNED = "ref", "aligned"
+
+
+def as_lam_tensor(lam: LamLike, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Validate `lam` and return it as an fp32 tensor of shape (B,).
+
+    A scalar applies to every row; a sequence or tensor gives one lam per row. Any finite real is valid:
+    lam > 1 extrapolates past the aligned model and lam < 0 moves away from it.
+    """
+    if isinstance(lam, bool):
+        raise ValueError(f"lam must be a finite real number, got the bool {lam!r}")
+    if isinstance(lam, (int, float)):
+        if not math.isfinite(lam):
+            raise ValueError(f"lam must be a finite real number, got {lam!r}")
+        return torch.full((batch_size,), float(lam), dtype=torch.float32, device=device)
+    t = torch.as_tensor(lam, dtype=torch.float32, device=device).reshape(-1)  # (B,)
+    if t.numel() == 1:
+        t = t.expand(batch_size).clone()
+    if t.shape != (batch_size,):
+        raise ValueError(
+            f"lam must be a scalar or have one value per row ({batch_size}), got shape {tuple(t.shape)}"
+        )
+    if not torch.isfinite(t).all():
+        bad = [float(x) for x in t[~torch.isfinite(t)].tolist()]
+        raise ValueError(f"lam must be finite for every row, got {bad}")
+    return t
+
+
+def fuse_logits(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, lam: LamLike) -> torch.Tensor:
+    """Return lam * aligned + (1 - lam) * ref in fp32, per row of the leading (batch) axis.
+
+    Rows with lam == 0 return the reference logits and rows with lam == 1 the aligned logits bit for bit,
+    so those two settings reproduce the underlying models exactly (also where a logit is -inf).
+    """
+    if ref_logits.shape != aligned_logits.shape:
+        raise ValueError(
+            f"ref and aligned logits must have the same shape, got {tuple(ref_logits.shape)} "
+            f"and {tuple(aligned_logits.shape)} (do the two models share a vocabulary?)"
+        )
+    if ref_logits.dim() < 1:
+        raise ValueError("logits must have at least one (vocabulary) axis")
+    batch = ref_logits.shape[0] if ref_logits.dim() > 1 else 1
+    lam_t = as_lam_tensor(lam, batch, ref_logits.device)  # (B,)
+    lam_b = (
+        lam_t.view(-1, *([1] * (ref_logits.dim() - 1))) if ref_logits.dim() > 1 else lam_t
+    )  # (B, 1, ..., 1)
+    ref32, aligned32 = ref_logits.float(), aligned_logits.float()
+    fused = lam_b * aligned32 + (1.0 - lam_b) * ref32
+    fused = torch.where(lam_b == 0, ref32, fused)
+    return torch.where(lam_b == 1, aligned32, fused)
+
+
+def needed_paths(lam: torch.Tensor) -> tuple[str, ...]:
+    """Which forward paths a batch needs: rows at lam == 0 need only ref, rows at lam == 1 only aligned."""
+    paths = []
+    if bool((lam != 1).any()):
+        paths.append(REF)
+    if bool((lam != 0).any()):
+        paths.append(ALIGNED)
+    return tuple(paths)
+
+
+def fuse_paths(logits: dict[str, torch.Tensor], lam: torch.Tensor) -> torch.Tensor:
+    """Fuse whichever paths were computed; a single path is only valid when every row's lam selects it."""
+    if REF in logits and ALIGNED in logits:
+        return fuse_logits(logits[REF], logits[ALIGNED], lam)
+    (path,) = logits.keys()
+    want = 0.0 if path == REF else 1.0
+    if bool((lam != want).any()):
+        raise ValueError(
+            f"only the {path} path was computed, which serves lam == {want} alone; got lam={lam.tolist()}"
+        )
+    return logits[path].float()
+
+
+def mask_untokenized(logits: torch.Tensor, num_tokens: int | None) -> torch.Tensor:
+    """Set logits of vocabulary rows past the tokenizer to -inf, in place, so they are never sampled.
+
+    Qwen-family models pad the embedding matrix (e.g. 151,936 rows for ~151,665 tokens); those rows decode
+    to nothing and must not be produced.
+    """
+    if num_tokens is not None and logits.shape[-1] > num_tokens:
+        logits[..., num_tokens:] = float("-inf")
+    return logits
