@@ -355,7 +355,7 @@ def chat(
         if lam_turns is not None:
             kwargs["lam_turns"] = lam_turns
         out = generate(model, tokenizer, [chats[i] for i in live], **kwargs)
-        for i, text in zip(live, out.texts):
+        for i, text in zip(live, out.texts, strict=True):
             chats[i].append({"role": "assistant", "content": text})
     return chats
 
