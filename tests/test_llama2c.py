@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_path
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from conftest import shared_path
 from flexrealign.llama2c import convert_llama2c, read_llama2c
 
 LILY = "Once upon a time, there was a little girl named Lily"
