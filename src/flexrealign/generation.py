@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from flexrealign.fused import FusedCausalLM
+from flexrealign.fused import FusedCausalLM, PathCache
 from flexrealign.fusion import ALIGNED, REF, as_lam_tensor, mask_untokenized, needed_paths
 from flexrealign.sampling import row_generators, sample_next
 
@@ -99,6 +99,13 @@ def left_pad(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[t
         input_ids[i, width - len(row) :] = torch.tensor(row)
         mask[i, width - len(row) :] = 1
     return input_ids.to(device), mask.to(device)
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that fills left padding (masked out, so any valid id works): pad, else EOS, else 0."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id or 0
 
 
 def eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -213,6 +220,7 @@ def generate(
     lam_turns: Sequence[float] | None = None,
     chat_template_kwargs: dict | None = None,
     batch_size: int | None = None,
+    ignore_eos: bool = False,
 ) -> GenerationResult:
     """Generate a completion for each prompt (a string, or a list of chat messages rendered by the chat template).
 
@@ -222,16 +230,17 @@ def generate(
     temperature 0 is greedy; top_k 0 and top_p 1 disable those filters; seed makes sampling reproducible.
     stop: strings that end a completion (not included in the text). stream(index, text_delta) is called as
       text is produced. batch_size splits many prompts into batches of that size.
+    ignore_eos: keep generating past EOS up to max_new_tokens (for benchmarks, as in vLLM).
     """
     prompts = [prompts] if isinstance(prompts, str) or _is_messages(prompts) else list(prompts)
     specs = _lam_specs(model, prompts, lam, lam_turns)
-    _check_sampling(max_new_tokens, temperature, top_p, top_k)
+    check_sampling(max_new_tokens, temperature, top_p, top_k)
     size = batch_size or len(prompts)
     parts = [
         _generate_batch(
             model, tokenizer, prompts[i : i + size], specs[i : i + size], max_new_tokens,
             (temperature, top_p, top_k), None if seed is None else seed + i, list(stop or ()),
-            _offset_stream(stream, i), chat_template_kwargs,
+            _offset_stream(stream, i), chat_template_kwargs, ignore_eos,
         )
         for i in range(0, len(prompts), size)
     ]  # fmt: skip
@@ -242,13 +251,12 @@ def generate(
 
 @torch.inference_mode()
 def _generate_batch(
-    model, tokenizer, prompts, specs, max_new_tokens, sampling, seed, stop, stream, chat_kwargs
+    model, tokenizer, prompts, specs, max_new_tokens, sampling, seed, stop, stream, chat_kwargs, ignore_eos
 ):
     ids = encode_prompts(tokenizer, prompts, chat_kwargs)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    x, mask = left_pad(ids, pad_id, model.device)  # (B, T)
+    x, mask = left_pad(ids, pad_token_id(tokenizer), model.device)  # (B, T)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions skip the left padding, as in HF generate
-    eos = eos_ids(model, tokenizer)
+    eos = set() if ignore_eos else eos_ids(model, tokenizer)
     rows = [RowState(spec, tokenizer, stop, eos) for spec in specs]
     B = len(rows)
     temperature, top_p, top_k = (torch.full((B,), v, device=model.device) for v in sampling)
@@ -260,7 +268,7 @@ def _generate_batch(
     for _ in range(max_new_tokens):
         lam = torch.tensor([r.lam for r in rows], device=model.device)
         logits = mask_untokenized(
-            _next_logits(model, x, mask, pos, cache, lam, paths), len(tokenizer)
+            next_logits(model, x, mask, pos, cache, lam, paths), len(tokenizer)
         )  # (B, V)
         nxt = sample_next(logits, temperature, top_k.long(), top_p, gens)  # (B,)
         for i, r in enumerate(rows):
@@ -281,7 +289,20 @@ def _generate_batch(
     )
 
 
-def _next_logits(model, x, mask, pos, cache, lam, paths) -> torch.Tensor:
+def next_logits(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    pos: torch.Tensor,
+    cache: PathCache | DynamicCache,
+    lam: torch.Tensor,
+    paths: tuple[str, ...],
+) -> torch.Tensor:
+    """One cached forward step: fp32 logits (B, V) at the last position of x (B, T).
+
+    mask (B, past + T) covers the cached and the new tokens; pos (B, T) holds per-row positions; lam (B,)
+    is ignored when paths is () (plain models).
+    """
     kwargs = dict(input_ids=x, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
     if paths:
         kwargs.update(lam=lam, paths=paths)
@@ -323,7 +344,8 @@ def _lam_specs(model, prompts, lam, lam_turns) -> list[LamSpec]:
     return specs
 
 
-def _check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
+    """Raise ValueError naming the first sampling parameter that is out of range."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if not (temperature >= 0 and temperature < float("inf")):

