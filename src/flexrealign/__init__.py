@@ -1,3 +1,45 @@
-"""flexrealign: change how strongly a language model is aligned, by a number lam, at training and inference time."""
+"""flexrealign: change how strongly a language model is aligned, by a number lam, at training and inference time.
+
+Implements "Flexible Realignment of Language Models" (arXiv 2506.12704): logit fusion (DeRa), training-time
+realignment (TrRa) and inference-time realignment with a layer adapter (InRa), on Hugging Face models.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from flexrealign.adapter import AdapterConfig
+from flexrealign.dera import DeRa
+from flexrealign.fusion import fuse_logits
+from flexrealign.generation import GenerationResult, LamSchedule, chat, generate
+from flexrealign.inra import InRaModel
 
 __version__ = "0.1.0"
+
+# Training classes pull in TRL and datasets; import them only when asked for.
+_LAZY = {
+    "TrRaConfig": "flexrealign.trra",
+    "TrRaTrainer": "flexrealign.trra",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'flexrealign' has no attribute {name!r}")
+
+
+__all__ = [
+    "AdapterConfig",
+    "DeRa",
+    "GenerationResult",
+    "InRaModel",
+    "LamSchedule",
+    "TrRaConfig",
+    "TrRaTrainer",
+    "__version__",
+    "chat",
+    "fuse_logits",
+    "generate",
+]
