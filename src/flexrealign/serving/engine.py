@@ -1,0 +1,581 @@
+"""A continuous-batching engine: one background thread owns the model and decodes all live requests together.
+
+Every request has its own lam (or LamSchedule), sampling parameters, seed, stop strings and token budget.
+Requests join at step boundaries: the newcomers are prefilled together in a fresh KV cache, then their rows
+are merged into the running batch (the shorter cache is left-padded along the sequence axis and the attention
+mask gets zeros there). Positions are per row and padding slots are masked out, so each row computes what it
+would compute alone, whatever else is in the batch and whenever it arrived. Finished and cancelled rows are
+dropped from the cache at once, and padding no remaining row needs is trimmed.
+
+The engine knows nothing about HTTP: callers `submit` token ids and receive `Event`s through a callback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import queue
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from flexrealign.fused import FusedCausalLM
+from flexrealign.fusion import ALIGNED, REF, mask_untokenized, needed_paths
+from flexrealign.generation import (
+    LamSchedule,
+    LamSpec,
+    Prompt,
+    RowState,
+    check_sampling,
+    encode_prompts,
+    eos_ids,
+    left_pad,
+    next_logits,
+    pad_token_id,
+)
+from flexrealign.sampling import row_generators, sample_next
+from flexrealign.serving.kvcache import Cache, is_mergeable, merge_rows, new_cache, select_rows, trim_left
+
+log = logging.getLogger("flexrealign.serve")
+
+
+class InvalidRequest(ValueError):
+    """A request the engine refuses; `param` names the offending field and `code` classifies the problem."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request decoding settings. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # decode past EOS up to max_tokens (benchmarks want fixed-length outputs)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))
+        try:
+            check_sampling(self.max_tokens, self.temperature, self.top_p, self.top_k)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from e
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """A finished request. finish_reason: "stop" (EOS or a stop string), "length", "cancelled" or "error"."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    lam: LamSpec | None
+    error: str | None = None
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class Event:
+    """What one step produced for one request: a text delta (may be empty while bytes are incomplete), the
+    sampled token, and on the request's last event its `output`."""
+
+    delta: str
+    token_id: int | None
+    output: RequestOutput | None = None
+
+
+EventSink = Callable[[Event], None]
+
+
+class RequestHandle:
+    """A submitted request: cancel it, or wait for its output (events also go to its sink, if any)."""
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        lam: LamSpec | None,
+        params: SamplingParams,
+        sink: EventSink | None,
+        wake: Callable[[], None],
+    ) -> None:
+        self.request_id, self.prompt_ids, self.lam, self.params = request_id, prompt_ids, lam, params
+        self.sink = sink
+        self.output: RequestOutput | None = None
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+        self._wake = wake
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        """Stop generating at the next step boundary and free the slot (no-op once done)."""
+        if not self.done:
+            self._cancelled.set()
+            self._wake()
+
+    def result(self, timeout: float | None = None) -> RequestOutput:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.request_id} did not finish within {timeout} s")
+        assert self.output is not None
+        return self.output
+
+
+@dataclass
+class _Row:
+    handle: RequestHandle
+    state: RowState
+    generator: torch.Generator | None
+
+
+@dataclass
+class _Batch:
+    """Rows decoding together with one KV cache, in the state before their next forward: the cache holds every
+    token but the last sampled one (`next_ids`), which enters at position `next_pos`."""
+
+    paths: tuple[str, ...]
+    rows: list[_Row]
+    cache: Cache
+    mask: torch.Tensor  # (B, T) 1 where a cache slot holds a real token of that row
+    next_ids: torch.Tensor  # (B,)
+    next_pos: torch.Tensor  # (B,)
+    sampling: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.refresh_sampling()
+
+    def refresh_sampling(self) -> None:
+        """Per-row temperature, top_k, top_p tensors (B,), rebuilt only when the rows change."""
+        params = [r.handle.params for r in self.rows]
+        device = self.mask.device
+        self.sampling = (
+            torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
+            torch.tensor([p.top_k for p in params], dtype=torch.long, device=device),
+            torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
+        )
+
+    def lam(self) -> torch.Tensor:
+        return torch.tensor([r.state.lam for r in self.rows], device=self.mask.device)  # (B,)
+
+    def generators(self) -> list[torch.Generator | None] | None:
+        gens = [r.generator for r in self.rows]
+        return None if all(g is None for g in gens) else gens
+
+    def merge(self, other: _Batch) -> None:
+        """Append `other`'s rows; the shorter side is left-padded with masked slots so both align."""
+        length = max(self.mask.shape[1], other.mask.shape[1])
+        merge_rows(self.cache, other.cache, length)
+        self.mask = torch.cat(
+            [_pad_left(self.mask, length), _pad_left(other.mask, length)]
+        )  # (B + B', length)
+        self.next_ids = torch.cat([self.next_ids, other.next_ids])
+        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+        self.rows += other.rows
+        self.refresh_sampling()
+
+    def keep(self, keep: list[int], trim: bool) -> None:
+        """Keep rows `keep` only; with `trim`, drop leading slots that are padding for every remaining row."""
+        idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)  # (B',)
+        select_rows(self.cache, idx)
+        self.mask, self.next_ids, self.next_pos = self.mask[idx], self.next_ids[idx], self.next_pos[idx]
+        self.rows = [self.rows[i] for i in keep]
+        self.refresh_sampling()
+        if trim:
+            lead = int(self.mask.any(0).long().argmax())  # first slot some row attends to
+            trim_left(self.cache, lead)
+            self.mask = self.mask[:, lead:]  # (B', T - lead)
+
+
+class Engine:
+    """Owns `model` in a background thread and serves requests with continuous batching.
+
+    max_batch_size caps the rows decoding at once; more requests wait in a FIFO queue. Use `with Engine(...)`
+    or `start()` / `stop()`.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        max_batch_size: int = 16,
+        chat_template_kwargs: dict | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_batch_size = max_batch_size
+        self.chat_template_kwargs = chat_template_kwargs
+        self.is_fused = isinstance(model, FusedCausalLM)
+        self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
+        self.device = next(model.parameters()).device
+        self._eos = eos_ids(model, tokenizer)
+        self._pad_id = pad_token_id(tokenizer)
+        self._vocab = len(tokenizer)  # rows past the tokenizer (padded embeddings) are never sampled
+        self._mergeable = is_mergeable(new_cache(model, needed_paths(torch.tensor([0.5]))))
+        self._cv = threading.Condition()
+        self._pending: deque[RequestHandle] = deque()
+        self._batches: dict[tuple[str, ...], _Batch] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._ids = itertools.count()
+        self._num_active = 0
+        self.stats: Counter[str] = Counter()  # finished requests by finish_reason; "steps"; "merged" joins
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="flexrealign-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Finish the current step, fail what is left (finish_reason "error") and join the thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    @property
+    def num_active(self) -> int:
+        """Rows decoding now (finished and cancelled rows are dropped at the end of each step)."""
+        return self._num_active
+
+    @property
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------------------------------------ requests
+    def encode(self, prompt: Prompt, chat_template_kwargs: dict | None = None) -> list[int]:
+        """Token ids of a string or a chat (rendered by the tokenizer's chat template; `chat_template_kwargs`
+        add to or override the engine's)."""
+        kwargs = (self.chat_template_kwargs or {}) | (chat_template_kwargs or {})
+        try:
+            return encode_prompts(self.tokenizer, [prompt], kwargs)[0]
+        except ValueError as e:
+            raise InvalidRequest(str(e), param="prompt") from e
+
+    def submit(
+        self,
+        prompt_ids: Sequence[int],
+        lam: LamSpec | None = None,
+        params: SamplingParams | None = None,
+        sink: EventSink | None = None,
+    ) -> RequestHandle:
+        """Queue a request; `sink` is called from the engine thread with each Event (it must not block).
+
+        lam: a float or LamSchedule for two-path models (None means 1.0, the aligned model); None for plain ones.
+        Raises InvalidRequest for a bad lam, an empty prompt or one that leaves no room for max_tokens.
+        """
+        params = params or SamplingParams()
+        prompt_ids = self._check_prompt(list(prompt_ids), params)
+        lam = self._check_lam(lam)
+        handle = RequestHandle(f"req-{next(self._ids)}", prompt_ids, lam, params, sink, self._wake)
+        with self._cv:
+            if self._stopping:
+                raise RuntimeError("the engine is stopped")
+            self._pending.append(handle)
+            self._cv.notify_all()
+        return handle
+
+    def generate(
+        self, prompt: Prompt | Sequence[int], lam: LamSpec | None = None, params: SamplingParams | None = None
+    ) -> RequestOutput:
+        """Blocking convenience: submit one prompt (text, chat or token ids) and wait for its output."""
+        ids = list(prompt) if _is_token_ids(prompt) else self.encode(prompt)  # type: ignore[arg-type]
+        return self.submit(ids, lam, params).result()
+
+    def stream(
+        self, prompt_ids: Sequence[int], lam: LamSpec | None = None, params: SamplingParams | None = None
+    ) -> tuple[RequestHandle, queue.Queue[Event]]:
+        """Submit a request whose events land in a thread-safe queue (for synchronous consumers)."""
+        events: queue.Queue[Event] = queue.Queue()
+        return self.submit(prompt_ids, lam, params, sink=events.put), events
+
+    def _check_prompt(self, ids: list[int], params: SamplingParams) -> list[int]:
+        if not ids:
+            raise InvalidRequest("empty prompt: at least one token is needed to condition on", "prompt")
+        if any(not isinstance(t, int) or not 0 <= t < self._vocab for t in ids):
+            raise InvalidRequest(f"prompt token ids must be ints in [0, {self._vocab})", "prompt")
+        limit = self.context_length
+        if limit is not None and len(ids) + params.max_tokens > limit:
+            raise InvalidRequest(
+                f"this model's maximum context length is {limit} tokens, but {len(ids)} prompt tokens + "
+                f"max_tokens {params.max_tokens} = {len(ids) + params.max_tokens}",
+                "max_tokens" if len(ids) < limit else "prompt",
+                "context_length_exceeded",
+            )
+        return ids
+
+    def _check_lam(self, lam: LamSpec | None) -> LamSpec | None:
+        if not self.is_fused:
+            if lam is not None:
+                raise InvalidRequest(f"lam applies to InRa and DeRa models; this {type(self.model).__name__} "
+                                     "has a single path", "lam")  # fmt: skip
+            return None
+        if lam is None:
+            return 1.0
+        if isinstance(lam, LamSchedule):
+            return lam
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+            raise InvalidRequest(f"lam must be a finite real number or a LamSchedule, got {lam!r}", "lam")
+        return float(lam)
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
+
+    # -------------------------------------------------------------------------------------------- the loop
+    def _run(self) -> None:
+        try:
+            while self._wait_for_work():
+                self._step()
+        except Exception:  # a bug in the engine itself: fail everything rather than hang the clients
+            log.exception("engine loop crashed")
+        finally:
+            self._stopping = True
+            self._fail_all("the engine stopped")
+
+    def _wait_for_work(self) -> bool:
+        with self._cv:
+            while not self._stopping and not self._pending and not self._batches:
+                self._cv.wait()
+            return not self._stopping
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        """One step: drop cancelled rows, decode every batch one token, then prefill and merge newcomers."""
+        self._cancel_rows()
+        for paths, batch in list(self._batches.items()):
+            self._guard(paths, batch.rows, lambda b=batch: self._decode(b))
+        self._compact()  # frees the slots of rows that just finished, for the newcomers below
+        for paths, handles in self._group(self._take_pending()).items():
+            new = self._prefill_or_fail(paths, handles)
+            if new is not None:
+                self._join(new)
+        self._compact()  # a newcomer may finish on its first token
+        self.stats["steps"] += 1
+
+    def _guard(self, paths: tuple[str, ...], rows: list[_Row], fn: Callable[[], None]) -> None:
+        """Run fn; if the model raises, fail the rows involved and drop their batch (its cache is suspect)."""
+        try:
+            fn()
+        except Exception as e:
+            log.exception("decode step failed")
+            for r in rows:
+                self._finish(r, "error", error=f"{type(e).__name__}: {e}")
+            self._batches.pop(paths, None)
+
+    def _decode(self, batch: _Batch) -> None:
+        x = batch.next_ids.unsqueeze(-1)  # (B, 1)
+        mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=-1)  # (B, T + 1)
+        logits = next_logits(
+            self.model, x, mask, batch.next_pos.unsqueeze(-1), batch.cache, batch.lam(), batch.paths
+        )  # (B, V)
+        batch.mask, batch.next_pos = mask, batch.next_pos + 1
+        batch.next_ids = self._sample(batch, logits)
+
+    def _prefill_or_fail(self, paths: tuple[str, ...], handles: list[RequestHandle]) -> _Batch | None:
+        try:
+            return self._prefill(paths, handles)
+        except Exception as e:
+            log.exception("prefill failed")
+            for h in handles:
+                out = RequestOutput("", [], "error", len(h.prompt_ids), h.lam, f"{type(e).__name__}: {e}")
+                self._complete(h, out)
+            return None
+
+    def _join(self, new: _Batch) -> None:
+        """Merge prefilled newcomers into the running batch with their paths (chosen by `_group`), or start one."""
+        batch = self._batches.get(new.paths)
+        if batch is None:
+            self._batches[new.paths] = new
+        else:
+            self._guard(new.paths, batch.rows + new.rows, lambda: batch.merge(new))
+            self.stats["merged"] += 1
+
+    def _prefill(self, paths: tuple[str, ...], handles: list[RequestHandle]) -> _Batch:
+        """Prefill newcomers together exactly as `generate` does, and sample their first token."""
+        x, mask = left_pad([h.prompt_ids for h in handles], self._pad_id, self.device)  # (B, T)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions skip the left padding
+        rows = [_Row(h, self._row_state(h), _generator(h.params.seed, self.device)) for h in handles]
+        batch = _Batch(paths, rows, new_cache(self.model, paths), mask, x[:, -1], pos[:, -1] + 1)
+        logits = next_logits(self.model, x, mask, pos, batch.cache, batch.lam(), paths)  # (B, V)
+        batch.next_ids = self._sample(batch, logits)
+        return batch
+
+    def _row_state(self, h: RequestHandle) -> RowState:
+        eos = set() if h.params.ignore_eos else self._eos
+        return RowState(h.lam if h.lam is not None else 0.0, self.tokenizer, h.params.stop, eos)
+
+    def _sample(self, batch: _Batch, logits: torch.Tensor) -> torch.Tensor:
+        logits = mask_untokenized(logits, self._vocab)  # (B, V)
+        nxt = sample_next(logits, *batch.sampling, batch.generators())  # (B,)
+        for row, token in zip(batch.rows, nxt.tolist(), strict=True):
+            if not row.state.finished:
+                self._push(row, token)
+        return nxt
+
+    def _push(self, row: _Row, token: int) -> None:
+        delta = row.state.push(token)
+        if not row.state.finished and len(row.state.ids) >= row.handle.params.max_tokens:
+            delta += row.state.finish("length")
+        output = self._output(row) if row.state.finished else None
+        self._emit(row.handle, Event(delta, token, output))
+        if output is not None:
+            self._complete(row.handle, output, emit=False)
+
+    # ------------------------------------------------------------------------------------ rows coming/going
+    def _take_pending(self) -> list[RequestHandle]:
+        """Newcomers that fit, in arrival order."""
+        with self._cv:
+            cancelled = [h for h in self._pending if h.cancelled]
+            self._pending = deque(h for h in self._pending if not h.cancelled)
+            room = self.max_batch_size - sum(len(b.rows) for b in self._batches.values())
+            if self._mergeable:
+                taken = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            else:
+                taken = self._take_unpadded(room)
+        for h in cancelled:
+            self._complete(h, RequestOutput("", [], "cancelled", len(h.prompt_ids), h.lam))
+        return taken
+
+    def _take_unpadded(self, room: int) -> list[RequestHandle]:
+        """Sliding-window models: HF counts the window in cache slots, so padding would shorten what a row sees.
+        Start a batch only once the last one drained, and only from prompts as long as the oldest one."""
+        if self._batches or not self._pending:
+            return []
+        length = len(self._pending[0].prompt_ids)
+        taken = [h for h in self._pending if len(h.prompt_ids) == length][:room]
+        self._pending = deque(h for h in self._pending if h not in taken)
+        return taken
+
+    def _paths(self, h: RequestHandle) -> tuple[str, ...]:
+        if not self.is_fused:
+            return ()
+        lams = h.lam.lams if isinstance(h.lam, LamSchedule) else (h.lam,)
+        return needed_paths(torch.tensor(lams))
+
+    def _target(self, paths: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The running batch to join: the one with exactly these paths, else one computing a superset (one
+        forward over more rows beats two forwards), else None (start a batch)."""
+        if paths in self._batches:
+            return paths
+        return next((p for p in self._batches if set(paths) <= set(p)), None)
+
+    def _group(self, handles: list[RequestHandle]) -> dict[tuple[str, ...], list[RequestHandle]]:
+        """Newcomers by the batch they will join, so that each group is prefilled in one forward. Those no
+        running batch covers start one batch computing the union of their paths (one forward per step
+        rather than up to three; the union is one path when all of them are at lam = 0, or all at 1)."""
+        groups: dict[tuple[str, ...], list[RequestHandle]] = {}
+        homeless: list[RequestHandle] = []
+        for h in handles:
+            target = self._target(self._paths(h))
+            if target is None:
+                homeless.append(h)
+            else:
+                groups.setdefault(target, []).append(h)
+        if homeless:
+            union = {p for h in homeless for p in self._paths(h)}
+            key = tuple(p for p in (REF, ALIGNED) if p in union)
+            groups.setdefault(key, []).extend(homeless)
+        return groups
+
+    def _cancel_rows(self) -> None:
+        for batch in self._batches.values():
+            for r in batch.rows:
+                if r.handle.cancelled and not r.state.finished:
+                    self._finish(r, "cancelled")
+        self._compact()
+
+    def _compact(self) -> None:
+        for paths, batch in list(self._batches.items()):
+            keep = [i for i, r in enumerate(batch.rows) if not r.state.finished]
+            if not keep:
+                del self._batches[paths]
+            elif len(keep) < len(batch.rows):
+                batch.keep(keep, trim=self._mergeable)
+        self._num_active = sum(len(b.rows) for b in self._batches.values())
+
+    def _finish(self, row: _Row, reason: str, error: str | None = None) -> None:
+        """End a row early (cancelled or failed); its cache slot is freed at the next compaction."""
+        row.state.finish(reason)
+        self._complete(row.handle, self._output(row, error))
+
+    def _output(self, row: _Row, error: str | None = None) -> RequestOutput:
+        s, h = row.state, row.handle
+        return RequestOutput(s.text, list(s.ids), s.finish_reason or "error", len(h.prompt_ids), h.lam, error)
+
+    def _complete(self, handle: RequestHandle, output: RequestOutput, emit: bool = True) -> None:
+        if handle.done:
+            return
+        handle.output = output
+        if emit:
+            self._emit(handle, Event("", None, output))
+        self.stats[output.finish_reason] += 1
+        handle._done.set()
+
+    def _emit(self, handle: RequestHandle, event: Event) -> None:
+        if handle.sink is None:
+            return
+        try:
+            handle.sink(event)
+        except Exception:  # e.g. the consumer's event loop is gone: nobody is listening, so stop decoding
+            log.warning("request %s: event sink failed; cancelling", handle.request_id, exc_info=True)
+            handle._cancelled.set()
+
+    def _fail_all(self, message: str) -> None:
+        for batch in self._batches.values():
+            for r in batch.rows:
+                if not r.state.finished:
+                    self._finish(r, "error", error=message)
+        self._batches.clear()
+        with self._cv:
+            pending, self._pending = list(self._pending), deque()
+        for h in pending:
+            self._complete(h, RequestOutput("", [], "error", len(h.prompt_ids), h.lam, message))
+        self._num_active = 0
+
+
+def _pad_left(mask: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (length - mask.shape[1], 0))  # (B, T) -> (B, length), zeros in front
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """The same stream `generate(..., seed=seed)` gives its first row, so a seeded request reproduces it."""
+    gens = row_generators(seed, 1, device)
+    return None if gens is None else gens[0]
+
+
+def _is_token_ids(prompt: object) -> bool:
+    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(isinstance(t, int) for t in prompt)

@@ -1,0 +1,96 @@
+"""Request bodies of the OpenAI-compatible API (pydantic), with the lam extensions.
+
+lam fields may sit at the top level (the `openai` client sends them through `extra_body`) or inside
+`vllm_xargs`, as the vLLM plugin expects; giving the same field in both places is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_LAM_HELP = "lam for the whole completion (any finite real; 0 = reference model, 1 = aligned model)"
+
+
+class LamArgs(BaseModel):
+    """The lam fields; exactly one of lam, lam_turns (chat only) or the lam_think/lam_answer pair may be set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lam: float | None = Field(None, description=_LAM_HELP)
+    lam_turns: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="chat only: one lam per assistant turn; the turn being generated picks",
+    )
+    lam_think: float | None = Field(None, description="lam until lam_marker appears in the output")
+    lam_answer: float | None = Field(None, description="lam after lam_marker")
+    lam_marker: str | None = Field(None, min_length=1, description="ends the thinking stage (</think>)")
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Common(LamArgs):
+    """Fields shared by both endpoints. Unknown fields are kept in `model_extra` and ignored, as
+    OpenAI-compatible servers do, except lam look-alikes (a typo there would silently use the default lam)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=-1, description="vLLM extension: keep the k most likely tokens (0 or -1: all)")
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
+    n: int = Field(1, ge=1)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    ignore_eos: bool = Field(False, description="vLLM extension: keep decoding past EOS up to max_tokens")
+    vllm_xargs: dict[str, Any] | None = None
+
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
