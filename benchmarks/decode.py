@@ -37,13 +37,13 @@ VARIANTS = [
 ]
 
 
-def build(shape: str, variant: str, dtype: torch.dtype):
+def build(shape: str, variant: str, dtype: torch.dtype, device: str):
     """The model a variant decodes with (random weights; the adapter perturbed so both paths differ)."""
     from flexrealign.dera import DeRa
     from flexrealign.inra import InRaModel
     from flexrealign.tiny import tiny_model
 
-    base = tiny_model(**SHAPES[shape]).to(dtype)
+    base = tiny_model(**SHAPES[shape]).to(device=device, dtype=dtype)
     if variant in ("hf_generate", "loop_base"):
         return base
     inra = InRaModel.from_base(base)
@@ -76,12 +76,14 @@ class FixedTokenizer:
         return " ".join(map(str, ids))
 
 
-def time_variant(shape: str, variant: str, batch: int, new_tokens: int, prompt_len: int, dtype: str) -> dict:
+def time_variant(
+    shape: str, variant: str, batch: int, new_tokens: int, prompt_len: int, dtype: str, device: str
+) -> dict:
     from flexrealign.generation import generate
 
     torch.manual_seed(0)
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model = build(shape, variant, getattr(torch, dtype)).eval()
+    model = build(shape, variant, getattr(torch, dtype), device).eval()
     vocab = SHAPES[shape]["vocab_size"]
     prompts = [
         " ".join(str(t) for t in torch.randint(3, vocab, (prompt_len,)).tolist()) for _ in range(batch)
@@ -91,7 +93,7 @@ def time_variant(shape: str, variant: str, batch: int, new_tokens: int, prompt_l
     def once(n: int) -> float:
         start = time.perf_counter()
         if variant == "hf_generate":
-            ids = torch.tensor([[int(t) for t in p.split()] for p in prompts])
+            ids = torch.tensor([[int(t) for t in p.split()] for p in prompts], device=device)
             with torch.inference_mode():
                 model.generate(
                     ids,
@@ -103,6 +105,8 @@ def time_variant(shape: str, variant: str, batch: int, new_tokens: int, prompt_l
                 )
         else:
             generate(model, FixedTokenizer(vocab), prompts, lam=lam, max_new_tokens=n, ignore_eos=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
     once(4)  # warm-up: allocator, kernels
@@ -127,7 +131,7 @@ def run_in_subprocess(**kwargs) -> dict:
 
 def report(rows: list[dict]) -> str:
     lines = [
-        f"| shape | batch | variant | tok/s | ratio to hf_generate | peak MB |",
+        "| shape | batch | variant | tok/s | ratio to hf_generate | peak MB |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -153,6 +157,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--out", default="benchmarks/results/decode.json")
     args = parser.parse_args()
@@ -183,7 +188,7 @@ def main() -> None:
     meta = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "device": "cpu",
+        "device": args.device,
         "new_tokens": args.new_tokens,
         "prompt_len": args.prompt_len,
         "dtype": args.dtype,
