@@ -1,0 +1,467 @@
+"""The evaluation harness: models x lam x problems x samples -> an append-only JSONL of generations, a table
+(Pass@1, mean completion tokens, token reduction %, cut-off %) as Markdown and CSV, and Figure 4's plot.
+
+Protocol defaults are the paper's (§4.1): 8 samples per problem, temperature 0.7, top-p 0.95, up to 16,384
+new tokens, the R1 prompt through the chat template. Every generation is appended to `generations.jsonl` as
+soon as its batch finishes, keyed by (model, lam, problem id, sample index), so an interrupted run resumes
+where it stopped: finished keys are skipped, never redone or duplicated, and a half-written last line left
+by a crash is dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from flexrealign.eval.benchmarks import DEFAULT_TEMPLATE, Problem, build_messages
+from flexrealign.eval.grading import grade
+from flexrealign.generation import GenerationResult, Prompt
+
+GENERATIONS = "generations.jsonl"
+PAPER_LAMS = (-0.5, 0.0, 0.5, 1.0, 1.5)
+
+Key = tuple[str, float | None, str, int]  # (model label, lam or None for plain models, problem id, sample)
+# (prompts, lam or None, seed) -> completions; one per engine
+GenerateFn = Callable[[list[Prompt], float | None, int], GenerationResult]
+
+
+@dataclass
+class ModelSpec:
+    """A model to evaluate. kind: "plain" (one HF model), "inra" (an InRa checkpoint) or "dera" (two models).
+
+    `path` is the checkpoint (for DeRa the reference; `aligned_path` the aligned model). `family` groups rows
+    into one line of the plot (default: the label). `loaded` may hold an already loaded (model, tokenizer).
+    """
+
+    label: str
+    kind: str = "plain"
+    path: str | None = None
+    aligned_path: str | None = None
+    family: str | None = None
+    loaded: tuple | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("plain", "inra", "dera"):
+            raise ValueError(f"ModelSpec.kind must be plain, inra or dera, got {self.kind!r}")
+        if self.kind == "dera" and self.loaded is None and not (self.path and self.aligned_path):
+            raise ValueError("a DeRa model needs both the reference path and the aligned path")
+        self.family = self.family or self.label
+
+    @property
+    def fused(self) -> bool:
+        return self.kind in ("inra", "dera")
+
+
+@dataclass
+class EvalConfig:
+    """How to evaluate (the paper's protocol by default)."""
+
+    lams: Sequence[float] = PAPER_LAMS
+    n_samples: int = 8
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 16384
+    batch_size: int = 16
+    template: str = DEFAULT_TEMPLATE
+    seed: int = 0
+    # the row ("label" or "label@lam") that token reduction is measured against
+    baseline: str | None = None
+    engine: str = "flexrealign"  # or "vllm"
+    vllm_kwargs: dict = field(default_factory=dict)  # extra `vllm.LLM(...)` arguments (memory, max_model_len)
+    progress: bool = True
+
+
+@dataclass
+class Row:
+    """One line of the results table: one model at one lam (lam None for plain models)."""
+
+    model: str
+    family: str
+    lam: float | None
+    problems: int
+    samples: int
+    pass_at_1: float  # %, averaged over all samples
+    mean_tokens: float
+    cutoff_pct: float
+    token_reduction_pct: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.model if self.lam is None else f"{self.model}@{_fmt_lam(self.lam)}"
+
+
+def _fmt_lam(lam: float) -> str:
+    return f"{lam:g}"
+
+
+# ---------------------------------------------------------------------------------------------- the JSONL
+def record_key(rec: dict) -> Key:
+    lam = rec.get("lam")
+    return (rec["model"], None if lam is None else float(lam), str(rec["problem_id"]), int(rec["sample"]))
+
+
+def load_generations(path: str | os.PathLike) -> dict[Key, dict]:
+    """Finished generations by key. A truncated last line (a crash mid-write) is cut off the file, so the next
+    append starts on a fresh line; a duplicate key keeps its first record."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    _drop_partial_last_line(path)
+    done: dict[Key, dict] = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                done.setdefault(record_key(rec), rec)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a corrupt line in the middle: its key is simply generated again
+    return done
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def append_generations(path: str | os.PathLike, records: Sequence[dict]) -> None:
+    """Append whole lines and fsync, so a crash loses at most the batch being written."""
+    with Path(path).open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ------------------------------------------------------------------------------------------------- models
+def detect_kind(path: str | os.PathLike) -> str:
+    """Return "inra" when the checkpoint's config.json has an `inra` entry (an InRa checkpoint), else "plain"."""
+    cfg = Path(path) / "config.json"
+    if cfg.is_file():
+        try:
+            return "inra" if "inra" in json.loads(cfg.read_text()) else "plain"
+        except json.JSONDecodeError:
+            return "plain"
+    return "plain"  # a Hub name: loaded as a plain model
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(spec: ModelSpec, device: torch.device | None = None) -> tuple:
+    """(model, tokenizer) for `spec`, in eval mode on `device` (the GPU when there is one)."""
+    if spec.loaded is not None:
+        return spec.loaded
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or default_device()
+    tokenizer = AutoTokenizer.from_pretrained(spec.path)
+    if spec.kind == "inra":
+        from flexrealign.inra import InRaModel
+
+        return InRaModel.from_pretrained(spec.path).to(device).eval(), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(spec.path, dtype="auto").to(device).eval()
+    if spec.kind == "plain":
+        return model, tokenizer
+    from flexrealign.dera import DeRa
+
+    aligned = AutoModelForCausalLM.from_pretrained(spec.aligned_path, dtype="auto").to(device).eval()
+    return DeRa(model, aligned, [tokenizer, AutoTokenizer.from_pretrained(spec.aligned_path)]), tokenizer
+
+
+def flexrealign_engine(model: torch.nn.Module, tokenizer, cfg: EvalConfig) -> GenerateFn:
+    """Generation through our own decode loop (`flexrealign.generation.generate`)."""
+    from flexrealign.generation import generate
+
+    def run(prompts: list[Prompt], lam: float | None, seed: int) -> GenerationResult:
+        return generate(
+            model, tokenizer, prompts, lam=lam, max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed,
+        )  # fmt: skip
+
+    return run
+
+
+def vllm_engine(spec: ModelSpec, cfg: EvalConfig) -> GenerateFn:
+    """Generation through vLLM with the flexrealign plugin (`flexrealign.vllm_plugin`), for GPU-scale runs.
+
+    The plugin makes `LLM(path)` load an InRa checkpoint as the two-path model and reads each request's lam
+    from `SamplingParams.extra_args["lam"]`; plain checkpoints run as usual. Prompts are rendered with the
+    same chat template as the default engine, so prompts, grading and outputs are identical. DeRa pairs are
+    not supported here (vLLM serves one model per engine).
+    """
+    if spec.kind == "dera":
+        raise ValueError("--engine vllm does not run DeRa pairs; use --engine flexrealign")
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=spec.path, **{"seed": cfg.seed, **cfg.vllm_kwargs})
+    tokenizer = llm.get_tokenizer()
+
+    def run(prompts: list[Prompt], lam: float | None, seed: int) -> GenerationResult:
+        texts = [
+            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts
+        ]
+        extra = None if lam is None else {"lam": float(lam)}
+        params = [
+            SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or -1,
+                           max_tokens=cfg.max_new_tokens, seed=seed + i, extra_args=extra)
+            for i in range(len(texts))
+        ]  # fmt: skip
+        outs = [o.outputs[0] for o in llm.generate(texts, params, use_tqdm=False)]
+        return GenerationResult(
+            texts=[o.text for o in outs],
+            token_ids=[list(o.token_ids) for o in outs],
+            num_tokens=[len(o.token_ids) for o in outs],
+            finish_reasons=["length" if o.finish_reason == "length" else "stop" for o in outs],
+        )
+
+    def close() -> None:  # stop the engine's worker processes now, not at interpreter exit
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
+    run.close = close  # type: ignore[attr-defined]
+    return run
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+@dataclass
+class Job:
+    """The generations one (model, lam) still owes: (problem index, sample index) pairs."""
+
+    spec: ModelSpec
+    lam: float | None
+    todo: list[tuple[int, int]]
+
+
+def plan_jobs(
+    specs: Sequence[ModelSpec], problems: Sequence[Problem], cfg: EvalConfig, done: dict[Key, dict]
+) -> list[Job]:
+    """Every (model, lam) with its missing (problem, sample) pairs; plain models are evaluated once."""
+    jobs = []
+    for spec in specs:
+        for lam in [float(x) for x in cfg.lams] if spec.fused else [None]:
+            todo = [
+                (i, s)
+                for s in range(cfg.n_samples)
+                for i, p in enumerate(problems)
+                if (spec.label, lam, p.id, s) not in done
+            ]
+            jobs.append(Job(spec, lam, todo))
+    return jobs
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def make_records(job: Job, part: Sequence, problems: Sequence[Problem], out: GenerationResult) -> list[dict]:
+    """One JSONL record per generation, graded against the problem's answer."""
+    recs = []
+    for (i, s), text, n, reason in zip(part, out.texts, out.num_tokens, out.finish_reasons, strict=True):
+        p = problems[i]
+        recs.append(
+            {
+                "model": job.spec.label, "family": job.spec.family, "kind": job.spec.kind, "lam": job.lam,
+                "problem_id": p.id, "sample": s, "answer": p.answer, "text": text, "tokens": n,
+                "finish_reason": reason, "correct": grade(text, p.answer),
+            }
+        )  # fmt: skip
+    return recs
+
+
+def run_job(
+    job: Job, engine: GenerateFn, problems: Sequence[Problem], cfg: EvalConfig, path: Path, bar
+) -> None:
+    """Generate a job's missing samples batch by batch, appending each finished batch to the JSONL."""
+    tag = job.spec.label if job.lam is None else f"{job.spec.label} lam={_fmt_lam(job.lam)}"
+    bar.set_postfix_str(tag, refresh=False)
+    for part in chunks(job.todo, cfg.batch_size):
+        prompts = [build_messages(problems[i], cfg.template) for i, _ in part]
+        i0, s0 = part[0]
+        out = engine(prompts, job.lam, cfg.seed + s0 * len(problems) + i0)  # seed fixed by the batch's start
+        append_generations(path, make_records(job, part, problems, out))
+        bar.update(len(part))
+
+
+def evaluate(
+    specs: Sequence[ModelSpec], problems: Sequence[Problem], cfg: EvalConfig, out_dir: str | os.PathLike
+) -> list[Row]:
+    """Evaluate every model (at every lam in `cfg.lams` for InRa/DeRa) and write the results folder:
+    generations.jsonl (resumable), results.csv, results.md and accuracy_vs_tokens.png. Returns the table."""
+    _check_labels(specs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / GENERATIONS
+    jobs = plan_jobs(specs, problems, cfg, load_generations(path))
+    total = sum(len(j.todo) for j in jobs)
+    with tqdm(total=total, desc="evaluating", unit="gen", disable=not cfg.progress or total == 0) as bar:
+        for spec in specs:
+            mine = [j for j in jobs if j.spec is spec and j.todo]
+            if not mine:
+                continue
+            engine = make_engine(spec, cfg)
+            for job in mine:
+                run_job(job, engine, problems, cfg, path, bar)
+            getattr(engine, "close", lambda: None)()
+            del engine
+            gc.collect()
+    rows = summarize(load_generations(path), specs, problems, cfg)
+    write_results(rows, out_dir)
+    return rows
+
+
+def make_engine(spec: ModelSpec, cfg: EvalConfig) -> GenerateFn:
+    if cfg.engine == "vllm":
+        return vllm_engine(spec, cfg)
+    if cfg.engine != "flexrealign":
+        raise ValueError(f"engine must be 'flexrealign' or 'vllm', got {cfg.engine!r}")
+    model, tokenizer = load_model(spec)
+    return flexrealign_engine(model, tokenizer, cfg)
+
+
+def _check_labels(specs: Sequence[ModelSpec]) -> None:
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be unique (they key the results), got {labels}")
+
+
+# --------------------------------------------------------------------------------------------- the table
+def summarize(
+    done: dict[Key, dict], specs: Sequence[ModelSpec], problems: Sequence[Problem], cfg: EvalConfig
+) -> list[Row]:
+    """One row per (model, lam) from the finished generations of this problem set and sample count."""
+    rows = []
+    for spec in specs:
+        for lam in [float(x) for x in cfg.lams] if spec.fused else [None]:
+            recs = [
+                done[k]
+                for s in range(cfg.n_samples)
+                for p in problems
+                if (k := (spec.label, lam, p.id, s)) in done
+            ]
+            if not recs:
+                continue
+            n = len(recs)
+            rows.append(
+                Row(
+                    model=spec.label, family=spec.family or spec.label, lam=lam,
+                    problems=len({r["problem_id"] for r in recs}), samples=n,
+                    pass_at_1=100.0 * sum(bool(r["correct"]) for r in recs) / n,
+                    mean_tokens=sum(r["tokens"] for r in recs) / n,
+                    cutoff_pct=100.0 * sum(r["finish_reason"] == "length" for r in recs) / n,
+                )
+            )  # fmt: skip
+    return add_token_reduction(rows, cfg.baseline)
+
+
+def find_row(rows: Sequence[Row], name: str) -> Row:
+    """The row called `name` ("label@lam", or "label" for a plain model or a model evaluated at one lam)."""
+    exact = [r for r in rows if r.name == name]
+    if not exact:
+        exact = [r for r in rows if r.model == name]
+    if len(exact) != 1:
+        raise ValueError(f"baseline {name!r} names {len(exact)} rows; choose one of {[r.name for r in rows]}")
+    return exact[0]
+
+
+def add_token_reduction(rows: list[Row], baseline: str | None) -> list[Row]:
+    """Token reduction % = 100 * (1 - tokens / baseline tokens), as in Table 1's last column."""
+    if baseline is None or not rows:
+        return rows
+    base = find_row(rows, baseline).mean_tokens
+    for r in rows:
+        r.token_reduction_pct = 100.0 * (1.0 - r.mean_tokens / base) if base > 0 else None
+    return rows
+
+
+COLUMNS = ("model", "lam", "problems", "samples", "pass@1", "mean_tokens", "token_reduction_%", "cutoff_%")
+
+
+def row_values(r: Row) -> list[str]:
+    red = "-" if r.token_reduction_pct is None else f"{r.token_reduction_pct:.2f}"
+    lam = "-" if r.lam is None else _fmt_lam(r.lam)
+    return [r.model, lam, str(r.problems), str(r.samples), f"{r.pass_at_1:.2f}", f"{r.mean_tokens:.1f}", red,
+            f"{r.cutoff_pct:.1f}"]  # fmt: skip
+
+
+def markdown_table(rows: Sequence[Row], columns: Sequence[str] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row_values(r)[: len(columns)]) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(rows: Sequence[Row], out_dir: Path, title: str = "Results") -> None:
+    """results.md, results.csv and accuracy_vs_tokens.png (each written to a temporary name, then renamed)."""
+    with _atomic_file(out_dir / "results.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        writer.writerows(row_values(r) for r in rows)
+    with _atomic_file(out_dir / "results.md") as tmp:
+        tmp.write_text(f"# {title}\n\n{markdown_table(rows)}\n")
+    if rows:
+        plot_accuracy_vs_tokens(rows, out_dir / "accuracy_vs_tokens.png")
+
+
+class _atomic_file:
+    """Context manager yielding a temporary path that replaces `target` on success."""
+
+    def __init__(self, target: Path) -> None:
+        self.target, self.tmp = target, target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.target)
+        elif self.tmp.exists():
+            self.tmp.unlink()
+
+
+def plot_accuracy_vs_tokens(rows: Sequence[Row], path: Path, title: str = "Accuracy vs mean tokens") -> Path:
+    """Figure 4's shape: Pass@1 against mean completion tokens, one line per model family, points labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write the file only
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    families: dict[str, list[Row]] = {}
+    for r in rows:
+        families.setdefault(r.family, []).append(r)
+    for family, members in families.items():
+        members = sorted(members, key=lambda r: (r.lam if r.lam is not None else math.inf, r.mean_tokens))
+        xs, ys = [r.mean_tokens for r in members], [r.pass_at_1 for r in members]
+        ax.plot(xs, ys, marker="o", label=family)
+        for r, x, y in zip(members, xs, ys, strict=True):
+            text = f"lam={_fmt_lam(r.lam)}" if r.lam is not None else r.model
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xlabel="mean completion tokens", ylabel="Pass@1 (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with _atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def elapsed(t0: float) -> str:
+    s = time.time() - t0
+    return f"{s / 60:.1f} min" if s >= 120 else f"{s:.1f} s"

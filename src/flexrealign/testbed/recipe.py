@@ -1,0 +1,313 @@
+"""The testbed recipe: train slow- and fast-thinking models from scratch on a CPU, realign them with TrRa and
+InRa, and measure them with the evaluation harness (Table 1 and Figure 4 of the paper, in small).
+
+Stages (each cached under `out/models/NAME` as a standard safetensors checkpoint, so a rerun skips it):
+
+1. reference  - a tiny decoder trained from scratch on long traces (slow thinking: steps + verify passes)
+2. aligned    - the reference fine-tuned on short traces (concise: no verification, direct easy answers)
+3. trra-lamX  - TrRa students: the reference distilled toward softmax(X * h_aligned + (1 - X) * h_ref)
+4. trra-iter  - one TrRa-iter round: teacher fuses the reference with trra-lam2 at lam 2, student from trra-lam2
+5. inra       - an InRa layer adapter on the frozen reference, SFT on short traces (lam = 1 path)
+6. eval       - the harness over all models (InRa over a lam sweep), resumable through generations.jsonl
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+
+from flexrealign.adapter import AdapterConfig
+from flexrealign.checkpoint import atomic_dir
+from flexrealign.eval.harness import EvalConfig, ModelSpec, Row, evaluate
+from flexrealign.inra import InRaModel
+from flexrealign.testbed.task import Problem, TaskConfig, make_problems
+from flexrealign.testbed.tokenizer import build_tokenizer
+from flexrealign.testbed.training import (
+    TrainConfig,
+    encode_examples,
+    sft_loss,
+    train_loop,
+    trra_loss,
+)
+from flexrealign.tiny import tiny_config
+
+REFERENCE, ALIGNED, INRA, TRRA_ITER = "reference", "aligned", "inra", "trra-iter"
+
+
+@dataclass
+class RecipeConfig:
+    """Sizes and step counts; `quick()` is the shortened configuration used by tests."""
+
+    seed: int = 0
+    n_train: int = 6000
+    n_test: int = 200
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    batch_size: int = 32
+    ref_steps: int = 1200
+    aligned_steps: int = 250
+    trra_steps: int = 200
+    inra_steps: int = 300
+    trra_lams: tuple[float, ...] = (0.5, 2.0)
+    iter_lam: float = 2.0
+    inra_lams: tuple[float, ...] = (-0.5, 0.0, 0.5, 1.0, 1.5)
+    eval_samples: int = 2
+    eval_temperature: float = 0.7
+    eval_top_p: float = 0.95
+    eval_batch_size: int = 200
+    max_new_tokens: int = 160
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+    @classmethod
+    def quick(cls) -> RecipeConfig:
+        """About a fifth of the default's work: the models are undertrained (lower accuracy), but the token
+        effects of lam (InRa, TrRa) already show; used by the tests."""
+        return cls(
+            n_train=2000, n_test=60, batch_size=16, ref_steps=300, aligned_steps=100, trra_steps=60,
+            inra_steps=120, eval_samples=1,
+        )  # fmt: skip
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as when read back from JSON
+
+
+Log = Callable[[str], None]
+
+
+def trra_name(lam: float) -> str:
+    return f"trra-lam{lam:g}"
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def is_saved(path: Path) -> bool:
+    """A stage's checkpoint is complete (atomic saves never leave a partial folder under the final name)."""
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)  # safetensors
+        tokenizer.save_pretrained(tmp)
+
+
+def load_plain(path: Path) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def progress(desc: str, steps: int, show: bool) -> tuple[tqdm, Callable[[int, float], None]]:
+    """A tqdm bar (with ETA) for a training stage and the per-step callback that advances it."""
+    bar = tqdm(total=steps, desc=f"{desc:<14}", unit="step", disable=not show, leave=True)
+
+    def update(step: int, loss: float) -> None:
+        bar.update(1)
+        if step % 10 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    return bar, update
+
+
+def fit(
+    desc: str, params: list, loss_fn, rows: list, steps: int, lr: float, cfg: RecipeConfig, show: bool
+) -> float:
+    """Run one training stage with its progress bar; returns the final loss."""
+    bar, update = progress(desc, steps, show)
+    tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=lr, seed=cfg.seed)
+    with bar:
+        return train_loop(params, loss_fn, rows, tcfg, pad_id=0, progress=update)
+
+
+# -------------------------------------------------------------------------------------------------- stages
+def train_reference(cfg: RecipeConfig, tok: PreTrainedTokenizerFast, data: list[Problem], show: bool):
+    """Slow thinking from scratch: a tiny Llama trained on the long traces."""
+    torch.manual_seed(cfg.seed)
+    config = tiny_config(
+        "llama", vocab_size=len(tok), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads, intermediate_size=4 * cfg.hidden_size,
+        max_position_embeddings=256,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
+    rows = encode_examples(tok, [(p.question, p.long) for p in data])
+    fit(REFERENCE, list(model.parameters()), sft_loss(model), rows, cfg.ref_steps, 3e-3, cfg, show)
+    return model.eval()
+
+
+def train_aligned(cfg: RecipeConfig, tok, data: list[Problem], ref: PreTrainedModel, show: bool):
+    """The concise aligned model: the reference fine-tuned (all weights) on short traces."""
+    model = copy.deepcopy(ref).train()
+    rows = encode_examples(tok, [(p.question, p.short) for p in data])
+    fit(ALIGNED, list(model.parameters()), sft_loss(model), rows, cfg.aligned_steps, 1e-3, cfg, show)
+    return model.eval()
+
+
+def train_trra(
+    cfg: RecipeConfig, tok, data: list[Problem], ref, aligned, init, lam: float, name: str, show: bool
+):
+    """A TrRa student (initialised from `init`) distilled toward softmax(lam * h_aligned + (1 - lam) * h_ref),
+    on prompts with both long and short traces, so the forks of both styles are covered."""
+    student = copy.deepcopy(init).train()
+    half = len(data) // 2
+    examples = [(p.question, p.long) for p in data[:half]] + [(p.question, p.short) for p in data[half:]]
+    rows = encode_examples(tok, examples)
+    loss = trra_loss(student, ref.eval(), aligned.eval(), lam)
+    fit(name, list(student.parameters()), loss, rows, cfg.trra_steps, 1e-3, cfg, show)
+    return student.eval()
+
+
+def train_inra(cfg: RecipeConfig, tok, data: list[Problem], ref: PreTrainedModel, show: bool) -> InRaModel:
+    """An InRa layer adapter on a frozen copy of the reference, SFT on short traces through the lam = 1 path."""
+    torch.manual_seed(cfg.seed)
+    model = InRaModel.from_base(copy.deepcopy(ref), AdapterConfig(num_layers=1))
+    rows = encode_examples(tok, [(p.question, p.short) for p in data])
+    params = model.adapter_parameters()  # the base stays frozen (requires_grad False)
+    fit(INRA, params, sft_loss(model, lam=1.0), rows, cfg.inra_steps, 3e-3, cfg, show)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+class Pipeline:
+    """Builds each stage's model on demand, from the cache when it is saved, else by training it (which in
+    turn loads or trains what it needs). A fully cached run loads nothing for training."""
+
+    def __init__(self, out: Path, cfg: RecipeConfig, tok, data: list[Problem], show: bool, log: Log) -> None:
+        self.out, self.cfg, self.tok, self.data, self.show, self.log = out, cfg, tok, data, show, log
+        self.loaded: dict[str, torch.nn.Module] = {}
+        self.seconds: dict[str, float] = {}
+
+    def path(self, name: str) -> Path:
+        return self.out / "models" / name
+
+    def ensure(self, name: str) -> None:
+        if not is_saved(self.path(name)):
+            self.build(name)
+
+    def get(self, name: str) -> torch.nn.Module:
+        if name not in self.loaded:
+            self.ensure(name)
+        if name not in self.loaded:
+            self.loaded[name] = load_plain(self.path(name))
+        return self.loaded[name]
+
+    def build(self, name: str) -> None:
+        t0 = time.time()
+        model = self._train(name)
+        if isinstance(model, InRaModel):
+            model.save_pretrained(self.path(name), tokenizer=self.tok)
+        else:
+            save_model(model, self.tok, self.path(name))
+        self.loaded[name] = model
+        self.seconds[name] = time.time() - t0
+        self.log(f"  trained {name} in {self.seconds[name]:.0f} s -> {self.path(name)}")
+
+    def _train(self, name: str) -> torch.nn.Module:
+        c, tok, data, show = self.cfg, self.tok, self.data, self.show
+        if name == REFERENCE:
+            return train_reference(c, tok, data, show)
+        if name == ALIGNED:
+            return train_aligned(c, tok, data, self.get(REFERENCE), show)
+        if name == INRA:
+            return train_inra(c, tok, data, self.get(REFERENCE), show)
+        if name == TRRA_ITER:  # TrRa-iter: realign again between the reference and the realigned model
+            prev = self.get(trra_name(c.iter_lam))
+            return train_trra(c, tok, data, self.get(REFERENCE), prev, prev, c.iter_lam, name, show)
+        for lam in c.trra_lams:
+            if name == trra_name(lam):
+                ref = self.get(REFERENCE)
+                return train_trra(c, tok, data, ref, self.get(ALIGNED), ref, lam, name, show)
+        raise ValueError(f"unknown stage {name!r}")
+
+    def stages(self) -> list[str]:
+        return [REFERENCE, ALIGNED, *map(trra_name, self.cfg.trra_lams), TRRA_ITER, INRA]
+
+
+# --------------------------------------------------------------------------------------------- run it all
+@dataclass
+class RecipeResult:
+    out_dir: Path
+    table1: list[Row]  # one row per plain model (reference, aligned, TrRa students)
+    figure4: list[Row]  # InRa at each lam
+    plot: Path
+    trained: dict[str, float]  # stages trained in this run -> seconds (cached stages are absent)
+    seconds: float
+
+
+class CacheMismatch(RuntimeError):
+    """The results folder was made with another configuration."""
+
+
+MANAGED = ("models", "test.jsonl", "recipe.json", "generations.jsonl", "results.md", "results.csv",
+           "accuracy_vs_tokens.png", "summary.md")  # fmt: skip
+
+
+def prepare_out(out: Path, cfg: RecipeConfig, force: bool) -> None:
+    """Create `out`; with `force` delete what an earlier run wrote there (only those files); refuse to mix
+    results of two configurations."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    if force:
+        for name in MANAGED:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    meta = out / "recipe.json"
+    if meta.exists() and json.loads(meta.read_text()) != cfg.to_dict():
+        raise CacheMismatch(f"{out} holds results of another configuration; use --force or another --out")
+    meta.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def write_test_set(path: Path, problems: list[Problem]) -> None:
+    rows = [{"id": p.id, "question": p.question, "answer": str(p.answer), "num_terms": len(p.terms)}
+            for p in problems]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def model_specs(pipe: Pipeline) -> list[ModelSpec]:
+    c, p = pipe.cfg, pipe.path
+    plain = [ModelSpec(REFERENCE, path=str(p(REFERENCE)), family="reference (slow)"),
+             ModelSpec(ALIGNED, path=str(p(ALIGNED)), family="aligned (SFT on short)")]  # fmt: skip
+    trra = [ModelSpec(n, path=str(p(n)), family="TrRa") for n in [*map(trra_name, c.trra_lams), TRRA_ITER]]
+    return [*plain, *trra, ModelSpec(INRA, kind="inra", path=str(p(INRA)), family="InRa")]
+
+
+def eval_config(cfg: RecipeConfig, show: bool) -> EvalConfig:
+    return EvalConfig(
+        lams=cfg.inra_lams, n_samples=cfg.eval_samples, temperature=cfg.eval_temperature, top_p=cfg.eval_top_p,
+        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, template="{question}",
+        seed=cfg.seed, baseline=REFERENCE, progress=show,
+    )  # fmt: skip
+
+
+def run_recipe(
+    out_dir: str | Path,
+    cfg: RecipeConfig | None = None,
+    force: bool = False,
+    show: bool = True,
+    log: Log = print,
+) -> RecipeResult:
+    """Train (or load from the cache) every stage, evaluate, and write the results folder."""
+    from flexrealign.eval.benchmarks import load_benchmark
+
+    t0, cfg, out = time.time(), cfg or RecipeConfig(), Path(out_dir)
+    if cfg.iter_lam not in cfg.trra_lams:
+        raise ValueError(f"iter_lam {cfg.iter_lam} must be one of trra_lams {cfg.trra_lams}")
+    prepare_out(out, cfg, force)
+    torch.manual_seed(cfg.seed)
+    tok = build_tokenizer()
+    data = make_problems(cfg.n_train, cfg.seed + 1, cfg.task)
+    write_test_set(out / "test.jsonl", make_problems(cfg.n_test, cfg.seed + 2, cfg.task))
+    pipe = Pipeline(out, cfg, tok, data, show, log)
+    for name in pipe.stages():
+        pipe.ensure(name)
+    pipe.loaded.clear()  # the harness loads each checkpoint itself, as it would any model
+    rows = evaluate(model_specs(pipe), load_benchmark(str(out / "test.jsonl")), eval_config(cfg, show), out)
+    table1 = [r for r in rows if r.lam is None]
+    figure4 = [r for r in rows if r.model == INRA]
+    return RecipeResult(out, table1, figure4, out / "accuracy_vs_tokens.png", pipe.seconds, time.time() - t0)

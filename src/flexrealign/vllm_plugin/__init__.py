@@ -1,0 +1,50 @@
+"""InRa on stock vLLM (V1), through vLLM's plugin points: per-request lam, several lam values in one batch.
+
+`pip install flexrealign[vllm]` installs the `vllm.general_plugins` entry point `flexrealign_inra`, which
+vLLM calls in every process it starts. `register()` then:
+
+1. registers the InRa model classes (`InRaQwen2ForCausalLM`, ...) with `ModelRegistry`;
+2. wraps the "hf" config parser so that a checkpoint whose config.json has an `inra` entry selects the
+   InRa class of its architecture (the saved `architectures` stay unchanged, so plain Hugging Face still
+   loads the lam = 1 model), and an InRa checkpoint of an architecture without an InRa class fails clearly;
+3. adds a config hook for the InRa architectures that installs the fusing logits processor and switches
+   logprobs to the processed (fused) distribution.
+
+So `vllm serve PATH` and `LLM(PATH)` work with no extra flags; each request picks its lam with
+`SamplingParams(extra_args={"lam": 0.5})` or, over HTTP, `"vllm_xargs": {"lam": 0.5}` (default 1.0).
+This module imports vLLM only inside `register()`, so importing flexrealign never needs vLLM.
+"""
+
+from __future__ import annotations
+
+# base architecture (config.json "architectures") -> the InRa class registered for it
+INRA_ARCHITECTURES: dict[str, str] = {
+    "Qwen2ForCausalLM": "InRaQwen2ForCausalLM",
+    "Qwen3ForCausalLM": "InRaQwen3ForCausalLM",
+    "LlamaForCausalLM": "InRaLlamaForCausalLM",
+    "MistralForCausalLM": "InRaMistralForCausalLM",
+}
+MODELS_MODULE = "flexrealign.vllm_plugin.models"
+LOGITS_PROCESSOR_FQCN = "flexrealign.vllm_plugin.logits:InRaLogitsProcessor"
+LAM_KEY = "lam"  # the SamplingParams.extra_args / vllm_xargs key carrying a request's lam
+
+_registered = False
+
+
+def register() -> None:
+    """The `vllm.general_plugins` entry point; safe to call more than once (vLLM calls it per process)."""
+    global _registered
+    if _registered:
+        return
+    from vllm import ModelRegistry
+
+    from flexrealign.vllm_plugin.config import register_config_hooks
+
+    for inra_arch in INRA_ARCHITECTURES.values():
+        # A lazy "module:Class" string keeps vLLM's model modules unimported until a model is loaded.
+        ModelRegistry.register_model(inra_arch, f"{MODELS_MODULE}:{inra_arch}")
+    register_config_hooks()
+    _registered = True
+
+
+__all__ = ["INRA_ARCHITECTURES", "LAM_KEY", "LOGITS_PROCESSOR_FQCN", "register"]

@@ -1,0 +1,61 @@
+"""The testbed end to end on the shortened (`--quick`) configuration: lam moves the token counts the way the
+paper reports, every stage is cached, and a rerun trains nothing."""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import pytest
+
+from flexrealign.commands import demo
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert demo.run(["--out", str(out), "--quick"]) == 0
+    return out
+
+
+def tokens(out) -> dict[str, float]:
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return {
+        r["model"] if r["lam"] == "-" else f"{r['model']}@{r['lam']}": float(r["mean_tokens"]) for r in rows
+    }
+
+
+def test_inra_thinks_shorter_at_lam_1_than_at_lam_0(demo_out) -> None:
+    t = tokens(demo_out)
+    assert t["inra@1"] < t["inra@0"]
+
+
+def test_trra_lam_2_is_shorter_than_lam_0_5(demo_out) -> None:
+    t = tokens(demo_out)
+    assert t["trra-lam2"] < t["trra-lam0.5"]
+
+
+def test_results_folder(demo_out) -> None:
+    for name in ("reference", "aligned", "trra-lam0.5", "trra-lam2", "trra-iter", "inra"):
+        assert (demo_out / "models" / name / "model.safetensors").is_file()
+    for name in ("generations.jsonl", "results.md", "results.csv", "accuracy_vs_tokens.png", "summary.md"):
+        assert (demo_out / name).is_file()
+    summary = (demo_out / "summary.md").read_text()
+    assert "Table 1" in summary and "Figure 4" in summary and "InRa lam=1 vs lam=0" in summary
+
+
+def test_second_run_is_cached(demo_out, capsys) -> None:
+    lines_before = (demo_out / "generations.jsonl").read_text().count("\n")
+    t0 = time.time()
+    assert demo.run(["--out", str(demo_out), "--quick"]) == 0
+    assert time.time() - t0 < 60
+    assert "none (all cached)" in capsys.readouterr().out
+    assert (demo_out / "generations.jsonl").read_text().count("\n") == lines_before
+
+
+def test_other_configuration_is_refused(demo_out, capsys) -> None:
+    assert demo.run(["--out", str(demo_out)]) == 2  # the full configuration would mix results
+    assert "another configuration" in capsys.readouterr().err

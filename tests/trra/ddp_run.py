@@ -1,0 +1,36 @@
+"""A short TrRa run for test_trra_ddp: started under `accelerate launch` (2 processes) or imported (1 process).
+
+    python ddp_run.py MODELS_DIR OUT_DIR PER_DEVICE_BATCH
+writes OUT_DIR/losses.json ({step: loss}) and OUT_DIR/model (the trained student).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from trra_helpers import make_rows, trra_config
+
+from flexrealign.trra import TrRaTrainer
+from flexrealign.trra.iterate import save_model
+
+STEPS, GLOBAL_BATCH = 6, 4
+
+
+def main(models_dir: Path, out: Path, per_device: int) -> None:
+    dirs = {"ref": models_dir / "ref", "aligned": models_dir / "aligned"}
+    config = trra_config(out, dirs, per_device_train_batch_size=per_device, max_steps=STEPS, lam=2.0)
+    trainer = TrRaTrainer(args=config, train_dataset=make_rows(64))
+    assert trainer.args.world_size * per_device == GLOBAL_BATCH, "the runs must share one global batch"
+    trainer.train()
+    save_model(trainer, out / "model")
+    if trainer.accelerator.is_main_process:
+        losses = {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
+        (out / "losses.json").write_text(
+            json.dumps({"world_size": trainer.args.world_size, "losses": losses})
+        )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))

