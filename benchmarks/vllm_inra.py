@@ -144,13 +144,29 @@ def run_engine(path: Path, args: argparse.Namespace, inra: bool) -> dict:
         enforce_eager=args.enforce_eager, seed=0,
     )  # fmt: skip
     startup = time.perf_counter() - start
-    cache = llm.llm_engine.vllm_config.cache_config
-    kv_tokens = int(cache.num_gpu_blocks * cache.block_size) if cache.num_gpu_blocks else None
+    kv = kv_capacity(llm)
     rows = measure(llm, args, inra)
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
-    return {"startup_s": round(startup, 1), "kv_cache_tokens": kv_tokens, "throughput": rows}
+    return {"startup_s": round(startup, 1), **kv, "throughput": rows}
+
+
+def kv_capacity(llm) -> dict:
+    """KV-cache capacity: all blocks in tokens, and what vLLM logs ("KV cache size: N tokens").
+
+    vLLM's log counts whole blocks per request: (blocks / blocks per max_model_len request) * max_model_len.
+    """
+    cfg = llm.llm_engine.vllm_config
+    blocks, block_size = cfg.cache_config.num_gpu_blocks or 0, cfg.cache_config.block_size
+    max_len = cfg.model_config.max_model_len
+    per_request = -(-max_len // block_size)  # blocks one max_model_len request holds
+    return {
+        "kv_cache_blocks": blocks,
+        "block_size": block_size,
+        "kv_cache_tokens": blocks * block_size,
+        "kv_cache_tokens_logged": int(blocks / per_request * max_len),
+    }
 
 
 def print_table(result: dict) -> None:
@@ -162,9 +178,10 @@ def print_table(result: dict) -> None:
         print(
             f"{b['concurrency']:>11} | {b['output_tokens_per_s']:>10.1f} | {i['output_tokens_per_s']:>10.1f} | {ratio:>9.2f}"
         )
-    kv_b, kv_i = base["kv_cache_tokens"], inra["kv_cache_tokens"]
-    ratio = f"{kv_i / kv_b:.3f}" if kv_b and kv_i else "n/a"
-    print(f"{'KV tokens':>11} | {kv_b!s:>10} | {kv_i!s:>10} | {ratio:>9}")
+    for key, label in (("kv_cache_tokens", "KV tokens"), ("kv_cache_tokens_logged", "KV (logged)")):
+        kv_b, kv_i = base[key], inra[key]
+        ratio = f"{kv_i / kv_b:.3f}" if kv_b and kv_i else "n/a"
+        print(f"{label:>11} | {kv_b!s:>10} | {kv_i!s:>10} | {ratio:>9}")
     print(f"{'start-up s':>11} | {base['startup_s']:>10} | {inra['startup_s']:>10} |")
 
 

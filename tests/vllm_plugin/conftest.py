@@ -8,27 +8,30 @@ one engine per module.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from flexrealign.inra import InRaModel
 from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _vllm_env() -> None:
-    # Quieter engine processes; collective_rpc needs to send a function to the engine.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+def _vllm_env() -> Iterator[None]:
+    """Quieter engine processes; collective_rpc needs to send a function to the engine. Restored after."""
+    wanted = {"VLLM_LOGGING_LEVEL": "WARNING", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update({k: v for k, v in wanted.items() if saved[k] is None})
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, InRaModel]]:
-    """family -> (checkpoint folder, the InRaModel it was saved from)."""
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """family -> an InRa checkpoint folder (1 adapter layer on 2 layers, perturbed adapter, tokenizer)."""
     root = tmp_path_factory.mktemp("inra_ckpts")
-    out = {}
     for family in ("qwen2", "llama"):
-        model = tiny_inra_checkpoint(root / family, family)
-        out[family] = (root / family, model)
-    return out
+        tiny_inra_checkpoint(root / family, family)
+    return {family: root / family for family in ("qwen2", "llama")}

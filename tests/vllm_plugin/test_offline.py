@@ -18,7 +18,7 @@ pytestmark = pytest.mark.vllm
 
 @pytest.fixture(scope="module", params=["qwen2", "llama"])
 def engine(request, checkpoints):
-    path, _ = checkpoints[request.param]
+    path = checkpoints[request.param]
     llm = LLM(str(path), enforce_eager=True, **ENGINE_ARGS)
     yield path, llm
     shutdown_llm(llm)

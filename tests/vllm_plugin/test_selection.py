@@ -41,7 +41,7 @@ def test_entry_point_is_installed():
 
 
 def test_inra_config_selects_the_inra_class(checkpoints):
-    path, _ = checkpoints["llama"]
+    path = checkpoints["llama"]
     cfg = AutoConfig.from_pretrained(path)
     cfg.architectures = ["LlamaForCausalLM"]
     assert select_inra_architecture(cfg) == "InRaLlamaForCausalLM"
@@ -54,13 +54,13 @@ def test_inra_config_selects_the_inra_class(checkpoints):
 
 
 def test_missing_architectures_fall_back_to_model_type(checkpoints):
-    cfg = AutoConfig.from_pretrained(checkpoints["qwen2"][0])
+    cfg = AutoConfig.from_pretrained(checkpoints["qwen2"])
     cfg.architectures = None  # InRaModel.save_pretrained of a model built with from_config writes none
     assert select_inra_architecture(cfg) == "InRaQwen2ForCausalLM"
 
 
 def test_corrupt_inra_entry_fails_before_loading(checkpoints):
-    cfg = AutoConfig.from_pretrained(checkpoints["qwen2"][0])
+    cfg = AutoConfig.from_pretrained(checkpoints["qwen2"])
     cfg.inra = {"adapter_layers": cfg.num_hidden_layers}
     with pytest.raises(ValueError, match="corrupt InRa config"):
         select_inra_architecture(cfg)

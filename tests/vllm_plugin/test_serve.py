@@ -81,7 +81,7 @@ def wait_healthy(proc: subprocess.Popen, port: int, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(checkpoints, tmp_path_factory):
-    path, _ = checkpoints["qwen2"]
+    path = checkpoints["qwen2"]
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "vllm_serve.log"
     with open(log, "w") as f:

@@ -14,8 +14,9 @@ Divergences, per token over the vocabulary, with p_s the student and p_t the fus
     jsd         beta * KL(p_t || m) + (1 - beta) * KL(p_s || m),  m = beta * p_t + (1 - beta) * p_s
 
 `jsd` is the generalised Jensen-Shannon divergence of TRL's GKD trainer (Agarwal et al., 2024): the mixture is
-formed in log space, log m = logaddexp(log beta + log p_t, log(1 - beta) + log p_s); beta = 0.5 is the symmetric
-JSD, and beta -> 0 / beta -> 1 approach forward / reverse KL (scaled by beta, which is why those two are separate).
+formed in log space for stability, log m = logaddexp(log beta + log p_t, log(1 - beta) + log p_s). beta = 0.5 is
+the symmetric JSD; as beta -> 0 it tends to beta * forward KL and as beta -> 1 to (1 - beta) * reverse KL, which
+vanish, hence the two KLs as divergences of their own.
 
 The gradient with respect to the student logits is computed analytically in the forward pass, chunk by chunk, and
 folded straight into the gradients of the hidden states and of the head weight (as Liger-Kernel's fused losses do).

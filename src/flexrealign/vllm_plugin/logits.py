@@ -82,10 +82,10 @@ class InRaLogitsProcessor(LogitsProcessor):
         return False  # fusion changes which token is the most likely, so greedy decoding needs it too
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        changed = process_dict_updates(self.lams, batch_update, lambda params, _p, _o: request_lam(params))
+        process_dict_updates(self.lams, batch_update, lambda params, _p, _o: request_lam(params))
         process_dict_updates(self.biases, batch_update, lambda params, _p, _o: params.logit_bias or None)
-        if changed or batch_update is not None:
-            self._lam_rows = None
+        if batch_update is not None:
+            self._lam_rows = None  # rows were added, removed or moved
 
     def _lam_tensor(self, batch: int) -> torch.Tensor:
         if self._lam_rows is None or self._lam_rows.shape[0] != batch:

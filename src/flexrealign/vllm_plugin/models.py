@@ -60,7 +60,8 @@ def share_weights(ref: nn.Module, src: nn.Module) -> None:
 def shared_layer_factory(aligned_layers: nn.ModuleList, n: int) -> LayerFactory:
     """A decoder-layer constructor for the reference model: build layer j, then share layer n + j's weights.
 
-    Sharing right after each layer is built keeps the extra memory at load time to one layer.
+    Sharing right after each layer is built keeps the extra memory at load time to one layer (and the
+    embedding the stock constructor builds, until it is replaced by the shared one).
     """
 
     def make(**kwargs: Any) -> nn.Module:
@@ -104,8 +105,12 @@ class InRaCausalLMMixin(nn.Module):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         check_engine_config(vllm_config)
-        select_inra_architecture(vllm_config.model_config.hf_config)
-        n = int(vllm_config.model_config.hf_config.inra["adapter_layers"])
+        hf_config = vllm_config.model_config.hf_config
+        if select_inra_architecture(hf_config) is None:  # also validates the entry
+            raise ValueError(
+                f"{type(self).__name__} serves InRa checkpoints; config.json has no 'inra' entry"
+            )
+        n = int(hf_config.inra["adapter_layers"])
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.inra_adapter_layers = n
         self.ref_model = self.ref_model_cls(

@@ -34,8 +34,13 @@ def bpe_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with exactly `vocab_size` ids, trained in code on a fixed synthetic text.
 
     Byte-level with vocab + merges, as the Qwen2 tokenizer class that AutoTokenizer insists on for qwen2
-    checkpoints can rebuild it; every string encodes (all 256 bytes are tokens) and every id decodes.
+    checkpoints can rebuild it; every string encodes (all 256 bytes are tokens) and every id decodes. The
+    small text yields a few hundred merges; larger vocabularies are filled up with `<extra_i>` tokens.
     """
+    if vocab_size < len(SPECIAL_TOKENS) + 256:
+        raise ValueError(
+            f"bpe_tokenizer: vocab_size must be >= {len(SPECIAL_TOKENS) + 256}, got {vocab_size}"
+        )
     rng, words = random.Random(0), _WORDS_TEXT.split()
     corpus = [
         " ".join(rng.choice(words) for _ in range(12)) + f", {rng.randint(0, 999)}." for _ in range(2000)
@@ -50,10 +55,7 @@ def bpe_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer)
-    if tok.get_vocab_size() != vocab_size:
-        raise ValueError(
-            f"bpe_tokenizer: vocab_size must be >= {len(SPECIAL_TOKENS) + 256}, got {vocab_size}"
-        )
+    tok.add_tokens([f"<extra_{i}>" for i in range(vocab_size - tok.get_vocab_size())])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
