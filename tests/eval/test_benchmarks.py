@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import shared_path
 
+from conftest import shared_path
 from flexrealign.eval.benchmarks import R1_PROMPT, Problem, build_messages, load_benchmark
 
 

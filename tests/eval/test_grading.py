@@ -9,8 +9,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from conftest import shared_path
 
+from conftest import shared_path
 from flexrealign.eval.grading import grade, gsm8k_gold, last_boxed
 
 
