@@ -229,6 +229,7 @@ class InRaModel(FusedCausalLM):
         loads it as the two-path model. Written atomically: a crash leaves any previous folder intact.
         """
         cfg = merged_model_config(self.config, len(self.adapter), self._meta())
+        cfg.architectures = cfg.architectures or [type(self.base).__name__]  # as HF's save_pretrained writes
         with atomic_dir(save_directory) as tmp:
             save_state_dict(self.merged_state_dict(), tmp)
             cfg.save_pretrained(tmp)
