@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_path(*parts: str) -> Path:
-    """Path inside the shared assets folder; skips the calling test when it is absent."""
-    root = Path(os.environ.get("FLEXREALIGN_SHARED", REPO_ROOT.parent / "shared"))
-    path = root.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared asset {path} not found (set FLEXREALIGN_SHARED to the shared/ folder)")
-    return path
+from helpers import REPO_ROOT, shared_path  # noqa: E402,F401  (re-exported for older imports)
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 import torch
 
 from flexrealign.inra import InRaModel
@@ -14,3 +18,15 @@ def perturb_adapter(model: InRaModel, scale: float = 0.05, seed: int = 1) -> InR
         for p in model.adapter.parameters():
             p.add_(torch.randn(p.shape, generator=gen).to(p.dtype) * scale)
     return model
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_path(*parts: str) -> Path:
+    """Path inside the shared assets folder; skips the calling test when it is absent."""
+    root = Path(os.environ.get("FLEXREALIGN_SHARED", REPO_ROOT.parent / "shared"))
+    path = root.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared asset {path} not found (set FLEXREALIGN_SHARED to the shared/ folder)")
+    return path

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import shared_path
 from flexrealign.llama2c import convert_llama2c, read_llama2c
+from helpers import shared_path
 
 LILY = "Once upon a time, there was a little girl named Lily"
 TEXTS = [

@@ -13,7 +13,7 @@ from helpers import perturb_adapter
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    from conftest import shared_path
+    from helpers import shared_path
 
     root = tmp_path_factory.mktemp("cli")
     stories = shared_path("models", "stories260K")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_path
 from flexrealign.eval.benchmarks import R1_PROMPT, Problem, build_messages, load_benchmark
+from helpers import shared_path
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_path
 from flexrealign.eval.grading import grade, gsm8k_gold, last_boxed
+from helpers import shared_path
 
 
 def _rows(name: str) -> list[dict]:

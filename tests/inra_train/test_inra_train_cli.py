@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import shared_path
 from flexrealign.cli import main
 from flexrealign.commands._args import parse
 from flexrealign.inra import InRaModel
 from flexrealign.inra_train import InRaTrainConfig
 from flexrealign.llama2c import convert_llama2c
+from helpers import shared_path
 
 PAPER_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "paper").glob("inra_*.yaml"))
 

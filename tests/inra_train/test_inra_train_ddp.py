@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import shared_path
 from flexrealign.cli import main
 from flexrealign.llama2c import convert_llama2c
+from helpers import shared_path
 
 ACCELERATE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "ddp_cpu.yaml"
 PAIRS = [
