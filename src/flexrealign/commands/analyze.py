@@ -55,13 +55,19 @@ class AnalyzeArgs:
 
 
 def run(argv: list[str]) -> int:
+    usage = "usage: flexrealign analyze {layers,init} --model M --dataset D [options]"
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"{usage}\n\n{__doc__}")
+        return 0
     if not argv or argv[0] not in TITLES:
-        return fail("usage: flexrealign analyze {layers,init} --model M --dataset D [options]")
+        return fail(usage)
     which, rest = argv[0], argv[1:]
     (args,) = parse([AnalyzeArgs], rest, f"analyze {which}", __doc__)
     model = wrap_load_errors(
         f"model {args.model}",
-        lambda: AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)),
+        lambda: AutoModelForCausalLM.from_pretrained(
+            args.model, dtype=getattr(torch, args.dtype), use_safetensors=True
+        ),
     ).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     records = load_any_dataset(args.dataset, args.dataset_config, args.split, args.max_samples)

@@ -89,8 +89,8 @@ def load_model(args: ServeArgs) -> tuple[torch.nn.Module, object]:
     kwargs = _hf_kwargs(args)
     if args.model is None:
         tokenizer = AutoTokenizer.from_pretrained(args.dera_aligned)
-        ref = AutoModelForCausalLM.from_pretrained(args.dera_ref, **kwargs)
-        aligned = AutoModelForCausalLM.from_pretrained(args.dera_aligned, **kwargs)
+        ref = AutoModelForCausalLM.from_pretrained(args.dera_ref, use_safetensors=True, **kwargs)
+        aligned = AutoModelForCausalLM.from_pretrained(args.dera_aligned, use_safetensors=True, **kwargs)
         model = DeRa(ref, aligned, tokenizers=(AutoTokenizer.from_pretrained(args.dera_ref), tokenizer))
     else:
         tokenizer = AutoTokenizer.from_pretrained(args.model)

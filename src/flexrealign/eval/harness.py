@@ -174,12 +174,18 @@ def load_model(spec: ModelSpec, device: torch.device | None = None) -> tuple:
         from flexrealign.inra import InRaModel
 
         return InRaModel.from_pretrained(spec.path).to(device).eval(), tokenizer
-    model = AutoModelForCausalLM.from_pretrained(spec.path, dtype="auto").to(device).eval()
+    model = (
+        AutoModelForCausalLM.from_pretrained(spec.path, dtype="auto", use_safetensors=True).to(device).eval()
+    )
     if spec.kind == "plain":
         return model, tokenizer
     from flexrealign.dera import DeRa
 
-    aligned = AutoModelForCausalLM.from_pretrained(spec.aligned_path, dtype="auto").to(device).eval()
+    aligned = (
+        AutoModelForCausalLM.from_pretrained(spec.aligned_path, dtype="auto", use_safetensors=True)
+        .to(device)
+        .eval()
+    )
     return DeRa(model, aligned, [tokenizer, AutoTokenizer.from_pretrained(spec.aligned_path)]), tokenizer
 
 

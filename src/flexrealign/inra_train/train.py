@@ -49,7 +49,8 @@ def load_base(config: InRaTrainConfig) -> tuple[PreTrainedModel, PreTrainedToken
     name = config.base_model
     dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
     model = wrap_load_errors(
-        f"base model {name}", lambda: AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        f"base model {name}",
+        lambda: AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True),
     )
     tokenizer = wrap_load_errors(f"the tokenizer of {name}", lambda: AutoTokenizer.from_pretrained(name))
     return model, tokenizer
