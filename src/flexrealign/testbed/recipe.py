@@ -48,15 +48,15 @@ class RecipeConfig:
 
     seed: int = 0
     n_train: int = 6000
-    n_test: int = 200
+    n_test: int = 150
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
     batch_size: int = 32
     ref_steps: int = 1200
     aligned_steps: int = 250
-    trra_steps: int = 200
-    inra_steps: int = 300
+    trra_steps: int = 150
+    inra_steps: int = 240
     trra_lams: tuple[float, ...] = (0.5, 2.0)
     iter_lam: float = 2.0
     inra_lams: tuple[float, ...] = (-0.5, 0.0, 0.5, 1.0, 1.5)
