@@ -176,6 +176,7 @@ def main() -> None:
                         new_tokens=args.new_tokens,
                         prompt_len=args.prompt_len,
                         dtype=args.dtype,
+                        device=args.device,
                     )
                 )
                 print(
