@@ -13,10 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from flexrealign.inra import InRaModel
 from flexrealign.inra_train.views import InRaPathView
 from flexrealign.trra import TrRaConfig, TrRaTrainer
-from flexrealign.trra.loss import ALIGNED, REF, teacher_parts
-from flexrealign.trra.models import freeze, head_weight, load_model
-from flexrealign.trra.teacher_cache import TeacherCache
-from flexrealign.trra.trainer import _teacher_dtype
+from flexrealign.trra.models import head_weight
 
 
 class InRaTrRaTrainer(TrRaTrainer):
@@ -44,16 +41,7 @@ class InRaTrRaTrainer(TrRaTrainer):
     @staticmethod
     def _load_models(model, ref_model, aligned_model, names, args: TrRaConfig):
         """(student view, {part: frozen teacher}, cache or None): the student is never loaded or copied."""
-        cache = TeacherCache(args.teacher_cache) if args.teacher_cache else None
-        given = {REF: ref_model, ALIGNED: aligned_model}
-        teachers = {}
-        for part in teacher_parts(args.lam) if cache is None else ():
-            teacher = given[part]
-            if not isinstance(teacher, PreTrainedModel):
-                if names[part] is None:
-                    raise ValueError(f"lam={args.lam} needs the {part} model: set {part}_model")
-                teacher = load_model(names[part], part, _teacher_dtype(args), args.trust_remote_code)
-            teachers[part] = freeze(teacher)
+        teachers, cache = TrRaTrainer._load_teachers(ref_model, aligned_model, names, args)
         return model, teachers, cache
 
     def student_hidden_states(self, model, inputs):

@@ -168,7 +168,16 @@ class TrRaTrainer(SFTTrainer):
             student = load_model(
                 names["student"], "student", student_dtype, args.trust_remote_code, **init_kwargs
             )
+        teachers, cache = TrRaTrainer._load_teachers(ref_model, aligned_model, names, args)
+        return student, teachers, cache
+
+    @staticmethod
+    def _load_teachers(
+        ref_model: ModelLike, aligned_model: ModelLike, names: dict[str, str | None], args: TrRaConfig
+    ) -> tuple[dict[str, PreTrainedModel], TeacherCache | None]:
+        """({part: frozen teacher} for the parts lam needs, cache or None); with a cache no teacher is loaded."""
         cache = TeacherCache(args.teacher_cache) if args.teacher_cache else None
+        given = {REF: ref_model, ALIGNED: aligned_model}
         teachers = {}
         for part in teacher_parts(args.lam) if cache is None else ():
             teacher = given[part]
@@ -177,7 +186,7 @@ class TrRaTrainer(SFTTrainer):
                     raise ValueError(f"lam={args.lam} needs the {part} model: set {part}_model")
                 teacher = load_model(names[part], part, _teacher_dtype(args), args.trust_remote_code)
             teachers[part] = freeze(teacher)
-        return student, teachers, cache
+        return teachers, cache
 
     @staticmethod
     def _check_vocab(
