@@ -15,6 +15,9 @@ import pytest
 
 from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint
 
+FAMILIES = ("qwen2", "qwen3", "llama", "mistral")
+FAMILY_CONFIG = {"qwen3": {"head_dim": 128}}  # vLLM's CPU attention kernel needs head_dim 128
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _vllm_env() -> Iterator[None]:
@@ -32,6 +35,6 @@ def _vllm_env() -> Iterator[None]:
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """family -> an InRa checkpoint folder (1 adapter layer on 2 layers, perturbed adapter, tokenizer)."""
     root = tmp_path_factory.mktemp("inra_ckpts")
-    for family in ("qwen2", "llama"):
-        tiny_inra_checkpoint(root / family, family)
-    return {family: root / family for family in ("qwen2", "llama")}
+    for family in FAMILIES:
+        tiny_inra_checkpoint(root / family, family, **FAMILY_CONFIG.get(family, {}))
+    return {family: root / family for family in FAMILIES}

@@ -1,4 +1,9 @@
-"""The offline `LLM` API on InRa checkpoints: per-request lam in one batch, fused logprobs, engine layout."""
+"""The offline `LLM` API on InRa checkpoints: per-request lam in one batch, fused logprobs, engine layout.
+
+One engine per family (Qwen2, Qwen3 with head_dim 128, Llama, Mistral with a sliding window), reused by every
+test here; prefix caching is on for two families and off for the other two, and every engine chunks
+prefills longer than MAX_BATCHED_TOKENS.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,31 @@ pytest.importorskip("vllm", reason="vllm is not installed (pip install flexreali
 import torch  # noqa: E402
 from vllm import LLM, SamplingParams  # noqa: E402
 from vllm.exceptions import VLLMValidationError  # noqa: E402
-from vllm_common import ENGINE_ARGS, LAMS, MAX_NEW_TOKENS, PROMPTS, reference_tokens, shutdown_llm  # noqa: E402
+from vllm_common import (  # noqa: E402
+    LAMS,
+    MAX_BATCHED_TOKENS,
+    MAX_NEW_TOKENS,
+    OFFLINE_ENGINE_ARGS,
+    PROMPTS,
+    reference_tokens,
+    shutdown_llm,
+)
 
 from flexrealign.inra import InRaModel  # noqa: E402
 
 pytestmark = pytest.mark.vllm
+PREFIX_CACHING = {"qwen2": True, "qwen3": False, "llama": False, "mistral": True}
 
 
-@pytest.fixture(scope="module", params=["qwen2", "llama"])
+@pytest.fixture(scope="module", params=list(PREFIX_CACHING))
 def engine(request, checkpoints):
     path = checkpoints[request.param]
-    llm = LLM(str(path), enforce_eager=True, **ENGINE_ARGS)
+    llm = LLM(
+        str(path),
+        enforce_eager=True,
+        enable_prefix_caching=PREFIX_CACHING[request.param],
+        **OFFLINE_ENGINE_ARGS,
+    )
     yield path, llm
     shutdown_llm(llm)
 
@@ -28,16 +47,63 @@ def greedy(lam: float, max_tokens: int = MAX_NEW_TOKENS, **kwargs) -> SamplingPa
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, extra_args={"lam": lam}, **kwargs)
 
 
-def test_lam_batch_matches_flexrealign_greedy(engine):
-    path, llm = engine
-    prompts = [p for p in PROMPTS for _ in LAMS]
-    outs = llm.generate(prompts, [greedy(lam) for _ in PROMPTS for lam in LAMS], use_tqdm=False)
+@pytest.fixture(scope="module")
+def want(engine):
+    """flexrealign's greedy tokens for every (prompt, lam) of PROMPTS x LAMS, in that order."""
+    return reference_tokens(engine[0], PROMPTS, LAMS)
+
+
+def assert_tokens(outs, want, prompts, lams) -> None:
     got = [list(o.outputs[0].token_ids) for o in outs]
-    want = reference_tokens(path, PROMPTS, LAMS)
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        assert g == w, f"prompt {prompts[i]!r} lam={LAMS[i % len(LAMS)]}: vLLM {g} != flexrealign {w}"
-    by_lam = dict(zip(LAMS, got[: len(LAMS)], strict=True))
+    for g, w, p, lam in zip(got, want, prompts, lams, strict=True):
+        assert g == w, f"prompt {p[:30]!r} lam={lam}: vLLM {g} != flexrealign {w}"
+
+
+def test_lam_batch_matches_flexrealign_greedy(engine, want):
+    """One mixed batch, twice: the second round reads the first's KV blocks where prefix caching is on."""
+    _, llm = engine
+    prompts, lams = [p for p in PROMPTS for _ in LAMS], [lam for _ in PROMPTS for lam in LAMS]
+    assert len(llm.get_tokenizer()(PROMPTS[-1]).input_ids) > 2 * MAX_BATCHED_TOKENS  # a chunked prefill
+    for _ in range(2):
+        outs = llm.generate(prompts, [greedy(lam) for lam in lams], use_tqdm=False)
+        assert_tokens(outs, want, prompts, lams)
+    by_lam = dict(zip(LAMS, want[: len(LAMS)], strict=True))
     assert by_lam[0.0] != by_lam[1.0] and by_lam[-1.0] != by_lam[2.0], "lam must change the output"
+
+
+def install_step_log(worker) -> None:
+    """Record, per model forward, the paths it ran and its token count (on the engine's model)."""
+    model = worker.get_model()
+    log = model.inra_step_log = []
+    model.register_forward_hook(lambda m, _args, out: log.append((sorted(m.inra_step_paths), out.shape[0])))
+
+
+def test_single_path_steps_then_dual_requests_join(engine, want):
+    """lam = 1 requests alone run the aligned path only; dual-path requests that join later, on the same
+    prompts (so on the same prefix-cache blocks, where caching is on), still match flexrealign exactly."""
+    _, llm = engine
+    llm.collective_rpc(install_step_log)
+    engine_ = llm.llm_engine
+    jobs = [(p, 1.0) for p in PROMPTS] + [(p, lam) for p in PROMPTS for lam in (0.5, -1.0, 0.0)]
+    for i, (prompt, lam) in enumerate(jobs[: len(PROMPTS)]):
+        engine_.add_request(f"single-{i}", prompt, greedy(lam))
+    outs, steps = {}, 0
+    while engine_.has_unfinished_requests():
+        steps += 1
+        if steps == 6:  # the lam = 1 requests are past their (chunked) prefill and decoding
+            for i, (prompt, lam) in enumerate(jobs[len(PROMPTS) :]):
+                engine_.add_request(f"dual-{i}", prompt, greedy(lam))
+        outs.update({o.request_id: o for o in engine_.step() if o.finished})
+    order = [f"single-{i}" for i in range(len(PROMPTS))] + [
+        f"dual-{i}" for i in range(len(jobs) - len(PROMPTS))
+    ]
+    index = {(p, lam): k for k, (p, lam) in enumerate((p, lam) for p in PROMPTS for lam in LAMS)}
+    assert_tokens([outs[r] for r in order], [want[index[j]] for j in jobs], *zip(*jobs, strict=True))
+    log = llm.collective_rpc(lambda worker: worker.get_model().inra_step_log)[0]
+    kinds = [tuple(paths) for paths, _ in log]
+    first_dual = kinds.index(("aligned", "ref"))
+    assert set(kinds[:first_dual]) == {("aligned",)} and first_dual >= 5, kinds  # skipped while all lam = 1
+    assert ("ref",) not in kinds[:first_dual]
 
 
 def test_logprobs_are_the_fused_distribution(engine):
@@ -59,20 +125,28 @@ def test_logprobs_are_the_fused_distribution(engine):
 
 
 def test_adapter_runs_once_per_token(engine):
-    """The adapter layers see each token once; the original layers once per path; the ref path has its own KV."""
+    """The adapter layers see each token once; each original weight is read once per step for both paths
+    (one projection call over the stacked rows); each path's attention has its own KV cache."""
     _, llm = engine
 
     def install(worker):
         model = worker.get_model()
-        counts = model.inra_token_counts = {"adapter": 0, "aligned_body": 0, "ref_body": 0}
+        counts = model.inra_token_counts = {"adapter": 0, "aligned_attn": 0, "ref_attn": 0, "qkv_rows": 0}
+        counts["qkv_calls"] = counts["steps"] = 0
         n = model.inra_adapter_layers
 
-        def counter(key):
-            return lambda _mod, args, _out: counts.__setitem__(key, counts[key] + args[1].shape[0])
+        def counter(key, arg=0):
+            return lambda _mod, args, _out: counts.__setitem__(key, counts[key] + args[arg].shape[0])
 
-        model.model.layers[0].register_forward_hook(counter("adapter"))
-        model.model.layers[n].register_forward_hook(counter("aligned_body"))
-        model.ref_model.layers[0].register_forward_hook(counter("ref_body"))
+        def calls(key):
+            return lambda *_: counts.__setitem__(key, counts[key] + 1)
+
+        model.model.layers[0].register_forward_hook(counter("adapter", 1))
+        model.model.layers[n].self_attn.attn.register_forward_hook(counter("aligned_attn"))
+        model.ref_model.layers[0].self_attn.attn.register_forward_hook(counter("ref_attn"))
+        model.model.layers[n].self_attn.qkv_proj.register_forward_hook(counter("qkv_rows"))
+        model.model.layers[n].self_attn.qkv_proj.register_forward_hook(calls("qkv_calls"))
+        model.register_forward_hook(calls("steps"))
         attn = [name for name, m in model.named_modules() if type(m).__name__ == "Attention"]
         ref0, body0 = model.ref_model.layers[0], model.model.layers[n]
         shared = ref0.self_attn.qkv_proj is body0.self_attn.qkv_proj and ref0.mlp is body0.mlp
@@ -90,7 +164,10 @@ def test_adapter_runs_once_per_token(engine):
     out = llm.generate(["hot water and hot time"], [greedy(0.5, 5)], use_tqdm=False)[0]
     counts = llm.collective_rpc(lambda worker: dict(worker.get_model().inra_token_counts))[0]
     tokens = len(out.prompt_token_ids) + len(out.outputs[0].token_ids) - 1  # the last token is never fed back
-    assert counts == {"adapter": tokens, "aligned_body": tokens, "ref_body": tokens}
+    steps = counts.pop("steps")
+    assert counts == {
+        "adapter": tokens, "aligned_attn": tokens, "ref_attn": tokens, "qkv_rows": 2 * tokens, "qkv_calls": steps
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -183,3 +183,53 @@ def test_processor_refuses_a_wrong_width():
 def test_validate_params_refuses_bad_lam(lam):
     with pytest.raises(VLLMValidationError, match="finite number"):
         InRaLogitsProcessor.validate_params(SamplingParams(extra_args={"lam": lam}))
+
+
+# ---------------------------------------------------------------------------------- path skipping
+def test_request_paths_cover_every_lam():
+    from flexrealign.vllm_plugin.logits import lam_paths, request_paths
+
+    assert request_paths(SamplingParams(extra_args={"lam": 1.0})) == {"aligned"}
+    assert request_paths(SamplingParams()) == {"aligned"}  # no lam: the aligned model
+    assert request_paths(SamplingParams(extra_args={"lam": 0})) == {"ref"}
+    for lam in (-1.0, 0.5, 2.0):
+        assert request_paths(SamplingParams(extra_args={"lam": lam})) == {"aligned", "ref"}
+    assert lam_paths([1.0, 1.0]) == {"aligned"} and lam_paths([1.0, 0.0]) == {"aligned", "ref"}
+
+
+def test_processor_reports_the_live_batch_paths():
+    from flexrealign.vllm_plugin.logits import live_paths
+
+    proc = processor()
+    assert proc.live_paths == live_paths() == {"aligned", "ref"}  # nothing live yet: dummy runs take both
+    proc.update_state(BatchUpdate(batch_size=2, removed=[], added=[added(0, 1.0), added(1, None)], moved=[]))
+    assert live_paths() == {"aligned"}
+    proc.update_state(BatchUpdate(batch_size=3, removed=[], added=[added(2, 0.5)], moved=[]))
+    assert live_paths() == {"aligned", "ref"}
+    proc.update_state(BatchUpdate(batch_size=2, removed=[2], added=[], moved=[]))
+    assert live_paths() == {"aligned"}
+    proc.update_state(BatchUpdate(batch_size=1, removed=[1], added=[added(0, 0.0)], moved=[]))  # 0 replaced
+    assert live_paths() == {"ref"}
+
+
+def test_prefix_cache_blocks_hash_apart_by_paths():
+    """A dual-path request never reuses blocks of a single-path one, whose skipped path has no KV there."""
+    from vllm.utils.hashing import sha256_cbor
+    from vllm.v1.core import kv_cache_utils
+    from vllm.v1.request import Request
+
+    from flexrealign.vllm_plugin.config import path_salt_installed, salt_prefix_cache_by_paths
+
+    salt_prefix_cache_by_paths()
+    assert path_salt_installed()
+    kv_cache_utils.init_none_hash(sha256_cbor)
+    hasher = kv_cache_utils.get_request_block_hasher(4, sha256_cbor)
+
+    def hashes(lam):
+        params = SamplingParams(max_tokens=1, extra_args=None if lam is None else {"lam": lam})
+        req = Request("r", list(range(12)), params, None, block_hasher=hasher)
+        return req.block_hashes
+
+    plain, one, half, half2, zero = hashes(None), hashes(1.0), hashes(0.5), hashes(2.0), hashes(0.0)
+    assert len(plain) == 3 and plain == one  # aligned-only requests (and non-InRa models) hash as before
+    assert half == half2 and not set(half) & set(one) and not set(zero) & (set(one) | set(half))

@@ -11,11 +11,16 @@ from flexrealign.generation import generate
 from flexrealign.inra import InRaModel
 
 LAMS = (-1.0, 0.0, 0.5, 1.0, 2.0)
-PROMPTS = ("the word of his time", "you said that he was at one, 42.")
+# The third prompt is longer than MAX_BATCHED_TOKENS, so its prefill is chunked over several steps.
+LONG_PROMPT = " ".join(["the word of his time is that he was at one with all there, 42."] * 4)
+PROMPTS = ("the word of his time", "you said that he was at one, 42.", LONG_PROMPT)
 MAX_NEW_TOKENS = 12
+MAX_BATCHED_TOKENS = 32
 ENGINE_ARGS = dict(
     dtype="float32", max_model_len=256, max_num_seqs=16, kv_cache_memory_bytes=64 << 20, seed=0
 )
+# the offline tests' engines: a small block size, so that prompts fill blocks the prefix cache can reuse
+OFFLINE_ENGINE_ARGS = dict(ENGINE_ARGS, block_size=32, max_num_batched_tokens=MAX_BATCHED_TOKENS)
 
 
 def reference_tokens(path: Path, prompts, lams, max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:

@@ -8,6 +8,10 @@ Two vLLM hooks, both installed by `register()`:
 * `MODELS_CONFIG_MAP`, vLLM's per-architecture `verify_and_update_config` hook (the one in-tree models use
   to adjust the engine config), gets an entry per InRa class. It adds the fusing logits processor and makes
   logprobs come from the processed logits, i.e. the fused distribution rather than the raw 2V-wide row.
+
+And one wrap of vLLM's prefix-cache block hashing (`salt_prefix_cache_by_paths`): a step that runs one path
+leaves the other path's KV cache unwritten for its tokens, so a cached block may only be reused by a request
+that needs no more paths than the request that wrote it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ logger = logging.getLogger(__name__)
 # Raw modes would report the model's 2V-wide output row (both paths side by side); the processed modes
 # report what the sampler saw, which is the fused row.
 _PROCESSED_LOGPROBS_MODE = {"raw_logprobs": "processed_logprobs", "raw_logits": "processed_logits"}
+_path_salt = {"installed": False}
 
 
 class UnsupportedInRaArchitecture(ValueError):
@@ -127,6 +132,46 @@ def check_engine_config(vllm_config: VllmConfig) -> None:
         )
 
 
+def salt_prefix_cache_by_paths() -> None:
+    """Add the paths a request needs to its prefix-cache block hashes, unless it is aligned-only.
+
+    Blocks of dual-path requests then hash apart from those of single-path ones (written by steps that may
+    have run one path only), so no request reads a KV block whose path was skipped. Aligned-only requests,
+    which include every request to a non-InRa model (no lam means lam = 1), hash exactly as before.
+    Wraps `vllm.v1.core.kv_cache_utils.generate_block_hash_extra_keys` (the function that adds LoRA and
+    cache_salt keys); where a vLLM version lacks it, path skipping is turned off with prefix caching on.
+    """
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.core import kv_cache_utils
+
+    from flexrealign.fusion import ALIGNED
+    from flexrealign.vllm_plugin.logits import request_paths
+
+    inner = getattr(kv_cache_utils, "generate_block_hash_extra_keys", None)
+    if inner is None or _path_salt["installed"]:
+        return
+
+    def extra_keys(request: Any, start_token_idx: int, *args: Any) -> tuple:
+        keys, mm_idx = inner(request, start_token_idx, *args)
+        params = getattr(request, "sampling_params", None)
+        if start_token_idx == 0 and params is not None:  # later blocks chain on the first one's hash
+            try:
+                paths = request_paths(params)
+            except VLLMValidationError:  # a lam a non-InRa model ignores (InRa engines refuse it up front)
+                paths = frozenset({ALIGNED})
+            if paths != {ALIGNED}:
+                keys = (*(keys or ()), ("flexrealign_inra_paths", ",".join(sorted(paths))))
+        return keys, mm_idx
+
+    kv_cache_utils.generate_block_hash_extra_keys = extra_keys
+    _path_salt["installed"] = True
+
+
+def path_salt_installed() -> bool:
+    """Whether this process hashes prefix-cache blocks by paths (see `salt_prefix_cache_by_paths`)."""
+    return _path_salt["installed"]
+
+
 def register_config_hooks() -> None:
     """Install the config-parser wrapper and the per-architecture config hook (idempotent)."""
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP
@@ -137,3 +182,4 @@ def register_config_hooks() -> None:
         register_config_parser("hf")(_inra_parser_class(inner))
     for inra_arch in INRA_ARCHITECTURES.values():
         MODELS_CONFIG_MAP[inra_arch] = InRaEngineConfig  # type: ignore[assignment]
+    salt_prefix_cache_by_paths()

@@ -12,11 +12,18 @@ first V columns (the aligned half):
 * logit_bias adds b there, which fusion scales to lam * b; the missing (1 - lam) * b is added back.
 allowed_token_ids (a V-wide mask over a 2V-wide row) and prompt_logprobs (computed outside the sampler,
 without processors) cannot work and are refused per request in `validate_params`.
+
+Which paths a step runs: a request whose every lam is 1 needs only the aligned path, one whose every lam is
+0 only the reference path (`request_paths`). `update_state` keeps the union over the live batch, and the
+model reads it through `live_paths()` before each forward (vLLM calls `update_state` before the forward of
+the same step), so a step that no live request needs a path for runs without it.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,7 +31,7 @@ from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from flexrealign.fusion import fuse_logits
+from flexrealign.fusion import ALIGNED, REF, fuse_logits
 from flexrealign.vllm_plugin import LAM_KEY
 
 if TYPE_CHECKING:
@@ -32,6 +39,8 @@ if TYPE_CHECKING:
     from vllm.config import VllmConfig
 
 DEFAULT_LAM = 1.0  # as flexrealign.generate: a request without lam gets the aligned model
+BOTH_PATHS: frozenset[str] = frozenset((ALIGNED, REF))
+_live_processor: weakref.ref[InRaLogitsProcessor] | None = None  # this process's processor (one engine)
 
 
 def request_lam(params: SamplingParams) -> float:
@@ -47,6 +56,28 @@ def request_lam(params: SamplingParams) -> float:
             value=lam,
         )
     return float(lam)
+
+
+def lam_paths(lams: Iterable[float]) -> frozenset[str]:
+    """The paths needed to serve every lam in `lams`: ref unless all are 1, aligned unless all are 0."""
+    lams = list(lams)
+    need = {REF} if any(lam != 1 for lam in lams) else set()
+    return frozenset(need | ({ALIGNED} if any(lam != 0 for lam in lams) else set()))
+
+
+def request_paths(params: SamplingParams) -> frozenset[str]:
+    """The paths a request can ever need: those of every lam it may take (today its one lam).
+
+    A request whose lam changes over its generation (a schedule) must list all its lams here, since a
+    path skipped in one step leaves a hole in that path's KV cache that no later step can fill.
+    """
+    return lam_paths([request_lam(params)])
+
+
+def live_paths() -> frozenset[str]:
+    """The paths the live batch of this process's InRa engine needs; both when there is none (dummy runs)."""
+    proc = _live_processor() if _live_processor is not None else None
+    return BOTH_PATHS if proc is None else proc.live_paths
 
 
 def check_request(params: SamplingParams) -> None:
@@ -77,6 +108,10 @@ class InRaLogitsProcessor(LogitsProcessor):
         self.lams: dict[int, float] = {}  # persistent-batch row -> lam
         self.biases: dict[int, dict[int, float]] = {}  # row -> logit_bias, to complete after fusion
         self._lam_rows: torch.Tensor | None = None  # (B,) built lazily after each batch change
+        self.paths: dict[int, frozenset[str]] = {}  # row -> the paths that request can ever need
+        self.live_paths: frozenset[str] = BOTH_PATHS  # their union over the batch (both when it is empty)
+        global _live_processor
+        _live_processor = weakref.ref(self)
 
     def is_argmax_invariant(self) -> bool:
         return False  # fusion changes which token is the most likely, so greedy decoding needs it too
@@ -86,6 +121,8 @@ class InRaLogitsProcessor(LogitsProcessor):
         process_dict_updates(self.biases, batch_update, lambda params, _p, _o: params.logit_bias or None)
         if batch_update is not None:
             self._lam_rows = None  # rows were added, removed or moved
+            process_dict_updates(self.paths, batch_update, lambda params, _p, _o: request_paths(params))
+            self.live_paths = frozenset().union(*self.paths.values()) if self.paths else BOTH_PATHS
 
     def _lam_tensor(self, batch: int) -> torch.Tensor:
         if self._lam_rows is None or self._lam_rows.shape[0] != batch:
