@@ -1,13 +1,18 @@
-"""vLLM-InRa (lam mixed across requests) vs plain vLLM on the base model: output tokens/s and KV-cache capacity.
+"""vLLM-InRa vs plain vLLM on the lam = 1 checkpoint: output tokens/s, KV-cache capacity, projection cost.
 
-Builds a random Qwen2-family model (the base) and an InRa checkpoint of it (perturbed adapter), then, in one
-run and one engine at a time, serves each with the offline `LLM` API at 1 and 16 concurrent requests.
-Every request generates exactly `--new-tokens` tokens (ignore_eos); the InRa requests cycle through
-lam = -1, 0, 0.5, 1, 2. Both engines get the same KV-cache memory, so their token capacities compare
-directly. Prints a table and writes JSON.
+Builds a random Qwen2-family InRa checkpoint (perturbed adapter) and its plain lam = 1 twin (the same folder
+without the `inra` entry, which plain vLLM serves as an ordinary L + n layer model). Both engines run at
+once, and every measurement is repeated with the variants interleaved (rotated order), so that the shared
+machine's drift hits them alike; the table gives medians and the spread (min..max) of the ratio to plain.
+Variants at each concurrency: plain vLLM; InRa with lam cycling -1, 0, 0.5, 1, 2 ("mixed"); InRa with every
+request at lam = 1; and at lam = 0. Every request generates exactly `--new-tokens` tokens (ignore_eos). Both
+engines get the same KV-cache memory, so their token capacities compare directly.
 
-    python benchmarks/vllm_inra.py                  # hidden 1024, 8 layers, vLLM's default compilation
-    python benchmarks/vllm_inra.py --enforce-eager  # skips torch.compile: minutes less start-up on CPU
+`--projection-check` also times, on this machine, one projection over 2N stacked rows against two over N
+rows (the stacked forward's saving): if the CPU kernels cost the same per row either way, stacking cannot
+beat two passes, and the ratio is bounded by that measurement.
+
+    python benchmarks/vllm_inra.py --enforce-eager --dtype float32   # hidden 1024, 8 layers, no compile
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import gc
 import json
 import os
 import platform
+import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +51,10 @@ def parse_args() -> argparse.Namespace:
         "--sequential-requests", type=int, default=3, help="requests timed one after another at concurrency 1"
     )
     p.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV-cache memory given to each engine")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every measurement")
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--no-prefix-caching", action="store_true", help="serve with prefix caching off")
+    p.add_argument("--projection-check", action="store_true", help="time 1 x (2N, D) vs 2 x (N, D) matmuls")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args()
 
@@ -68,7 +78,12 @@ def build_checkpoints(args: argparse.Namespace, root: Path) -> tuple[Path, Path]
     del model
     for folder in (base, inra):  # store in the serving dtype, as a real checkpoint would be
         _cast_checkpoint(folder, torch_dtype)
-    return base, inra
+    plain = root / "lam1"  # the InRa checkpoint without its `inra` entry: the L + n layer lam = 1 model
+    shutil.copytree(inra, plain)
+    cfg = json.loads((plain / "config.json").read_text())
+    del cfg["inra"]
+    (plain / "config.json").write_text(json.dumps(cfg, indent=2))
+    return plain, inra
 
 
 def _cast_checkpoint(folder: Path, dtype) -> None:
@@ -81,8 +96,11 @@ def _cast_checkpoint(folder: Path, dtype) -> None:
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
 
 
-def requests(args: argparse.Namespace, count: int, inra: bool, offset: int) -> tuple[list, list]:
-    """`count` prompts of random token ids (distinct, so no prefix-cache hits) and their sampling params."""
+def requests(args: argparse.Namespace, count: int, lam: str | None, offset: int) -> tuple[list, list]:
+    """`count` prompts of random token ids (distinct, so no prefix-cache hits) and their sampling params.
+
+    `lam`: None for plain vLLM, "mixed" to cycle through LAMS, or one value for every request.
+    """
     import random
 
     from vllm import SamplingParams
@@ -97,11 +115,15 @@ def requests(args: argparse.Namespace, count: int, inra: bool, offset: int) -> t
             temperature=0.0,
             ignore_eos=True,
             detokenize=False,
-            extra_args={"lam": LAMS[(offset + i) % len(LAMS)]} if inra else None,
+            extra_args=None if lam is None else {"lam": _lam(lam, offset + i)},
         )  # fmt: skip
         for i in range(count)
     ]
     return prompts, params
+
+
+def _lam(lam: str, i: int) -> float:
+    return LAMS[i % len(LAMS)] if lam == "mixed" else float(lam)
 
 
 def timed_generate(llm, prompts: list, params: list) -> tuple[int, float]:
@@ -112,44 +134,49 @@ def timed_generate(llm, prompts: list, params: list) -> tuple[int, float]:
     return tokens, seconds
 
 
-def measure(llm, args: argparse.Namespace, inra: bool) -> list[dict]:
-    """Output tokens/s at each concurrency: `c` requests submitted together (c = 1: one after another)."""
-    timed_generate(llm, *requests(args, 2, inra, offset=10_000))  # warm-up: first-call compilation, caches
-    rows = []
-    for c in args.concurrency:
-        batches = [
-            requests(args, c, inra, offset=1000 * c + i)
-            for i in range(args.sequential_requests if c == 1 else 1)
-        ]
-        tokens, seconds = map(sum, zip(*(timed_generate(llm, *b) for b in batches), strict=True))
-        rows.append(
-            {
-                "concurrency": c,
-                "output_tokens": tokens,
-                "seconds": round(seconds, 3),
-                "output_tokens_per_s": round(tokens / seconds, 2),
-            }
-        )
-    return rows
+def tokens_per_s(llm, args: argparse.Namespace, c: int, lam: str | None, seed: int) -> float:
+    """Output tokens/s of `c` requests submitted together (c = 1: `--sequential-requests` in a row)."""
+    batches = [
+        requests(args, c, lam, offset=seed + 1000 * i)
+        for i in range(args.sequential_requests if c == 1 else 1)
+    ]
+    tokens, seconds = map(sum, zip(*(timed_generate(llm, *b) for b in batches), strict=True))
+    return tokens / seconds
 
 
-def run_engine(path: Path, args: argparse.Namespace, inra: bool) -> dict:
-    """Start one engine, measure it, report its KV-cache capacity and start-up time, shut it down."""
+VARIANTS = (("plain", None), ("inra", "mixed"), ("inra", "1"), ("inra", "0"))
+
+
+def measure(engines: dict, args: argparse.Namespace) -> dict[str, dict[int, list[float]]]:
+    """tok/s of every variant at every concurrency, `--repeats` times, the variants' order rotated."""
+    for name, llm in engines.items():  # warm-up: first-call allocations and caches
+        timed_generate(llm, *requests(args, 2, None if name == "plain" else "mixed", offset=10**6))
+    runs: dict[str, dict[int, list[float]]] = {_key(v): {c: [] for c in args.concurrency} for v in VARIANTS}
+    for rep in range(args.repeats):
+        for c in args.concurrency:
+            order = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
+            for engine, lam in order:
+                rate = tokens_per_s(engines[engine], args, c, lam, seed=10_000 * rep + 100 * c)
+                runs[_key((engine, lam))][c].append(round(rate, 2))
+                print(f"  rep {rep} c={c} {_key((engine, lam))}: {rate:.1f} tok/s", flush=True)
+    return runs
+
+
+def _key(variant: tuple[str, str | None]) -> str:
+    engine, lam = variant
+    return engine if lam is None else f"inra_lam_{lam}"
+
+
+def start_engine(path: Path, args: argparse.Namespace) -> tuple[object, float]:
     from vllm import LLM
 
     start = time.perf_counter()
     llm = LLM(
         str(path), dtype=args.dtype, max_model_len=args.prompt_len + args.new_tokens + 64,
         max_num_seqs=max(args.concurrency), kv_cache_memory_bytes=int(args.kv_cache_gib * (1 << 30)),
-        enforce_eager=args.enforce_eager, seed=0,
+        enforce_eager=args.enforce_eager, enable_prefix_caching=not args.no_prefix_caching, seed=0,
     )  # fmt: skip
-    startup = time.perf_counter() - start
-    kv = kv_capacity(llm)
-    rows = measure(llm, args, inra)
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
-    return {"startup_s": round(startup, 1), **kv, "throughput": rows}
+    return llm, round(time.perf_counter() - start, 1)
 
 
 def kv_capacity(llm) -> dict:
@@ -169,37 +196,96 @@ def kv_capacity(llm) -> dict:
     }
 
 
+def summarize(runs: dict, concurrency: list[int]) -> list[dict]:
+    """Per concurrency and variant: median tok/s, and the ratio to plain (median, min, max over repeats)."""
+    rows = []
+    for c in concurrency:
+        plain = runs["plain"][c]
+        for key, by_c in runs.items():
+            ratios = [x / p for x, p in zip(by_c[c], plain, strict=True)]  # same repeat: same conditions
+            rows.append(
+                {
+                    "concurrency": c, "variant": key, "median_tok_s": statistics.median(by_c[c]),
+                    "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+                    "ratio_max": round(max(ratios), 3), "tok_s": by_c[c],
+                }
+            )  # fmt: skip
+    return rows
+
+
 def print_table(result: dict) -> None:
-    base, inra = result["engines"]["base"], result["engines"]["inra"]
-    print(f"\n{'concurrency':>11} | {'base tok/s':>10} | {'InRa tok/s':>10} | {'InRa/base':>9}")
-    print("-" * 50)
-    for b, i in zip(base["throughput"], inra["throughput"], strict=True):
-        ratio = i["output_tokens_per_s"] / b["output_tokens_per_s"]
+    print(f"\n{'c':>3} | {'variant':<12} | {'tok/s (median)':>14} | {'ratio to plain':>14} | {'spread':>13}")
+    print("-" * 68)
+    for r in result["rows"]:
+        spread = f"{r['ratio_min']:.2f}..{r['ratio_max']:.2f}"
         print(
-            f"{b['concurrency']:>11} | {b['output_tokens_per_s']:>10.1f} | {i['output_tokens_per_s']:>10.1f} | {ratio:>9.2f}"
+            f"{r['concurrency']:>3} | {r['variant']:<12} | {r['median_tok_s']:>14.1f} | "
+            f"{r['ratio_median']:>14.2f} | {spread:>13}"
         )
+    plain, inra = result["engines"]["plain"], result["engines"]["inra"]
     for key, label in (("kv_cache_tokens", "KV tokens"), ("kv_cache_tokens_logged", "KV (logged)")):
-        kv_b, kv_i = base[key], inra[key]
-        ratio = f"{kv_i / kv_b:.3f}" if kv_b and kv_i else "n/a"
-        print(f"{label:>11} | {kv_b!s:>10} | {kv_i!s:>10} | {ratio:>9}")
-    print(f"{'start-up s':>11} | {base['startup_s']:>10} | {inra['startup_s']:>10} |")
+        kv_p, kv_i = plain[key], inra[key]
+        ratio = f"{kv_i / kv_p:.3f}" if kv_p and kv_i else "n/a"
+        print(f"{label:>12}: plain {kv_p}, InRa {kv_i}, ratio {ratio}")
+    print(f"  start-up s: plain {plain['startup_s']}, InRa {inra['startup_s']}")
+    for row in result.get("projection_check", []):
+        print(
+            f"  projection {row['name']} N={row['rows']}: 1 x 2N {row['stacked_ms']:.3f} ms, "
+            f"2 x N {row['two_ms']:.3f} ms, stacked / two = {row['ratio']:.2f}"
+        )
+
+
+def projection_check(args: argparse.Namespace) -> list[dict]:
+    """Median time of one (2N, D) @ (D, F) projection vs two (N, D) ones, for this model's projections."""
+    import torch
+
+    D, F, hd = args.hidden_size, args.intermediate_size, args.hidden_size // args.num_heads
+    shapes = {"qkv": (D, D + 2 * args.num_kv_heads * hd), "o": (D, D), "gate_up": (D, 2 * F), "down": (F, D)}
+    dtype, rows, linear = getattr(torch, args.dtype), [], torch.nn.functional.linear
+    for name, (d_in, d_out) in shapes.items():
+        w = torch.randn(d_out, d_in, dtype=dtype) * 0.02
+        for n in args.concurrency:
+            x = torch.randn(2 * n, d_in, dtype=dtype)
+            stacked = _median_ms(lambda x=x, w=w: linear(x, w))
+            two = _median_ms(lambda x=x, w=w, n=n: (linear(x[:n], w), linear(x[n:], w)))
+            rows.append(
+                {"name": name, "rows": n, "stacked_ms": stacked, "two_ms": two, "ratio": stacked / two}
+            )
+    return rows
+
+
+def _median_ms(fn, reps: int = 51) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def main() -> None:
     args = parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="vllm_inra_bench_") as tmp:
-        base_path, inra_path = build_checkpoints(args, Path(tmp))
-        engines = {
-            "base": run_engine(base_path, args, inra=False),
-            "inra": run_engine(inra_path, args, inra=True),
-        }
+        plain_path, inra_path = build_checkpoints(args, Path(tmp))
+        engines, info = {}, {}
+        for name, path in (("plain", plain_path), ("inra", inra_path)):
+            engines[name], startup = start_engine(path, args)
+            info[name] = {"startup_s": startup, **kv_capacity(engines[name])}
+        runs = measure(engines, args)
+        for llm in engines.values():
+            llm.llm_engine.engine_core.shutdown()
+        del engines
+        gc.collect()
     L, n = args.num_layers, args.adapter_layers
     result = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "lams": LAMS,
-        "expected_kv_ratio": round(L / (2 * L + n), 4),  # KV per token: L layers (base) vs L + n + L (InRa)
-        "engines": engines,
+        "expected_kv_ratio": round((L + n) / (2 * L + n), 4),  # KV per token: L + n (plain) vs L + n + L
+        "engines": info,
+        "rows": summarize(runs, args.concurrency),
+        "projection_check": projection_check(args) if args.projection_check else [],
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -210,7 +296,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print_table(result)
-    print(f"\nexpected KV ratio L / (2L + n) = {result['expected_kv_ratio']}; JSON: {args.out}")
+    print(
+        f"\nexpected KV ratio (L + n) / (2L + n) = {result['expected_kv_ratio']}; load {load_before} -> "
+        f"{result['machine']['loadavg_after']}; JSON: {args.out}"
+    )
 
 
 if __name__ == "__main__":
