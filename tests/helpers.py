@@ -51,3 +51,10 @@ def scripted_model(model: torch.nn.Module, script: list[int], prompt_len: int) -
     copy_ = copy.deepcopy(model)
     copy_.__class__ = Scripted
     return copy_.eval()
+
+
+def expected_cut(text: str, stops: list[str]) -> str:
+    """Brute force over every occurrence of every stop: cut at the match completing first (then starting
+    first), i.e. what reading the text one character at a time finds."""
+    hits = [(i + len(s), i) for s in stops if s for i in range(len(text)) if text.startswith(s, i)]
+    return text[: min(hits)[1]] if hits else text

@@ -12,17 +12,10 @@ from transformers import AutoTokenizer
 from flexrealign.generation import RowState, generate
 from flexrealign.serving import Engine, SamplingParams
 from flexrealign.stopping import StopStream, find_stop
-from helpers import scripted_model, shared_path
+from helpers import expected_cut, scripted_model, shared_path
 
 ANSWER = "The answer is forty two"
 PROMPT = "Once upon a time"
-
-
-def expected_cut(text: str, stops: list[str]) -> str:
-    """Brute force over every occurrence of every stop: cut at the match completing first (then starting
-    first), i.e. what reading the text one character at a time finds."""
-    hits = [(i + len(s), i) for s in stops if s for i in range(len(text)) if text.startswith(s, i)]
-    return text[: min(hits)[1]] if hits else text
 
 
 def run_stream(pieces: list[str], stops: list[str]) -> tuple[str, str]:

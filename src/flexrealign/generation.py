@@ -14,6 +14,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from flexrealign.fused import FusedCausalLM, PathCache
 from flexrealign.fusion import ALIGNED, REF, as_lam_tensor, mask_untokenized, needed_paths
+from flexrealign.hf_compat import with_cache
 from flexrealign.sampling import row_seed, sample_next, seeded_generators
 from flexrealign.stopping import StopStream
 
@@ -315,7 +316,9 @@ def next_logits(
     mask (B, past + T) covers the cached and the new tokens; pos (B, T) holds per-row positions; lam (B,)
     is ignored when paths is () (plain models).
     """
-    kwargs = dict(input_ids=x, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+    kwargs = dict(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True) | with_cache(
+        model, cache
+    )
     if paths:
         kwargs.update(lam=lam, paths=paths)
     return model(**kwargs, logits_to_keep=1).logits[:, -1].float()  # (B, V)

@@ -536,7 +536,9 @@ class Engine:
         s, h = row.state, row.handle
         return RequestOutput(s.text, list(s.ids), s.finish_reason or "error", len(h.prompt_ids), h.lam, error)
 
-    def _complete(self, handle: RequestHandle, output: RequestOutput, emit: bool = True, delta: str = "") -> None:
+    def _complete(
+        self, handle: RequestHandle, output: RequestOutput, emit: bool = True, delta: str = ""
+    ) -> None:
         if handle.done:
             return
         handle.output = output
