@@ -36,4 +36,3 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for family in FAMILIES:
         tiny_inra_checkpoint(root / family, family, **FAMILIES[family])
     return {family: root / family for family in FAMILIES}
-

@@ -118,7 +118,9 @@ def processor(checkpoint=None) -> InRaLogitsProcessor:
     if checkpoint is not None:
         from vllm.config import ModelConfig, VllmConfig
 
-        return InRaLogitsProcessor(VllmConfig(model_config=ModelConfig(str(checkpoint))), torch.device("cpu"), False)
+        return InRaLogitsProcessor(
+            VllmConfig(model_config=ModelConfig(str(checkpoint))), torch.device("cpu"), False
+        )
     cfg = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: V, skip_tokenizer_init=True))
     return InRaLogitsProcessor(cfg, torch.device("cpu"), False)
 
@@ -198,7 +200,9 @@ def test_processor_masks_rows_past_the_tokenizer_at_every_lam(checkpoints):
     assert (rows, tokens) == (512, 500)
     lams = [-3.0, -0.5, 0.0, 0.5, 1.0, 1.5, 4.0]
     proc.update_state(
-        BatchUpdate(batch_size=len(lams), removed=[], added=[added(i, x) for i, x in enumerate(lams)], moved=[])
+        BatchUpdate(
+            batch_size=len(lams), removed=[], added=[added(i, x) for i, x in enumerate(lams)], moved=[]
+        )
     )
     logits = torch.randn(len(lams), 2 * rows)
     logits[:, tokens:rows] = 50.0  # aligned half: the padded rows would win for lam > 0 ...
