@@ -12,11 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from vllm_common import FAMILIES
 
 from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint
-
-FAMILIES = ("qwen2", "qwen3", "llama", "mistral")
-FAMILY_CONFIG = {"qwen3": {"head_dim": 128}}  # vLLM's CPU attention kernel needs head_dim 128
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,5 +34,5 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """family -> an InRa checkpoint folder (1 adapter layer on 2 layers, perturbed adapter, tokenizer)."""
     root = tmp_path_factory.mktemp("inra_ckpts")
     for family in FAMILIES:
-        tiny_inra_checkpoint(root / family, family, **FAMILY_CONFIG.get(family, {}))
+        tiny_inra_checkpoint(root / family, family, **FAMILIES[family])
     return {family: root / family for family in FAMILIES}
