@@ -1,4 +1,4 @@
-"""A short TrRa run for test_trra_ddp: started under `accelerate launch` (2 processes) or imported (1 process).
+"""A short TrRa run for test_trra_ddp / test_trra_fsdp: under `accelerate launch` (2 processes) or imported (1).
 
     python ddp_run.py MODELS_DIR OUT_DIR PER_DEVICE_BATCH
 writes OUT_DIR/losses.json ({step: loss}) and OUT_DIR/model (the trained student).
@@ -28,7 +28,13 @@ def main(models_dir: Path, out: Path, per_device: int) -> None:
     if trainer.accelerator.is_main_process:
         losses = {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
         (out / "losses.json").write_text(
-            json.dumps({"world_size": trainer.args.world_size, "losses": losses})
+            json.dumps(
+                {
+                    "world_size": trainer.args.world_size,
+                    "distributed_type": str(trainer.accelerator.distributed_type),
+                    "losses": losses,
+                }
+            )
         )
 
 
