@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert_llama2c",
         "convert a llama2.c checkpoint (.bin + tokenizer) to Hugging Face format",
     ),
+    "convert-gguf": (
+        "convert_gguf",
+        "convert a GGUF model file (llama.cpp) to a Hugging Face safetensors folder with its chat template",
+    ),
     "trra": ("trra", "training-time realignment: distil the reference model toward the lam-fused teacher"),
     "inra-train": ("inra_train", "train an InRa layer adapter by SFT, DPO or TrRa"),
     "data": ("data", "data preparation: filter by length, short-CoT extraction, preference pairs"),
