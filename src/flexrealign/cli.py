@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("data", "data preparation: filter by length, short-CoT extraction, preference pairs"),
     "analyze": ("analyze", "research analyses from the paper (layer significance, adapter init)"),
     "eval": ("eval", "evaluate models on math benchmarks over a sweep of lam"),
+    "lm-eval": ("lmeval", "lm-evaluation-harness with the `flexrealign` model (any checkpoint at any lam)"),
     "serve": ("serve", "an OpenAI-compatible HTTP server with per-request lam"),
 }
 
