@@ -37,6 +37,13 @@ class DemoArgs:
     force: bool = field(
         default=False, metadata={"help": "Retrain and re-evaluate instead of reusing the cache."}
     )
+    real: bool = field(
+        default=False,
+        metadata={
+            "help": "The real-model demo instead: make SmolLM2-135M-Instruct more concise (sample, keep the "
+            "shortest, InRa SFT, lam sweep, TrRa at lam 2; about 15 min on 2 cores). See flexrealign.realdemo."
+        },
+    )
 
 
 def summary_text(result, reading: list[str]) -> str:
@@ -73,6 +80,10 @@ def run(argv: list[str]) -> int:
     from flexrealign.commands._args import fail, parse
 
     (args,) = parse([DemoArgs], argv, "demo", __doc__.splitlines()[0])
+    if args.real:
+        from flexrealign.commands.demo_real import run_real
+
+        return run_real(args)
     from flexrealign.testbed.recipe import CacheMismatch, RecipeConfig, run_recipe
     from flexrealign.testbed.report import reading
 
