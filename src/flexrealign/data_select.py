@@ -7,6 +7,7 @@ prompt, the shortest acceptable one as a prompt/completion record. "Acceptable" 
     answered  finished on its own (EOS, not cut off) and states a number: for small models that rarely solve
               the problem, the shortest complete answer still teaches brevity without teaching to stop early
     finished  finished on its own
+    any       every sample (only the length decides)
 
 Prompts with no acceptable sample are skipped and counted. The prompt is rebuilt from the problem file with the
 same template as the sampling run, so training sees exactly the prompts the samples answered.
@@ -22,13 +23,15 @@ from flexrealign.data_prep import PrepStats, write_jsonl
 from flexrealign.eval.benchmarks import DEFAULT_TEMPLATE, Problem, build_messages, load_benchmark
 from flexrealign.eval.harness import load_generations
 
-Accept = Literal["correct", "answered", "finished"]
+Accept = Literal["correct", "answered", "finished", "any"]
 _NUMBER = re.compile(r"\d")
 
 
 def acceptable(record: dict, accept: Accept) -> bool:
     """Whether one generation record (a line of generations.jsonl) passes the --accept rule."""
     finished = record.get("finish_reason") == "stop"
+    if accept == "any":
+        return True
     if accept == "correct":
         return bool(record.get("correct"))
     if accept == "answered":
@@ -77,7 +80,7 @@ class ShortestArgs:
     )
     output: str = field(metadata={"help": "Output .jsonl of prompt/completion records (written atomically)."})
     accept: Accept = field(
-        default="answered", metadata={"help": "correct | answered | finished (see above)."}
+        default="answered", metadata={"help": "correct | answered | finished | any (see above)."}
     )
     model: str | None = field(
         default=None, metadata={"help": "Use only this model label's samples (default: all in the file)."}

@@ -42,6 +42,7 @@ class RealDemoConfig:
     train_prompts: int = 32
     heldout_prompts: int = 16
     k: int = 4  # samples per train prompt
+    accept: str = "answered"  # `flexrealign data shortest --accept`
     sample_temperature: float = 0.8
     max_new_tokens: int = 160
     batch_size: int = 16
@@ -54,7 +55,7 @@ class RealDemoConfig:
     @classmethod
     def quick(cls) -> RealDemoConfig:
         """A few prompts and tokens: exercises every stage in a couple of minutes (tests)."""
-        return cls(train_prompts=4, heldout_prompts=2, k=2, max_new_tokens=12, batch_size=8, epochs=1.0,
+        return cls(train_prompts=4, heldout_prompts=2, k=2, max_new_tokens=12, batch_size=8, epochs=1.0, accept="any",
                    lams=(0.0, 1.0, 1.5), trra_steps=1)  # fmt: skip
 
 
@@ -104,7 +105,8 @@ def run_stages(base: Path, out: Path, source: Path, cfg: RealDemoConfig, timings
           lambda: _cli(_eval_args(cfg, train, paths["samples"], cfg.k, cfg.sample_temperature)
                        + ["--model", f"smollm2={base}"]))  # fmt: skip
     stage("shortest", short, lambda: _cli(["data", "shortest", "--generations", str(paths["samples"] / "generations.jsonl"),
-                                           "--problems", str(train), "--output", str(short), "--template", TEMPLATE]))  # fmt: skip
+                                           "--problems", str(train), "--output", str(short), "--template", TEMPLATE,
+                                           "--accept", cfg.accept]))  # fmt: skip
     stage("inra-train", paths["inra"] / "config.json", lambda: _cli([
         "inra-train", "--method", "sft", "--base_model", str(base), "--dataset", str(short),
         "--output_dir", str(paths["inra"]), "--learning_rate", str(cfg.learning_rate),

@@ -99,7 +99,7 @@ def assert_same(got: dict, want: dict, what: str) -> None:
                 f"{what} {task} doc {doc}: {g_ll} != {w_ll}"
             )
     assert got["fr_gsm8k_gen"] == want["fr_gsm8k_gen"], f"{what}: generations differ"
-    assert any(r[0].strip() for r in got["fr_gsm8k_gen"]), "the model should generate text"
+    assert any(r[0][0].strip() for r in got["fr_gsm8k_gen"]), "the model should generate text"
 
 
 @pytest.mark.real
