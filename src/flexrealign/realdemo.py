@@ -39,18 +39,18 @@ TEMPLATE = "{question}\nAnswer briefly, then give the final answer as a number."
 class RealDemoConfig:
     """Sizes of the real demo; the defaults fit about 15 minutes on 2 CPU cores."""
 
-    train_prompts: int = 32
-    heldout_prompts: int = 16
+    train_prompts: int = 24
+    heldout_prompts: int = 12
     k: int = 4  # samples per train prompt
     accept: str = "answered"  # `flexrealign data shortest --accept`
     sample_temperature: float = 0.8
-    max_new_tokens: int = 160
-    batch_size: int = 16
+    max_new_tokens: int = 128
+    batch_size: int = 12
     lams: tuple[float, ...] = SWEEP_LAMS
     learning_rate: float = 3e-4
-    epochs: float = 3.0
+    epochs: float = 2.0
     trra_lam: float = 2.0
-    trra_steps: int = 6
+    trra_steps: int = 4
 
     @classmethod
     def quick(cls) -> RealDemoConfig:
