@@ -168,6 +168,10 @@ class TrRaTrainer(SFTTrainer):
             student = load_model(
                 names["student"], "student", student_dtype, args.trust_remote_code, **init_kwargs
             )
+        if not any(p.requires_grad for p in student.parameters()):
+            raise ValueError(
+                "the student has no trainable parameters (was it frozen as a teacher?); call requires_grad_(True)"
+            )
         teachers, cache = TrRaTrainer._load_teachers(ref_model, aligned_model, names, args)
         return student, teachers, cache
 
