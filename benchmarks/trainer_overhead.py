@@ -92,7 +92,7 @@ def main() -> None:
             ref = copy.deepcopy(base).eval().requires_grad_(False)
             loss = make_trra_loss(ref, aligned.eval().requires_grad_(False), 2.0)
             times["bare_trra"].append(bare_loop(copy.deepcopy(base).train(), batches, 1e-3, loss))
-            times["TrRaTrainer"].append(timed_trainer(lambda: TrRaTrainer(
+            times["TrRaTrainer"].append(timed_trainer(lambda ref=ref: TrRaTrainer(
                 model=copy.deepcopy(base).train().requires_grad_(True), ref_model=ref, aligned_model=aligned,
                 args=TrRaConfig(output_dir=work, lam=2.0, **fields), train_dataset=ds, processing_class=tok)))  # fmt: skip
     ms = {k: 1000 * statistics.median(v) / a.steps for k, v in times.items()}

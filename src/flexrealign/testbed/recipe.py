@@ -16,14 +16,16 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from flexrealign.eval.harness import EvalConfig, ModelSpec, Row, evaluate
+from flexrealign.eval.harness import GENERATIONS, EvalConfig, ModelSpec, Row, evaluate, load_generations
+from flexrealign.testbed.effects import Effect, hard_pass_at_1, paper_effects, task_checks
 from flexrealign.testbed.stages import (
     Example,
     new_model,
@@ -35,7 +37,13 @@ from flexrealign.testbed.stages import (
 from flexrealign.testbed.task import Problem, TaskConfig, make_problems
 from flexrealign.testbed.tokenizer import build_tokenizer
 
-REFERENCE, ALIGNED, INRA, INRA_KAIMING, TRRA_ITER = "reference", "aligned", "inra", "inra-kaiming", "trra-iter"
+REFERENCE, ALIGNED, INRA, INRA_KAIMING, TRRA_ITER = (
+    "reference",
+    "aligned",
+    "inra",
+    "inra-kaiming",
+    "trra-iter",
+)
 
 
 @dataclass
@@ -56,6 +64,9 @@ class RecipeConfig:
     trra_lams: tuple[float, ...] = (0.5, 2.0, 5.0)
     iter_lam: float = 2.0
     kaiming_ablation: bool = False  # also train a kaiming-initialised adapter (paper Table 4)
+    trra_lmbda: float = (
+        0.0  # on-policy share of TrRa batches (TrRaConfig.lmbda); 0 is the paper's off-policy TrRa
+    )
     inra_lams: tuple[float, ...] = (-0.5, 0.0, 0.5, 1.0, 1.5)
     eval_samples: int = 2
     eval_temperature: float = 0.7
@@ -74,8 +85,15 @@ class RecipeConfig:
         )  # fmt: skip
 
     def trra_options(self) -> dict:
-        """Extra `TrRaConfig` fields of every TrRa stage."""
-        return {}
+        """Extra `TrRaConfig` fields of every TrRa stage: the on-policy share, if any, sampling at the
+        evaluation's temperature with the evaluation's length limit."""
+        if self.trra_lmbda == 0:
+            return {}
+        return {
+            "lmbda": self.trra_lmbda,
+            "temperature": self.eval_temperature,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as when read back from JSON
@@ -158,7 +176,9 @@ class Pipeline:
         if name == REFERENCE:  # slow thinking, from scratch
             model = new_model(tok, c.hidden_size, c.num_layers, c.num_heads, c.seed)
             return train_sft(model, tok, self.examples("long"), self.fields(c.ref_steps, 3e-3), path)
-        if name == ALIGNED:  # the concise aligned model: the reference fine-tuned (all weights) on short traces
+        if (
+            name == ALIGNED
+        ):  # the concise aligned model: the reference fine-tuned (all weights) on short traces
             model = copy.deepcopy(self.get(REFERENCE))
             return train_sft(model, tok, self.examples("short"), self.fields(c.aligned_steps, 1e-3), path)
         if name in (INRA, INRA_KAIMING):
@@ -190,6 +210,11 @@ class RecipeResult:
     plot: Path
     trained: dict[str, float]  # stages trained in this run -> seconds (cached stages are absent)
     seconds: float
+    eval_seconds: float = 0.0
+    effects: list[Effect] = field(default_factory=list)  # the paper's effects and the task's own checks
+    hard: dict[str, tuple] = field(
+        default_factory=dict
+    )  # row name -> (Pass@1, samples, guess %) on hard problems
 
 
 class CacheMismatch(RuntimeError):
@@ -229,7 +254,9 @@ def model_specs(pipe: Pipeline) -> list[ModelSpec]:
     trra = [ModelSpec(n, path=str(p(n)), family="TrRa") for n in [*map(trra_name, c.trra_lams), TRRA_ITER]]
     inra = [ModelSpec(INRA, kind="inra", path=str(p(INRA)), family="InRa")]
     if c.kaiming_ablation:
-        inra.append(ModelSpec(INRA_KAIMING, kind="inra", path=str(p(INRA_KAIMING)), family="InRa (kaiming init)"))
+        inra.append(
+            ModelSpec(INRA_KAIMING, kind="inra", path=str(p(INRA_KAIMING)), family="InRa (kaiming init)")
+        )
     return [*plain, *trra, *inra]
 
 
@@ -241,6 +268,32 @@ def eval_config(cfg: RecipeConfig, show: bool) -> EvalConfig:
     )  # fmt: skip
 
 
+def hard_min_terms(cfg: RecipeConfig) -> int:
+    """Problems with at least this many terms count as hard: the top two difficulty levels."""
+    return max(cfg.task.min_terms, cfg.task.max_terms - 1)
+
+
+def read_results(out: Path, cfg: RecipeConfig) -> dict[str, tuple]:
+    """Pass@1 on the hard problems, from the generations the harness wrote."""
+    terms = {r["id"]: r["num_terms"] for r in map(json.loads, (out / "test.jsonl").read_text().splitlines())}
+    done = load_generations(out / GENERATIONS)
+    return hard_pass_at_1(list(done.values()), terms, hard_min_terms(cfg))
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic kernels where torch offers them (warn, rather than fail, where it has none)."""
+    before, warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn)
+
+
 def run_recipe(
     out_dir: str | Path,
     cfg: RecipeConfig | None = None,
@@ -248,22 +301,41 @@ def run_recipe(
     show: bool = True,
     log: Log = print,
 ) -> RecipeResult:
-    """Train (or load from the cache) every stage, evaluate, and write the results folder."""
+    """Train (or load from the cache) every stage, evaluate, and write the results folder. The same seed on
+    the same machine gives the same models, generations.jsonl and tables, byte for byte."""
     from flexrealign.eval.benchmarks import load_benchmark
 
     t0, cfg, out = time.time(), cfg or RecipeConfig(), Path(out_dir)
     if cfg.iter_lam not in cfg.trra_lams:
         raise ValueError(f"iter_lam {cfg.iter_lam} must be one of trra_lams {cfg.trra_lams}")
     prepare_out(out, cfg, force)
-    torch.manual_seed(cfg.seed)
-    tok = build_tokenizer()
-    data = make_problems(cfg.n_train, cfg.seed + 1, cfg.task)
-    write_test_set(out / "test.jsonl", make_problems(cfg.n_test, cfg.seed + 2, cfg.task))
-    pipe = Pipeline(out, cfg, tok, data, show, log)
-    for name in pipe.stages():
-        pipe.ensure(name)
-    pipe.loaded.clear()  # the harness loads each checkpoint itself, as it would any model
-    rows = evaluate(model_specs(pipe), load_benchmark(str(out / "test.jsonl")), eval_config(cfg, show), out)
+    with deterministic():
+        torch.manual_seed(cfg.seed)
+        tok = build_tokenizer()
+        data = make_problems(cfg.n_train, cfg.seed + 1, cfg.task)
+        write_test_set(out / "test.jsonl", make_problems(cfg.n_test, cfg.seed + 2, cfg.task))
+        pipe = Pipeline(out, cfg, tok, data, show, log)
+        for name in pipe.stages():
+            pipe.ensure(name)
+        pipe.loaded.clear()  # the harness loads each checkpoint itself, as it would any model
+        t_eval = time.time()
+        rows = evaluate(
+            model_specs(pipe), load_benchmark(str(out / "test.jsonl")), eval_config(cfg, show), out
+        )
+        t_eval = time.time() - t_eval
+    log(f"stage eval: {t_eval:.1f} s")
     table1 = [r for r in rows if r.lam is None]
     figure4 = [r for r in rows if r.model in (INRA, INRA_KAIMING)]
-    return RecipeResult(out, table1, figure4, out / "accuracy_vs_tokens.png", pipe.seconds, time.time() - t0)
+    hard = read_results(out, cfg)
+    effects = [*task_checks(rows, hard), *paper_effects(rows)]
+    return RecipeResult(
+        out,
+        table1,
+        figure4,
+        out / "accuracy_vs_tokens.png",
+        pipe.seconds,
+        time.time() - t0,
+        t_eval,
+        effects,
+        hard,
+    )

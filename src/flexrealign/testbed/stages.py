@@ -157,4 +157,6 @@ def train_inra_adapter(
         use_cpu=not torch.cuda.is_available(), logging_steps=max(1, steps // 4), max_length=1024,
     )  # fmt: skip
     base = copy.deepcopy(ref)
-    return train_inra(config, base=base, tokenizer=tokenizer, train_dataset=sft_rows(tokenizer, examples)).model
+    return train_inra(
+        config, base=base, tokenizer=tokenizer, train_dataset=sft_rows(tokenizer, examples)
+    ).model

@@ -67,7 +67,7 @@ class TaskConfig:
         if not 1 <= self.min_terms <= self.max_terms <= len(LABELS):
             raise ValueError(f"need 1 <= min_terms <= max_terms <= {len(LABELS)}, got {self}")
         for style in (self.long, self.short):
-            if not (0 <= self.guess_prob and 0 <= style.careful and self.guess_prob + style.careful <= 1):
+            if min(self.guess_prob, style.careful) < 0 or self.guess_prob + style.careful > 1:
                 raise ValueError(f"guess_prob + careful must lie in [0, 1], got {self.guess_prob} + {style}")
 
 
