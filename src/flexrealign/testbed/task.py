@@ -15,9 +15,10 @@ at the first thinking token:
 
 The slow-thinking reference's data (`long`) is mostly careful; the aligned model's data (`short`) mostly
 concise. Both guess equally often (`guess_prob`): the aligned model thinks less, and is no more accurate.
-Since the mode is one token, the models hold soft preferences there and logit fusion (paper Eq. 5) moves
-them: lam > 1 extrapolates toward concise, lam < 0 toward careful, and both leave less room to the shared
-guess, so moving away from a model in either direction can only be judged by measurement, not assumed.
+The mode is one token, so the models hold soft preferences there and logit fusion (paper Eq. 5) moves them:
+lam > 1 extrapolates toward concise, lam < 0 toward careful. Fused logits are renormalised, so a mode both
+models give the same probability (the guess) keeps its logit while the others move: outside [0, 1] it loses
+share, inside it gains a little. Whether that yields the paper's effects is measured, not built in.
 """
 
 from __future__ import annotations
