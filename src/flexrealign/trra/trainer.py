@@ -115,6 +115,10 @@ class TrRaTrainer(SFTTrainer):
         }
         tokenizer = processing_class or self._load_tokenizer(names, args)
         student, teachers, cache = self._load_models(model, ref_model, aligned_model, names, args)
+        if args.lmbda > 0 and not callable(getattr(student, "generate", None)):
+            raise ValueError(
+                f"on-policy TrRa (lmbda > 0) samples with the student's generate(); a {type(student).__name__} has none"
+            )
         self._num_tokens = self._check_vocab(student, teachers, cache, tokenizer, names, args)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
