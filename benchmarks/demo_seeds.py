@@ -6,7 +6,7 @@ reuses that seed's reference, aligned model and adapters (hard links to the same
 TrRa students differ. Each run is a normal results folder under `--out` (cached: a rerun only re-reads).
 
     python benchmarks/demo_seeds.py [--seeds 0 1 2] [--lmbda 0 0.5] [--quick] [--out bench-demo-seeds]
-                                    [--json demo_seeds.json]
+                                    [--json benchmarks/results/demo_seeds.json]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from flexrealign.testbed.recipe import TRRA_ITER, RecipeConfig, RecipeResult, run_recipe, trra_name
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED = ("reference", "aligned", "inra", "inra-kaiming")  # stages that do not depend on TrRa's options
 
 
@@ -102,7 +103,7 @@ def main() -> None:
     ap.add_argument("--lmbda", type=float, nargs="+", default=[0.0], help="TrRa on-policy shares to compare")
     ap.add_argument("--quick", action="store_true", help="the quick recipe (for a smoke test)")
     ap.add_argument("--out", default="bench-demo-seeds")
-    ap.add_argument("--json", default="demo_seeds.json")
+    ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "demo_seeds.json"))
     a = ap.parse_args()
     base_cfg = dataclasses.replace(RecipeConfig.quick() if a.quick else RecipeConfig(), kaiming_ablation=True)
     report: dict = {"config": base_cfg.to_dict(), "seeds": a.seeds, "variants": {}, "seconds": {}}
@@ -124,6 +125,7 @@ def main() -> None:
         report["variants"][variant] = summarize(variant, by_seed)
     stages = [*map(trra_name, base_cfg.trra_lams), TRRA_ITER]
     report["trra_stages"] = stages
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {a.json}")
 

@@ -16,6 +16,7 @@ import json
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -68,7 +69,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--json",
+        default=str(Path(__file__).resolve().parents[1] / "benchmarks/results/trainer_overhead.json"),
+    )
     a = ap.parse_args()
     from trl import SFTConfig, SFTTrainer
 
@@ -102,6 +106,7 @@ def main() -> None:
     print(f"SFTTrainer / bare: {ms['SFTTrainer'] / ms['bare_sft']:.2f}x; "
           f"TrRaTrainer / bare: {ms['TrRaTrainer'] / ms['bare_trra']:.2f}x")  # fmt: skip
     if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         with open(a.json, "w") as f:
             json.dump({"ms_per_step": ms, "raw_s": times, "args": vars(a)}, f, indent=2)
 
