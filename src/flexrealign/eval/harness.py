@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import hashlib
 import json
 import math
 import os
@@ -31,8 +32,8 @@ GENERATIONS = "generations.jsonl"
 PAPER_LAMS = (-0.5, 0.0, 0.5, 1.0, 1.5)
 
 Key = tuple[str, float | None, str, int]  # (model label, lam or None for plain models, problem id, sample)
-# (prompts, lam or None, seed) -> completions; one per engine
-GenerateFn = Callable[[list[Prompt], float | None, int], GenerationResult]
+# (prompts, lam or None, one seed per prompt) -> completions; one per engine
+GenerateFn = Callable[[list[Prompt], float | None, list[int]], GenerationResult]
 
 
 @dataclass
@@ -193,10 +194,10 @@ def flexrealign_engine(model: torch.nn.Module, tokenizer, cfg: EvalConfig) -> Ge
     """Generation through our own decode loop (`flexrealign.generation.generate`)."""
     from flexrealign.generation import generate
 
-    def run(prompts: list[Prompt], lam: float | None, seed: int) -> GenerationResult:
+    def run(prompts: list[Prompt], lam: float | None, seeds: list[int]) -> GenerationResult:
         return generate(
             model, tokenizer, prompts, lam=lam, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seeds,
         )  # fmt: skip
 
     return run
@@ -217,14 +218,14 @@ def vllm_engine(spec: ModelSpec, cfg: EvalConfig) -> GenerateFn:
     llm = LLM(model=spec.path, **{"seed": cfg.seed, **cfg.vllm_kwargs})
     tokenizer = llm.get_tokenizer()
 
-    def run(prompts: list[Prompt], lam: float | None, seed: int) -> GenerationResult:
+    def run(prompts: list[Prompt], lam: float | None, seeds: list[int]) -> GenerationResult:
         texts = [
             tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts
         ]
         extra = None if lam is None else {"lam": float(lam)}
         params = [
             SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or -1,
-                           max_tokens=cfg.max_new_tokens, seed=seed + i, extra_args=extra)
+                           max_tokens=cfg.max_new_tokens, seed=seeds[i], extra_args=extra)
             for i in range(len(texts))
         ]  # fmt: skip
         outs = [o.outputs[0] for o in llm.generate(texts, params, use_tqdm=False)]
@@ -291,6 +292,17 @@ def make_records(job: Job, part: Sequence, problems: Sequence[Problem], out: Gen
     return recs
 
 
+def sample_seed(seed: int, problem_id: str, sample: int) -> int:
+    """The sampling seed of one (problem, sample) key: a 63-bit hash of (seed, problem id, sample index).
+
+    A generation is therefore a function of (seed, problem, sample, model, lam) alone, whatever the batch it
+    lands in or a resume. Every model and lam shares the key's random stream (common random numbers), so
+    differences between lams are not sampling noise.
+    """
+    key = f"{int(seed)}\x00{problem_id}\x00{int(sample)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
 def run_job(
     job: Job, engine: GenerateFn, problems: Sequence[Problem], cfg: EvalConfig, path: Path, bar
 ) -> None:
@@ -299,8 +311,8 @@ def run_job(
     bar.set_postfix_str(tag, refresh=False)
     for part in chunks(job.todo, cfg.batch_size):
         prompts = [build_messages(problems[i], cfg.template) for i, _ in part]
-        i0, s0 = part[0]
-        out = engine(prompts, job.lam, cfg.seed + s0 * len(problems) + i0)  # seed fixed by the batch's start
+        seeds = [sample_seed(cfg.seed, problems[i].id, s) for i, s in part]
+        out = engine(prompts, job.lam, seeds)
         append_generations(path, make_records(job, part, problems, out))
         bar.update(len(part))
 
@@ -328,7 +340,7 @@ def evaluate(
             del engine
             gc.collect()
     rows = summarize(load_generations(path), specs, problems, cfg)
-    write_results(rows, out_dir)
+    write_results(rows, out_dir, baseline=cfg.baseline)
     return rows
 
 
@@ -412,7 +424,9 @@ def markdown_table(rows: Sequence[Row], columns: Sequence[str] = COLUMNS) -> str
     return "\n".join(lines)
 
 
-def write_results(rows: Sequence[Row], out_dir: Path, title: str = "Results") -> None:
+def write_results(
+    rows: Sequence[Row], out_dir: Path, title: str = "Results", baseline: str | None = None
+) -> None:
     """results.md, results.csv and accuracy_vs_tokens.png (each written to a temporary name, then renamed)."""
     with _atomic_file(out_dir / "results.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -421,7 +435,7 @@ def write_results(rows: Sequence[Row], out_dir: Path, title: str = "Results") ->
     with _atomic_file(out_dir / "results.md") as tmp:
         tmp.write_text(f"# {title}\n\n{markdown_table(rows)}\n")
     if rows:
-        plot_accuracy_vs_tokens(rows, out_dir / "accuracy_vs_tokens.png")
+        plot_accuracy_vs_tokens(rows, out_dir / "accuracy_vs_tokens.png", baseline=baseline)
 
 
 class _atomic_file:
@@ -440,8 +454,11 @@ class _atomic_file:
             self.tmp.unlink()
 
 
-def plot_accuracy_vs_tokens(rows: Sequence[Row], path: Path, title: str = "Accuracy vs mean tokens") -> Path:
-    """Figure 4's shape: Pass@1 against mean completion tokens, one line per model family, points labelled."""
+def plot_accuracy_vs_tokens(
+    rows: Sequence[Row], path: Path, title: str = "Accuracy vs mean tokens", baseline: str | None = None
+) -> Path:
+    """Figure 4's shape: Pass@1 against mean completion tokens, one line per model family, every point labelled;
+    the `baseline` row (e.g. the reference) is drawn as a star with dashed guides through it."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: write the file only
@@ -458,6 +475,12 @@ def plot_accuracy_vs_tokens(rows: Sequence[Row], path: Path, title: str = "Accur
         for r, x, y in zip(members, xs, ys, strict=True):
             text = f"lam={_fmt_lam(r.lam)}" if r.lam is not None else r.model
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if baseline is not None:
+        base = find_row(rows, baseline)
+        ax.axhline(base.pass_at_1, color="grey", linestyle="--", linewidth=0.8)
+        ax.axvline(base.mean_tokens, color="grey", linestyle="--", linewidth=0.8)
+        ax.plot([base.mean_tokens], [base.pass_at_1], marker="*", markersize=14, color="black", linestyle="none",
+                label=f"{base.name} (baseline)")  # fmt: skip
     ax.set(xlabel="mean completion tokens", ylabel="Pass@1 (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

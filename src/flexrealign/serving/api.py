@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flexrealign.generation import LamSchedule, LamSpec, lam_for_next_turn
+from flexrealign.serving.audit import Refused, audit_request
 from flexrealign.serving.engine import (
     Engine,
     Event,
@@ -209,10 +210,6 @@ async def get_model(model: str, request: Request) -> dict:
 async def completions(body: CompletionRequest, request: Request) -> Response:
     engine, cfg = _engine(request), request.app.state.config
     _check_common(body, cfg)
-    _refuse(
-        ("logprobs", bool(body.logprobs)), ("echo", body.echo), ("suffix", bool(body.suffix)),
-        ("best_of", (body.best_of or 1) > 1),
-    )  # fmt: skip
     ids = _completion_prompt(body.prompt, engine)
     lam = resolve_lam(body, None, cfg, engine.is_fused)
     return await _serve(request, engine, ids, lam, _sampling(body, None, len(ids), cfg, engine), body, _TEXT)
@@ -222,7 +219,6 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     engine, cfg = _engine(request), request.app.state.config
     _check_common(body, cfg)
-    _refuse(("logprobs", body.logprobs), ("tools", bool(body.tools)))
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     try:
         ids = engine.encode(messages, body.chat_template_kwargs)
@@ -241,20 +237,12 @@ def _check_model(name: str, cfg: ServerConfig) -> None:
 
 
 def _check_common(body: CompletionRequest | ChatCompletionRequest, cfg: ServerConfig) -> None:
+    """404 for another model; 400 naming any field, option or message part this server does not honour."""
     _check_model(body.model, cfg)
-    if body.n != 1:
-        raise APIError(400, "n > 1 is not supported: send one request per completion", param="n")
-    _refuse(
-        ("presence_penalty", body.presence_penalty != 0), ("frequency_penalty", body.frequency_penalty != 0),
-        ("logit_bias", bool(body.logit_bias)),
-    )  # fmt: skip
-
-
-def _refuse(*checks: tuple[str, bool]) -> None:
-    """400 for OpenAI features this server does not implement, rather than silently ignoring them."""
-    for name, used in checks:
-        if used:
-            raise APIError(400, f"{name} is not supported by this server", param=name, code="unsupported")
+    try:
+        audit_request(body)
+    except Refused as e:
+        raise APIError(400, e.message, param=e.param, code=e.code) from e
 
 
 def _completion_prompt(prompt: str | list, engine: Engine) -> list[int]:
@@ -305,10 +293,6 @@ def resolve_lam(
 
 
 def _lam_args(body: CompletionRequest | ChatCompletionRequest) -> LamArgs:
-    typos = sorted(k for k in body.model_extra or {} if k.lower().startswith("lam"))
-    if typos:
-        raise APIError(400, f"unknown field {typos[0]!r}; the lam fields are {', '.join(sorted(LAM_FIELDS))}",
-                       typos[0], "unknown_field")  # fmt: skip
     top = body.model_dump(include=set(LAM_FIELDS), exclude_none=True)
     extra = body.vllm_xargs or {}
     both = sorted(top.keys() & extra.keys())
