@@ -14,7 +14,8 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from flexrealign.fused import FusedCausalLM, PathCache
 from flexrealign.fusion import ALIGNED, REF, as_lam_tensor, mask_untokenized, needed_paths
-from flexrealign.sampling import row_generators, sample_next
+from flexrealign.sampling import constrain, row_generators, sample_next
+from flexrealign.thinking import MissingThinkMarker, ThinkingState, thinking_plan
 
 Messages = list[dict[str, str]]
 Prompt = str | Messages
@@ -23,9 +24,12 @@ StreamCallback = Callable[[int, str], None]
 
 @dataclass(frozen=True)
 class LamSchedule:
-    """lam that changes during one generation: `lams[i]` applies until `markers[i]` appears in the output.
+    """A think/answer lam schedule: `lams[0]` while thinking, `lams[1]` once the think-end marker was generated.
 
-    `LamSchedule.think_answer(-0.5, 1.0)` thinks with lam = -0.5 until `</think>`, then answers with lam = 1.
+    The stage is decided from token ids by `flexrealign.thinking`: the markers come from the tokenizer
+    (`<think>` / `</think>`, special or not), and a prompt that already closed the think block starts in the
+    answer stage. `markers=(text,)` overrides the end marker (encoded by the tokenizer; several tokens are
+    matched as a sequence). `LamSchedule.think_answer(-0.5, 1.0)` thinks at lam = -0.5, answers at lam = 1.
     """
 
     lams: tuple[float, ...]
@@ -35,12 +39,44 @@ class LamSchedule:
         object.__setattr__(self, "lams", tuple(float(x) for x in self.lams))
         object.__setattr__(self, "markers", tuple(self.markers))
         as_lam_tensor(list(self.lams), len(self.lams))  # finite check
-        if len(self.markers) != len(self.lams) - 1 or any(not m for m in self.markers):
-            raise ValueError(f"LamSchedule needs one non-empty marker between consecutive lams, got {self}")
+        if len(self.lams) != 2 or len(self.markers) > 1 or any(not m for m in self.markers):
+            raise ValueError(
+                f"LamSchedule takes two lams (think, answer) and at most one non-empty end marker, got {self}"
+            )
 
     @classmethod
-    def think_answer(cls, think: float, answer: float, marker: str = "</think>") -> LamSchedule:
-        return cls((think, answer), (marker,))
+    def think_answer(cls, think: float, answer: float, marker: str | None = None) -> LamSchedule:
+        return cls((think, answer), () if marker is None else (marker,))
+
+    @property
+    def marker(self) -> str | None:
+        """The end-marker override, or None for the tokenizer's own."""
+        return self.markers[0] if self.markers else None
+
+
+@dataclass(frozen=True)
+class ThinkingLimits:
+    """Hard thinking limits of one request (vLLM's names): at most `thinking_token_budget` thinking tokens,
+    at least `min_thinking_tokens`; `closing` is text forced before the end marker when the budget runs
+    out (e.g. "Time is up; answering now."). `marker` overrides the tokenizer's think-end marker."""
+
+    thinking_token_budget: int | None = None
+    min_thinking_tokens: int = 0
+    closing: str | None = None
+    marker: str | None = None
+
+    def __post_init__(self) -> None:
+        b, m = self.thinking_token_budget, self.min_thinking_tokens
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 0):
+            raise ValueError(f"thinking_token_budget must be an int >= 0 or None, got {b!r}")
+        if not isinstance(m, int) or isinstance(m, bool) or m < 0:
+            raise ValueError(f"min_thinking_tokens must be an int >= 0, got {m!r}")
+        if self.closing is not None and b is None:
+            raise ValueError("a thinking closing text is forced when the budget runs out: give thinking_token_budget")
+
+    @property
+    def active(self) -> bool:
+        return self.thinking_token_budget is not None or self.min_thinking_tokens > 0
 
 
 LamSpec = float | LamSchedule
@@ -55,6 +91,7 @@ class GenerationResult:
     num_tokens: list[int]
     finish_reasons: list[str]  # "stop" (EOS or a stop string) or "length"
     prompt_tokens: list[int] = field(default_factory=list)
+    reasoning_tokens: list[int] = field(default_factory=list)  # thinking tokens (0 without think markers)
 
 
 # ------------------------------------------------------------------------------------------------ prompts
@@ -152,22 +189,32 @@ class IncrementalDetokenizer:
 
 
 class RowState:
-    """One sequence being decoded: its tokens, text, lam stage and finish reason."""
+    """One sequence being decoded: its tokens, text, thinking stage (lam) and finish reason."""
 
     def __init__(
-        self, spec: LamSpec, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], eos: set[int]
+        self,
+        spec: LamSpec,
+        tokenizer: PreTrainedTokenizerBase,
+        stop: Sequence[str],
+        eos: set[int],
+        thinking: ThinkingState | None = None,
     ) -> None:
-        self.schedule = spec if isinstance(spec, LamSchedule) else LamSchedule((float(spec),))
+        self.base_lam = 0.0 if isinstance(spec, LamSchedule) else float(spec)
+        self.thinking = thinking
         self.stop, self.eos = tuple(s for s in stop if s), eos
         self.detok = IncrementalDetokenizer(tokenizer)
         self.ids: list[int] = []
         self.text = ""
-        self.stage, self.stage_start = 0, 0
+        self.lam_changed = False  # set when a token switched the stage; the decode loop clears it
         self.finish_reason: str | None = None
 
     @property
     def lam(self) -> float:
-        return self.schedule.lams[self.stage]
+        return self.thinking.lam if self.thinking is not None else self.base_lam
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return self.thinking.spent if self.thinking is not None else 0
 
     @property
     def finished(self) -> bool:
@@ -176,6 +223,8 @@ class RowState:
     def push(self, token: int) -> str:
         """Append a sampled token; returns the new visible text (empty for EOS or held-back bytes)."""
         self.ids.append(token)
+        if self.thinking is not None and self.thinking.push(token):
+            self.lam_changed = True
         if token in self.eos:
             return self.finish("stop")
         self.detok.ids.append(token)
@@ -195,13 +244,50 @@ class RowState:
                 self.text = self.text[:hit]
                 self.finish_reason = "stop"
                 return self.text[start:]
-        while self.stage < len(self.schedule.markers):
-            hit = self.text.find(self.schedule.markers[self.stage], self.stage_start)
-            if hit < 0:
-                break
-            self.stage += 1
-            self.stage_start = hit + len(self.schedule.markers[self.stage - 1])
         return delta
+
+
+def row_thinking(
+    tokenizer: PreTrainedTokenizerBase,
+    spec: LamSpec,
+    limits: ThinkingLimits,
+    prompt_ids: Sequence[int],
+    eos: set[int],
+) -> ThinkingState | None:
+    """The row's thinking state machine (`flexrealign.thinking`), built once when the request enters.
+
+    A LamSchedule or active limits need the tokenizer's think markers (MissingThinkMarker, a ValueError,
+    names the missing one); otherwise the machine only counts reasoning tokens, and None without markers.
+    """
+    needed = isinstance(spec, LamSchedule) or limits.active
+    lams = spec.lams if isinstance(spec, LamSchedule) else (float(spec), float(spec))
+    marker = (spec.marker if isinstance(spec, LamSchedule) else None) or limits.marker
+    try:
+        plan = thinking_plan(
+            tokenizer, *lams, budget=limits.thinking_token_budget, min_tokens=limits.min_thinking_tokens,
+            closing=limits.closing, end_marker=marker, eos=eos,
+        )  # fmt: skip
+    except MissingThinkMarker:
+        if needed:
+            raise
+        return None
+    return ThinkingState(plan, prompt_ids)
+
+
+def thinking_constraints(rows: Sequence[RowState]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(rows, tokens) to force and (rows, tokens) to ban at the next step, from each row's thinking state."""
+    force_rows, force_ids, ban_rows, ban_ids = [], [], [], []
+    for i, r in enumerate(rows):
+        t = r.thinking
+        if t is None or not t.thinking or r.finished:
+            continue
+        if t.forced is not None:
+            force_rows.append(i)
+            force_ids.append(t.forced)
+        for b in t.banned:
+            ban_rows.append(i)
+            ban_ids.append(b)
+    return force_rows, force_ids, ban_rows, ban_ids
 
 
 # ------------------------------------------------------------------------------------------------ decoding
@@ -221,26 +307,49 @@ def generate(
     chat_template_kwargs: dict | None = None,
     batch_size: int | None = None,
     ignore_eos: bool = False,
+    *,
+    thinking_token_budget: int | Sequence[int | None] | None = None,
+    min_thinking_tokens: int | Sequence[int] = 0,
+    thinking_closing: str | None = None,
+    think_marker: str | None = None,
 ) -> GenerationResult:
     """Generate a completion for each prompt (a string, or a list of chat messages rendered by the chat template).
 
-    lam: for InRaModel / DeRa, one value for all prompts, one per prompt, or a `LamSchedule` (e.g. think with
-      one lam until `</think>`, answer with another); default 1.0 (the aligned model). Plain models take None.
-    lam_turns: for message prompts, one lam per assistant turn; the turn being generated picks its entry.
-    temperature 0 is greedy; top_k 0 and top_p 1 disable those filters; seed makes sampling reproducible.
-    stop: strings that end a completion (not included in the text). stream(index, text_delta) is called as
-      text is produced. batch_size splits many prompts into batches of that size.
-    ignore_eos: keep generating past EOS up to max_new_tokens (for benchmarks, as in vLLM).
+    Args:
+        lam: for InRaModel / DeRa, one value for all prompts, one per prompt, or a `LamSchedule` (think at one
+            lam until the think-end marker, answer at another); default 1.0 (the aligned model). Plain models
+            take None.
+        lam_turns: for message prompts, one lam per assistant turn; the turn being generated picks its entry.
+        temperature: 0 is greedy; top_k 0 and top_p 1 disable those filters; seed makes sampling reproducible.
+        stop: strings that end a completion (not included in the text). stream(index, text_delta) is called
+            as text is produced. batch_size splits many prompts into batches of that size.
+        ignore_eos: keep generating past EOS up to max_new_tokens (for benchmarks, as in vLLM).
+        thinking_token_budget: at most this many thinking tokens (one value, or one per prompt; None: no cap).
+            When it runs out, `thinking_closing` (if any) and then the think-end marker are forced, and the
+            answer follows at the answer lam. min_thinking_tokens: EOS and the end marker are banned until
+            that many thinking tokens. think_marker overrides the tokenizer's think-end marker (text).
+
+    Returns:
+        GenerationResult with texts, token ids, finish reasons, prompt and reasoning token counts.
+
+    Raises:
+        ValueError for bad lam or sampling values; `flexrealign.thinking.MissingThinkMarker` (a ValueError)
+        when a schedule or budget is asked of a tokenizer with no think marker.
+
+    Example:
+        >>> generate(model, tok, [chat], lam=LamSchedule.think_answer(-0.5, 1.0), thinking_token_budget=512)
     """
     prompts = [prompts] if isinstance(prompts, str) or _is_messages(prompts) else list(prompts)
     specs = _lam_specs(model, prompts, lam, lam_turns)
+    limits = _limits(len(prompts), thinking_token_budget, min_thinking_tokens, thinking_closing, think_marker)
     check_sampling(max_new_tokens, temperature, top_p, top_k)
     size = batch_size or len(prompts)
     parts = [
         _generate_batch(
-            model, tokenizer, prompts[i : i + size], specs[i : i + size], max_new_tokens,
-            (temperature, top_p, top_k), None if seed is None else seed + i, list(stop or ()),
-            _offset_stream(stream, i), chat_template_kwargs, ignore_eos,
+            model, tokenizer,
+            _Job(prompts[i : i + size], specs[i : i + size], limits[i : i + size], max_new_tokens,
+                 (temperature, top_p, top_k), None if seed is None else seed + i, list(stop or ()),
+                 _offset_stream(stream, i), chat_template_kwargs, ignore_eos),
         )
         for i in range(0, len(prompts), size)
     ]  # fmt: skip
@@ -249,43 +358,75 @@ def generate(
     )
 
 
+@dataclass
+class _Job:
+    """One batch of `generate`: prompts with their lam specs and thinking limits, and the decode settings."""
+
+    prompts: list[Prompt]
+    specs: list[LamSpec]
+    limits: list[ThinkingLimits]
+    max_new_tokens: int
+    sampling: tuple[float, float, int]  # temperature, top_p, top_k
+    seed: int | None
+    stop: list[str]
+    stream: StreamCallback | None
+    chat_kwargs: dict | None
+    ignore_eos: bool
+
+
+def _limits(n: int, budget, min_tokens, closing: str | None, marker: str | None) -> list[ThinkingLimits]:
+    budgets = list(budget) if isinstance(budget, (list, tuple)) else [budget] * n
+    mins = list(min_tokens) if isinstance(min_tokens, (list, tuple)) else [min_tokens] * n
+    if len(budgets) != n or len(mins) != n:
+        raise ValueError(f"give one thinking_token_budget / min_thinking_tokens per prompt ({n}), or one for all")
+    return [ThinkingLimits(b, m, closing, marker) for b, m in zip(budgets, mins, strict=True)]
+
+
 @torch.inference_mode()
-def _generate_batch(
-    model, tokenizer, prompts, specs, max_new_tokens, sampling, seed, stop, stream, chat_kwargs, ignore_eos
-):
-    ids = encode_prompts(tokenizer, prompts, chat_kwargs)
+def _generate_batch(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, job: _Job) -> GenerationResult:
+    ids = encode_prompts(tokenizer, job.prompts, job.chat_kwargs)
     x, mask = left_pad(ids, pad_token_id(tokenizer), model.device)  # (B, T)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions skip the left padding, as in HF generate
-    eos = set() if ignore_eos else eos_ids(model, tokenizer)
-    rows = [RowState(spec, tokenizer, stop, eos) for spec in specs]
+    eos = set() if job.ignore_eos else eos_ids(model, tokenizer)
+    rows = [
+        RowState(spec, tokenizer, job.stop, eos, row_thinking(tokenizer, spec, lim, p, eos))
+        for spec, lim, p in zip(job.specs, job.limits, ids, strict=True)
+    ]
     B = len(rows)
-    temperature, top_p, top_k = (torch.full((B,), v, device=model.device) for v in sampling)
-    gens = row_generators(seed, B, model.device)
+    temperature, top_p, top_k = (torch.full((B,), v, device=model.device) for v in job.sampling)
+    gens = row_generators(job.seed, B, model.device)
     dual = isinstance(model, FusedCausalLM)
-    all_lams = [v for r in rows for v in r.schedule.lams]
+    all_lams = [v for r in rows for v in (r.thinking.plan.lams if r.thinking else (r.lam,))]
     paths = needed_paths(torch.tensor(all_lams)) if dual else ()
     cache = model.new_cache(paths) if dual else DynamicCache(config=model.config)
-    for _ in range(max_new_tokens):
-        lam = torch.tensor([r.lam for r in rows], device=model.device)
+    lam = torch.tensor([r.lam for r in rows], device=model.device)  # (B,) rebuilt only when a stage changes
+    for _ in range(job.max_new_tokens):
         logits = mask_untokenized(
             next_logits(model, x, mask, pos, cache, lam, paths), len(tokenizer)
         )  # (B, V)
+        force_rows, force_ids, ban_rows, ban_ids = thinking_constraints(rows)
+        logits = constrain(logits, (force_rows, force_ids), (ban_rows, ban_ids))
         nxt = sample_next(logits, temperature, top_k.long(), top_p, gens)  # (B,)
-        for i, r in enumerate(rows):
+        for i, (r, token) in enumerate(zip(rows, nxt.tolist(), strict=True)):
             if not r.finished:
-                _emit(stream, i, r.push(int(nxt[i])))
+                _emit(job.stream, i, r.push(token))
         if all(r.finished for r in rows):
             break
+        if any(r.lam_changed for r in rows):
+            lam = torch.tensor([r.lam for r in rows], device=model.device)
+            for r in rows:
+                r.lam_changed = False
         x, pos = nxt.unsqueeze(-1), pos[:, -1:] + 1
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=-1)  # (B, T + t)
     for i, r in enumerate(rows):
-        _emit(stream, i, r.finish("length"))
+        _emit(job.stream, i, r.finish("length"))
     return GenerationResult(
         texts=[r.text for r in rows],
         token_ids=[r.ids for r in rows],
         num_tokens=[len(r.ids) for r in rows],
         finish_reasons=[r.finish_reason for r in rows],
         prompt_tokens=[len(p) for p in ids],
+        reasoning_tokens=[r.reasoning_tokens for r in rows],
     )
 
 
@@ -382,4 +523,4 @@ def chat(
     return chats
 
 
-__all__ = ["GenerationResult", "LamSchedule", "chat", "generate", "lam_for_next_turn", "REF", "ALIGNED"]
+__all__ = ["GenerationResult", "LamSchedule", "ThinkingLimits", "chat", "generate", "lam_for_next_turn", "REF", "ALIGNED"]
