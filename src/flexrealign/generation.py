@@ -379,7 +379,11 @@ def _limits(n: int, budget, min_tokens, closing: str | None, marker: str | None)
     mins = list(min_tokens) if isinstance(min_tokens, (list, tuple)) else [min_tokens] * n
     if len(budgets) != n or len(mins) != n:
         raise ValueError(f"give one thinking_token_budget / min_thinking_tokens per prompt ({n}), or one for all")
-    return [ThinkingLimits(b, m, closing, marker) for b, m in zip(budgets, mins, strict=True)]
+    if closing is not None and budget is None:
+        raise ValueError("thinking_closing is forced when the budget runs out: give thinking_token_budget")
+    return [
+        ThinkingLimits(b, m, None if b is None else closing, marker) for b, m in zip(budgets, mins, strict=True)
+    ]
 
 
 @torch.inference_mode()
