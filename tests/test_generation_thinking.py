@@ -11,13 +11,10 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoTokenizer
-
 from flexrealign.generation import LamSchedule, encode_prompts, generate
-from flexrealign.inra import InRaModel
 from flexrealign.thinking import MissingThinkMarker
 from flexrealign.tiny import tiny_model
-from helpers import perturb_adapter, shared_path
+from helpers import qwen3_inra, qwen3_tokenizer
 
 CHAT = [{"role": "user", "content": "What is 2 + 2?"}]
 OTHER = [{"role": "user", "content": "Name a colour."}]
@@ -27,7 +24,7 @@ N = 16
 
 @pytest.fixture(scope="module")
 def tok():
-    return AutoTokenizer.from_pretrained(shared_path("tokenizers", "qwen3"))
+    return qwen3_tokenizer()
 
 
 def qwen_base(tok, seed: int = 0):
@@ -36,7 +33,7 @@ def qwen_base(tok, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def inra(tok):
-    return perturb_adapter(InRaModel.from_base(qwen_base(tok)), scale=0.5, seed=3).eval()
+    return qwen3_inra(tok)
 
 
 def ids_of(tok, *chats, **kwargs) -> list[list[int]]:
