@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("analyze", "research analyses from the paper (layer significance, adapter init)"),
     "eval": ("eval", "evaluate models on math benchmarks over a sweep of lam"),
     "serve": ("serve", "an OpenAI-compatible HTTP server with per-request lam"),
+    "calibrate": ("calibrate", "measure thinking tokens and Pass@1 per lam; write the reasoning_effort table"),
 }
 
 
