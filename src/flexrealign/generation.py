@@ -71,6 +71,8 @@ class ThinkingLimits:
             raise ValueError(f"thinking_token_budget must be an int >= 0 or None, got {b!r}")
         if not isinstance(m, int) or isinstance(m, bool) or m < 0:
             raise ValueError(f"min_thinking_tokens must be an int >= 0, got {m!r}")
+        if b is not None and m > b:
+            raise ValueError(f"min_thinking_tokens ({m}) is above thinking_token_budget ({b})")
         if self.closing is not None and b is None:
             raise ValueError("a thinking closing text is forced when the budget runs out: give thinking_token_budget")
 

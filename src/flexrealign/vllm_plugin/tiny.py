@@ -19,6 +19,7 @@ from flexrealign.inra import InRaModel
 from flexrealign.tiny import tiny_model
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, as tiny_config's pad/bos/eos
+THINK_TOKENS = ("<think>", "</think>")  # so that the thinking dial has markers to work with
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
@@ -33,6 +34,7 @@ _WORDS_TEXT = (
 def bpe_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with exactly `vocab_size` ids, trained in code on a fixed synthetic text.
 
+    The think markers `<think>` / `</think>` are added tokens (not special), as in Qwen's tokenizers.
     Byte-level with vocab + merges, as the Qwen2 tokenizer class that AutoTokenizer insists on for qwen2
     checkpoints can rebuild it; every string encodes (all 256 bytes are tokens) and every id decodes. The
     small text yields a few hundred merges; larger vocabularies are filled up with `<extra_i>` tokens.
@@ -55,6 +57,7 @@ def bpe_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer)
+    tok.add_tokens(list(THINK_TOKENS))  # added, not special, as in Qwen's tokenizers
     tok.add_tokens([f"<extra_{i}>" for i in range(vocab_size - tok.get_vocab_size())])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
