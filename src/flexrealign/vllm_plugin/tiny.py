@@ -39,10 +39,9 @@ def bpe_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     checkpoints can rebuild it; every string encodes (all 256 bytes are tokens) and every id decodes. The
     small text yields a few hundred merges; larger vocabularies are filled up with `<extra_i>` tokens.
     """
-    if vocab_size < len(SPECIAL_TOKENS) + 256:
-        raise ValueError(
-            f"bpe_tokenizer: vocab_size must be >= {len(SPECIAL_TOKENS) + 256}, got {vocab_size}"
-        )
+    smallest = len(SPECIAL_TOKENS) + len(THINK_TOKENS) + 256
+    if vocab_size < smallest:
+        raise ValueError(f"bpe_tokenizer: vocab_size must be >= {smallest}, got {vocab_size}")
     rng, words = random.Random(0), _WORDS_TEXT.split()
     corpus = [
         " ".join(rng.choice(words) for _ in range(12)) + f", {rng.randint(0, 999)}." for _ in range(2000)
@@ -51,7 +50,7 @@ def bpe_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(THINK_TOKENS),
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
