@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+
 from flexrealign.generation import LamSchedule, encode_prompts, generate
 from flexrealign.thinking import MissingThinkMarker
 from flexrealign.tiny import tiny_model

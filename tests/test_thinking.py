@@ -93,7 +93,11 @@ def test_prompt_that_closed_thinking_starts_answering(qwen3):
     assert run(state, words(qwen3, "Four is the answer.")) == [2.0] * 5 and state.spent == 0
     assert state.forced is None  # no budget forcing in the answer stage
     # an older turn's </think> far back does not close the new turn's thinking
-    history = [*CHAT, {"role": "assistant", "content": "<think>x</think>4"}, {"role": "user", "content": "and 3+3?" * 9}]
+    history = [
+        *CHAT,
+        {"role": "assistant", "content": "<think>x</think>4"},
+        {"role": "user", "content": "and 3+3?" * 9},
+    ]
     text = qwen3.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
     assert initial_stage(qwen3(text, add_special_tokens=False)["input_ids"], markers) == THINKING
 
@@ -135,4 +139,6 @@ def test_missing_marker_is_named(stories260k):
     with pytest.raises(MissingThinkMarker, match=r"no think-end marker .*</think>.*--think-marker"):
         think_markers(tok)
     with pytest.raises(ValueError, match="above thinking_token_budget"):
-        thinking_plan(AutoTokenizer.from_pretrained(shared_path("tokenizers", "qwen3")), 0, 1, budget=2, min_tokens=5)
+        thinking_plan(
+            AutoTokenizer.from_pretrained(shared_path("tokenizers", "qwen3")), 0, 1, budget=2, min_tokens=5
+        )

@@ -74,7 +74,9 @@ class ThinkingLimits:
         if b is not None and m > b:
             raise ValueError(f"min_thinking_tokens ({m}) is above thinking_token_budget ({b})")
         if self.closing is not None and b is None:
-            raise ValueError("a thinking closing text is forced when the budget runs out: give thinking_token_budget")
+            raise ValueError(
+                "a thinking closing text is forced when the budget runs out: give thinking_token_budget"
+            )
 
     @property
     def active(self) -> bool:
@@ -380,16 +382,21 @@ def _limits(n: int, budget, min_tokens, closing: str | None, marker: str | None)
     budgets = list(budget) if isinstance(budget, (list, tuple)) else [budget] * n
     mins = list(min_tokens) if isinstance(min_tokens, (list, tuple)) else [min_tokens] * n
     if len(budgets) != n or len(mins) != n:
-        raise ValueError(f"give one thinking_token_budget / min_thinking_tokens per prompt ({n}), or one for all")
+        raise ValueError(
+            f"give one thinking_token_budget / min_thinking_tokens per prompt ({n}), or one for all"
+        )
     if closing is not None and budget is None:
         raise ValueError("thinking_closing is forced when the budget runs out: give thinking_token_budget")
     return [
-        ThinkingLimits(b, m, None if b is None else closing, marker) for b, m in zip(budgets, mins, strict=True)
+        ThinkingLimits(b, m, None if b is None else closing, marker)
+        for b, m in zip(budgets, mins, strict=True)
     ]
 
 
 @torch.inference_mode()
-def _generate_batch(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, job: _Job) -> GenerationResult:
+def _generate_batch(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, job: _Job
+) -> GenerationResult:
     ids = encode_prompts(tokenizer, job.prompts, job.chat_kwargs)
     x, mask = left_pad(ids, pad_token_id(tokenizer), model.device)  # (B, T)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions skip the left padding, as in HF generate
@@ -529,4 +536,13 @@ def chat(
     return chats
 
 
-__all__ = ["GenerationResult", "LamSchedule", "ThinkingLimits", "chat", "generate", "lam_for_next_turn", "REF", "ALIGNED"]
+__all__ = [
+    "GenerationResult",
+    "LamSchedule",
+    "ThinkingLimits",
+    "chat",
+    "generate",
+    "lam_for_next_turn",
+    "REF",
+    "ALIGNED",
+]

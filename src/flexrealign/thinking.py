@@ -226,10 +226,14 @@ class ThinkingState:
     def _maybe_force(self) -> None:
         """Queue the closing text and the end marker once only they still fit in the budget."""
         p = self.plan
-        if self.thinking and not self._queue and p.budget is not None:
-            if self.spent >= p.budget - len(p.closing):
-                self._queue = list(p.closing[max(0, self.spent - (p.budget - len(p.closing))) :])
-                self._queue += list(p.markers.end)
+        if (
+            self.thinking
+            and not self._queue
+            and p.budget is not None
+            and self.spent >= p.budget - len(p.closing)
+        ):
+            self._queue = list(p.closing[max(0, self.spent - (p.budget - len(p.closing))) :])
+            self._queue += list(p.markers.end)
 
 
 def thinking_plan(

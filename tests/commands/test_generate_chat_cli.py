@@ -26,7 +26,9 @@ def records(capsys) -> list[dict]:
 
 
 def run(ckpt, *args: str) -> int:
-    return main(["generate", "--model", str(ckpt), "--lam", "0.5", "--max-new-tokens", "8", "--json-output", *args])
+    return main(
+        ["generate", "--model", str(ckpt), "--lam", "0.5", "--max-new-tokens", "8", "--json-output", *args]
+    )
 
 
 def test_prompt_uses_the_chat_template(ckpt, tmp_path, capsys):

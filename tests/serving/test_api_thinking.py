@@ -35,23 +35,30 @@ def served():
     model = qwen3_inra(tok)
     engine = Engine(model, tok).start()
     calibration = Calibration(CURVE, choose_efforts(CURVE, can_skip_thinking=True))
-    with BackgroundServer(create_app(engine, MODEL, calibration=calibration)) as a, BackgroundServer(
-        create_app(engine, MODEL)
-    ) as b:
-        clients = [openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=120) for s in (a, b)]
+    with (
+        BackgroundServer(create_app(engine, MODEL, calibration=calibration)) as a,
+        BackgroundServer(create_app(engine, MODEL)) as b,
+    ):
+        clients = [
+            openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=120) for s in (a, b)
+        ]
         yield *clients, model, tok
     engine.stop()
 
 
 def chat(client, **extra):
-    return client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=N, temperature=0, extra_body=extra)
+    return client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=N, temperature=0, extra_body=extra
+    )
 
 
 def test_budget_in_body_and_in_vllm_xargs(served):
     client, _, model, tok = served
     want = generate(model, tok, [CHAT], lam=LamSchedule.think_answer(-0.5, 1.5), max_new_tokens=N,
                     thinking_token_budget=5, thinking_closing="Time is up.")  # fmt: skip
-    top = chat(client, lam_think=-0.5, lam_answer=1.5, thinking_token_budget=5, thinking_closing="Time is up.")
+    top = chat(
+        client, lam_think=-0.5, lam_answer=1.5, thinking_token_budget=5, thinking_closing="Time is up."
+    )
     xargs = chat(client, vllm_xargs={"lam_think": -0.5, "lam_answer": 1.5, "thinking_token_budget": 5,
                                      "thinking_closing": "Time is up."})  # fmt: skip
     for r in (top, xargs):
@@ -72,7 +79,9 @@ def test_reasoning_effort_picks_the_calibrated_lam(served):
     assert chat(client, reasoning_effort="low", lam=-0.5).model_extra["lam"] == -0.5  # explicit lam wins
     none = chat(client, reasoning_effort="none")  # renders with enable_thinking=False: no thinking at all
     assert none.model_extra["lam"] == 2.0 and none.usage.completion_tokens_details.reasoning_tokens == 0
-    want = generate(model, tok, [CHAT], lam=2.0, max_new_tokens=N, chat_template_kwargs={"enable_thinking": False})
+    want = generate(
+        model, tok, [CHAT], lam=2.0, max_new_tokens=N, chat_template_kwargs={"enable_thinking": False}
+    )
     assert none.choices[0].message.content == want.texts[0]
     with pytest.raises(openai.BadRequestError, match="offers: none, low, medium, high"):
         chat(client, reasoning_effort="xhigh")

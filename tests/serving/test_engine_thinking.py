@@ -68,7 +68,10 @@ def test_budgets_and_schedules_per_row_when_joining_mid_flight(inra, tok):
     for (c, lam, lim), out in zip(REQUESTS, outs, strict=True):
         want = generate(inra, tok, [CHATS[c]], lam=lam, max_new_tokens=N, thinking_token_budget=lim.thinking_token_budget,
                         min_thinking_tokens=lim.min_thinking_tokens, thinking_closing=lim.closing)  # fmt: skip
-        assert out.token_ids == want.token_ids[0] and out.reasoning_tokens == want.reasoning_tokens[0], (lam, lim)
+        assert out.token_ids == want.token_ids[0] and out.reasoning_tokens == want.reasoning_tokens[0], (
+            lam,
+            lim,
+        )
         if lim.thinking_token_budget is not None:
             assert out.token_ids.index(end) == out.reasoning_tokens == lim.thinking_token_budget
             assert out.token_ids.count(end) == 1
@@ -78,6 +81,8 @@ def test_missing_marker_is_a_clear_invalid_request(stories260k):
     model, tok = stories260k
     with Engine(model, tok) as engine:
         with pytest.raises(InvalidRequest, match="no think-end marker") as err:
-            engine.submit(engine.encode("Once"), None, SamplingParams(max_tokens=2, thinking=ThinkingLimits(4)))
+            engine.submit(
+                engine.encode("Once"), None, SamplingParams(max_tokens=2, thinking=ThinkingLimits(4))
+            )
         assert err.value.param == "thinking_token_budget"
         assert engine.generate("Once", None, SamplingParams(max_tokens=2)).reasoning_tokens == 0

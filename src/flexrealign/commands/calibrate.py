@@ -29,10 +29,13 @@ class CalibrateArgs:
     top_p: float = 1.0
     max_new_tokens: int = field(default=4096, metadata={"help": "Generations hitting it count as cut off."})
     batch_size: int = field(default=16, metadata={"help": "Prompts decoded together."})
-    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "User message; {question} is replaced."})
+    template: str = field(
+        default=DEFAULT_TEMPLATE, metadata={"help": "User message; {question} is replaced."}
+    )
     seed: int = 0
     work_dir: str | None = field(
-        default=None, metadata={"help": "Where generations are kept (resumable); default MODEL/calibration_run."}
+        default=None,
+        metadata={"help": "Where generations are kept (resumable); default MODEL/calibration_run."},
     )
     shared_dir: str | None = field(default=None, metadata={"help": "Folder with data/benchmarks/NAME.jsonl."})
 

@@ -108,9 +108,8 @@ def run(argv: list[str]) -> int:
     )
     import uvicorn
 
-    from flexrealign.serving import Engine, create_app
-
     from flexrealign.calibration import load_calibration
+    from flexrealign.serving import Engine, create_app
 
     try:
         model, tokenizer = load_model(args)

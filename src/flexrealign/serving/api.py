@@ -21,12 +21,20 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from flexrealign.calibration import Calibration
 from flexrealign.generation import LamSpec
-from flexrealign.serving.engine import Engine, Event, InvalidRequest, RequestHandle, RequestOutput, SamplingParams
+from flexrealign.serving.engine import (
+    Engine,
+    Event,
+    InvalidRequest,
+    RequestHandle,
+    RequestOutput,
+    SamplingParams,
+)
 from flexrealign.serving.errors import APIError, ApiKeyMiddleware, error_body, install_error_handlers
 from flexrealign.serving.params import (
     LAM_FIELDS,  # noqa: F401  (re-exported)
     ServerConfig,
     check_common,
+    check_model,
     completion_prompt,
     lam_args,
     refuse,
@@ -109,7 +117,7 @@ async def list_models(request: Request) -> dict:
 
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, request: Request) -> dict:
-    _check_model(model, request.app.state.config)
+    check_model(model, request.app.state.config)
     return _model_card(request)
 
 
@@ -141,7 +149,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     args = lam_args(body)
     effort = resolve_effort(args, cfg)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    template_kwargs = ((effort.chat_template_kwargs if effort else None) or {}) | (body.chat_template_kwargs or {})
+    template_kwargs = ((effort.chat_template_kwargs if effort else None) or {}) | (
+        body.chat_template_kwargs or {}
+    )
     try:
         ids = engine.encode(messages, template_kwargs)
     except InvalidRequest as e:

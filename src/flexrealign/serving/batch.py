@@ -63,9 +63,7 @@ class Batch:
         """Append `other`'s rows; the shorter side is left-padded with masked slots so both align."""
         length = max(self.mask.shape[1], other.mask.shape[1])
         merge_rows(self.cache, other.cache, length)
-        self.mask = torch.cat(
-            [pad_left(self.mask, length), pad_left(other.mask, length)]
-        )  # (B + B', length)
+        self.mask = torch.cat([pad_left(self.mask, length), pad_left(other.mask, length)])  # (B + B', length)
         self.next_ids = torch.cat([self.next_ids, other.next_ids])
         self.next_pos = torch.cat([self.next_pos, other.next_pos])
         self.rows += other.rows
@@ -82,7 +80,6 @@ class Batch:
             lead = int(self.mask.any(0).long().argmax())  # first slot some row attends to
             trim_left(self.cache, lead)
             self.mask = self.mask[:, lead:]  # (B', T - lead)
-
 
 
 def pad_left(mask: torch.Tensor, length: int) -> torch.Tensor:

@@ -200,7 +200,9 @@ class Engine:
             raise InvalidRequest(f"lam must be a finite real number or a LamSchedule, got {lam!r}", "lam")
         return float(lam)
 
-    def _thinking(self, prompt_ids: list[int], lam: LamSpec | None, params: SamplingParams) -> ThinkingState | None:
+    def _thinking(
+        self, prompt_ids: list[int], lam: LamSpec | None, params: SamplingParams
+    ) -> ThinkingState | None:
         """The request's thinking state machine, built now so that a missing marker is a 400, not a crash."""
         eos = set() if params.ignore_eos else self._eos
         try:
@@ -395,7 +397,13 @@ class Engine:
     def _output(self, row: Row, error: str | None = None) -> RequestOutput:
         s, h = row.state, row.handle
         return RequestOutput(
-            s.text, list(s.ids), s.finish_reason or "error", len(h.prompt_ids), h.lam, error, s.reasoning_tokens
+            s.text,
+            list(s.ids),
+            s.finish_reason or "error",
+            len(h.prompt_ids),
+            h.lam,
+            error,
+            s.reasoning_tokens,
         )
 
     def _complete(self, handle: RequestHandle, output: RequestOutput, emit: bool = True) -> None:

@@ -74,11 +74,16 @@ def completion_prompt(prompt: str | list, engine: Engine) -> list[int]:
     return list(prompt)  # token ids: range-checked by the engine
 
 
-def resolve_lam(args: LamArgs, messages: list[dict] | None, cfg: ServerConfig, fused: bool,
-                effort: Effort | None = None) -> LamSpec | None:
+def resolve_lam(
+    args: LamArgs, messages: list[dict] | None, cfg: ServerConfig, fused: bool, effort: Effort | None = None
+) -> LamSpec | None:
     """The lam (or think/answer LamSchedule) for this request: from the body (an explicit lam wins), else the
     reasoning_effort's calibrated lam, else the server default."""
-    given = [k for k in ("lam", "lam_turns", "lam_think", "lam_answer", "lam_marker") if getattr(args, k) is not None]
+    given = [
+        k
+        for k in ("lam", "lam_turns", "lam_think", "lam_answer", "lam_marker")
+        if getattr(args, k) is not None
+    ]
     if not fused:
         if given:
             raise APIError(400, "this model has a single path: lam applies to InRa and DeRa models", given[0])

@@ -137,12 +137,16 @@ class InRaLogitsProcessor(LogitsProcessor):
             return _Row(lam)
         tok, eos = self._tokenizer_and_eos()
         try:
-            state = row_thinking(tok, dial.lam, dial.limits, prompt or [], set() if params.ignore_eos else eos)
+            state = row_thinking(
+                tok, dial.lam, dial.limits, prompt or [], set() if params.ignore_eos else eos
+            )
         except ValueError:  # validate_params refuses these first; never take the engine down for one request
             logger.exception("InRa: cannot build the thinking state of a request; it runs at lam %s", lam)
             return _Row(lam)
         if state is not None and max((*state.plan.markers.end, *state.plan.closing)) >= self.vocab_size:
-            logger.error("InRa: think-marker ids beyond the model's %d logits; thinking control off", self.vocab_size)
+            logger.error(
+                "InRa: think-marker ids beyond the model's %d logits; thinking control off", self.vocab_size
+            )
             return _Row(lam)
         row = _Row(state.lam if state is not None else lam, state, output)
         row.advance()  # a request can join with output already (preemption, resumed)

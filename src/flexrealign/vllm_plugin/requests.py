@@ -30,7 +30,9 @@ THINKING_KEYS = ("lam_marker", "thinking_token_budget", "min_thinking_tokens", "
 KEYS = (*LAM_KEYS, *THINKING_KEYS, "reasoning_effort")
 
 _calibration: Calibration | None = None  # the served checkpoint's, set by the config hook
-_tokenizer_source: tuple[str, bool] | None = None  # (tokenizer path, trust_remote_code), set by the config hook
+_tokenizer_source: tuple[str, bool] | None = (
+    None  # (tokenizer path, trust_remote_code), set by the config hook
+)
 
 
 def set_served_model(calibration: Calibration | None, tokenizer: str | None, trust_remote_code: bool) -> None:
