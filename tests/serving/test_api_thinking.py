@@ -93,3 +93,4 @@ def test_reasoning_effort_without_calibration_is_a_400(served):
         chat(bare, reasoning_effort="high")
     assert err.value.body["param"] == "reasoning_effort"
     assert bare.models.list().data[0].model_extra["reasoning_efforts"] == {}
+    assert bare.models.retrieve(MODEL).model_extra["reasoning_efforts"] == {}

@@ -155,7 +155,7 @@ def test_thinking_dial_matches_flexrealign_greedy(engine):
         want, spent = flexrealign_dial(path, prompt, extra)
         assert got == want, f"{extra}: vLLM {got} != flexrealign {want}"
         if "thinking_token_budget" in extra:
-            assert got.index(end) == spent == extra["thinking_token_budget"] and got.count(end) == 1
+            assert got.index(end) == spent == extra["thinking_token_budget"]  # forced once, at the budget
 
 
 def test_reasoning_effort(engine):
