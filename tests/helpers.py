@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -30,6 +31,33 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared asset {path} not found (set FLEXREALIGN_SHARED to the shared/ folder)")
     return path
+
+
+def scripted_model(model: torch.nn.Module, script: list[int], prompt_len: int) -> torch.nn.Module:
+    """A copy of a plain HF model whose greedy output is `script`, then EOS: a real model and KV cache, with
+    the logits of its last position overridden. Every prompt it serves must have `prompt_len` tokens."""
+    base = type(model)
+
+    class Scripted(base):
+        def forward(self, *args, attention_mask=None, **kwargs):
+            out = super().forward(*args, attention_mask=attention_mask, **kwargs)
+            step = attention_mask.sum(-1) - prompt_len  # (B,) tokens generated before this position
+            table = torch.tensor([*script, self.config.eos_token_id], device=step.device)
+            nxt = table[step.clamp(max=len(script))]  # (B,)
+            logits = torch.full_like(out.logits[:, -1], -100.0).scatter_(-1, nxt[:, None], 100.0)
+            out.logits = logits[:, None]  # (B, 1, V): callers read the last position only
+            return out
+
+    copy_ = copy.deepcopy(model)
+    copy_.__class__ = Scripted
+    return copy_.eval()
+
+
+def expected_cut(text: str, stops: list[str]) -> str:
+    """Brute force over every occurrence of every stop: cut at the match completing first (then starting
+    first), i.e. what reading the text one character at a time finds."""
+    hits = [(i + len(s), i) for s in stops if s for i in range(len(text)) if text.startswith(s, i)]
+    return text[: min(hits)[1]] if hits else text
 
 
 def qwen3_tokenizer():

@@ -157,3 +157,20 @@ def test_bad_generation_arguments(stories, inra):
         generate(inra, tok, PROMPTS, top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(inra, tok, PROMPTS, max_new_tokens=0)
+
+
+def test_a_seeded_sample_does_not_depend_on_batching(stories, inra):
+    """Issue 11, kind 4, for generate(seed=..., batch_size=...): prompt i's sample depends on (seed, i) only;
+    a list of seeds gives each prompt its own, as one server request with that seed would get."""
+    _, tok = stories
+    prompts = [*PROMPTS, "The cat", "One day, a little girl"]
+    kw = dict(lam=0.5, max_new_tokens=12, temperature=1.0)
+    whole = generate(inra, tok, prompts, seed=3, **kw).token_ids
+    for size in (1, 3):
+        assert generate(inra, tok, prompts, seed=3, batch_size=size, **kw).token_ids == whole
+    own = generate(inra, tok, prompts, seed=[5, 6, 7, 8], batch_size=3, **kw).token_ids
+    assert [generate(inra, tok, prompts[i], seed=[s], **kw).token_ids[0] for i, s in enumerate([5, 6, 7, 8])] == own
+    assert generate(inra, tok, prompts[::-1], seed=[8, 7, 6, 5], **kw).token_ids == own[::-1]
+    assert len({tuple(x) for x in whole}) == len(prompts)
+    with pytest.raises(ValueError, match="one int per prompt"):
+        generate(inra, tok, prompts, seed=[1, 2], **kw)

@@ -8,6 +8,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from flexrealign.fused import FusedCausalLM, PathCache
 from flexrealign.fusion import ALIGNED, REF
+from flexrealign.hf_compat import with_cache
 from flexrealign.vocab import check_same_vocab
 
 
@@ -40,9 +41,9 @@ class DeRa(FusedCausalLM):
                 input_ids=input_ids.to(models[p].device),
                 attention_mask=attention_mask.to(models[p].device) if attention_mask is not None else None,
                 position_ids=position_ids.to(models[p].device),
-                past_key_values=cache[p] if cache is not None else None,
                 use_cache=cache is not None,
                 logits_to_keep=logits_to_keep,
+                **with_cache(models[p], cache[p] if cache is not None else None),
             )
             logits[p] = out.logits.to(input_ids.device)  # (B, T', V)
         return logits

@@ -11,6 +11,7 @@ from transformers import DynamicCache, PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from flexrealign.fusion import ALIGNED, REF, LamLike, as_lam_tensor, fuse_paths, needed_paths
+from flexrealign.hf_compat import OUTPUT_CACHE_FIELD
 
 BOTH = "both"  # a cache holding the two paths stacked on the batch axis: rows [aligned; ref]
 
@@ -88,12 +89,13 @@ class FusedCausalLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         lam: LamLike = 1.0,
-        past_key_values: PathCache | None = None,
+        cache: PathCache | None = None,
         use_cache: bool = False,
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         paths: Iterable[str] | None = None,
+        past_key_values: PathCache | None = None,
         **unused: object,
     ) -> CausalLMOutputWithPast:
         """Run the paths that `lam` needs and return fused fp32 logits (B, T, V) (or the last `logits_to_keep`).
@@ -101,10 +103,14 @@ class FusedCausalLM(nn.Module):
         lam: a float or one value per row, any finite real. Rows at lam == 0 get the reference logits and rows
         at lam == 1 the aligned logits exactly; a batch where every row is 0 (or 1) runs one path only.
         paths: force the paths to compute (a generation whose lam changes mid-way needs both from the start).
+        cache: the PathCache to extend (`past_key_values` is its older name, as in transformers < 5.24).
         """
+        if past_key_values is not None:
+            if cache is not None:
+                raise ValueError("give the cache once, as cache= (past_key_values= is its older name)")
+            cache = past_key_values
         lam_t = as_lam_tensor(lam, input_ids.shape[0], input_ids.device)  # (B,)
-        paths = self._resolve_paths(lam_t, past_key_values, paths)
-        cache = past_key_values
+        paths = self._resolve_paths(lam_t, cache, paths)
         if use_cache and cache is None:
             cache = self.new_cache(paths)
         if position_ids is None:
@@ -112,7 +118,9 @@ class FusedCausalLM(nn.Module):
         logits = self._path_logits(input_ids, attention_mask, position_ids, cache, paths, logits_to_keep)
         fused = fuse_paths(logits, lam_t)  # (B, T, V) fp32
         loss = causal_lm_loss(fused, labels) if labels is not None else None
-        return CausalLMOutputWithPast(loss=loss, logits=fused, past_key_values=cache if use_cache else None)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=fused, **{OUTPUT_CACHE_FIELD: cache if use_cache else None}
+        )
 
     @staticmethod
     def _resolve_paths(

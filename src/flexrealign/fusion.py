@@ -1,4 +1,7 @@
-"""Logit fusion (the paper's Eq. 5): pi_hat = softmax(lam * h_aligned + (1 - lam) * h_ref), per token, in fp32."""
+"""Logit fusion (the paper's Eq. 5): pi_hat = softmax(lam * h_aligned + (1 - lam) * h_ref), per token, in fp32.
+
+A token impossible under either model (logit -inf) stays impossible at every lam; see `fuse_logits`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import torch
 LamLike = float | int | Sequence[float] | torch.Tensor
 
 REF, ALIGNED = "ref", "aligned"
+NEG_INF = float("-inf")
+FP32_MAX = torch.finfo(torch.float32).max
 
 
 def as_lam_tensor(lam: LamLike, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -38,10 +43,20 @@ def as_lam_tensor(lam: LamLike, batch_size: int, device: torch.device | str | No
 
 
 def fuse_logits(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, lam: LamLike) -> torch.Tensor:
-    """Return lam * aligned + (1 - lam) * ref in fp32, per row of the leading (batch) axis.
+    """Fused logits lam * aligned + (1 - lam) * ref (the paper's Eq. 5, before the softmax), in fp32.
 
-    Rows with lam == 0 return the reference logits and rows with lam == 1 the aligned logits bit for bit,
-    so those two settings reproduce the underlying models exactly (also where a logit is -inf).
+    ref_logits, aligned_logits: (B, ..., V) or (V,), any float dtype. lam: a finite real, or one per row of
+    the leading (batch) axis, shape (B,). Returns fp32 logits of the same shape. Raises ValueError for a shape
+    mismatch or a non-finite lam.
+
+    Non-finite logits follow one rule, at every lam:
+    * a token that is impossible under either model (logit -inf, as `mask_untokenized`, bad-words lists and
+      grammars write, or NaN) stays impossible: its fused logit is -inf. Plain arithmetic would give NaN
+      (-inf - -inf) or, at lam < 0 or lam > 1, +inf, which argmax and the softmax would then pick;
+    * every other token gets a finite logit: +inf inputs and overflow at extreme lam are clamped to the
+      largest finite fp32 value (with its sign), so the result never holds NaN or +inf.
+    Rows with lam == 0 return the reference logits and rows with lam == 1 the aligned logits bit for bit
+    wherever both are finite, so those settings reproduce the underlying models exactly.
     """
     if ref_logits.shape != aligned_logits.shape:
         raise ValueError(
@@ -55,10 +70,18 @@ def fuse_logits(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, lam: Lam
     lam_b = (
         lam_t.view(-1, *([1] * (ref_logits.dim() - 1))) if ref_logits.dim() > 1 else lam_t
     )  # (B, 1, ..., 1)
-    ref32, aligned32 = ref_logits.float(), aligned_logits.float()
-    fused = lam_b * aligned32 + (1.0 - lam_b) * ref32
+    ref32, aligned32 = _finite_or_neginf(ref_logits), _finite_or_neginf(aligned_logits)
+    possible = (ref32 > NEG_INF) & (aligned32 > NEG_INF)  # (B, ..., V)
+    # ref + lam * (aligned - ref): with finite inputs this overflows to +-inf at worst, never to NaN
+    fused = torch.addcmul(ref32, lam_b, aligned32 - ref32)
     fused = torch.where(lam_b == 0, ref32, fused)
-    return torch.where(lam_b == 1, aligned32, fused)
+    fused = torch.where(lam_b == 1, aligned32, fused)
+    return torch.where(possible, fused.clamp(-FP32_MAX, FP32_MAX), NEG_INF)
+
+
+def _finite_or_neginf(logits: torch.Tensor) -> torch.Tensor:
+    """fp32 logits with NaN -> -inf (impossible) and +inf -> the largest finite value."""
+    return logits.float().nan_to_num(nan=NEG_INF, posinf=FP32_MAX, neginf=NEG_INF)
 
 
 def needed_paths(lam: torch.Tensor) -> tuple[str, ...]:
@@ -81,7 +104,7 @@ def fuse_paths(logits: dict[str, torch.Tensor], lam: torch.Tensor) -> torch.Tens
         raise ValueError(
             f"only the {path} path was computed, which serves lam == {want} alone; got lam={lam.tolist()}"
         )
-    return logits[path].float()
+    return _finite_or_neginf(logits[path])  # the same non-finite rule as fuse_logits
 
 
 def mask_untokenized(logits: torch.Tensor, num_tokens: int | None) -> torch.Tensor:

@@ -14,7 +14,9 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from flexrealign.fused import FusedCausalLM, PathCache
 from flexrealign.fusion import ALIGNED, REF, as_lam_tensor, mask_untokenized, needed_paths
-from flexrealign.sampling import constrain, row_generators, sample_next
+from flexrealign.hf_compat import with_cache
+from flexrealign.sampling import constrain, row_seed, sample_next, seeded_generators
+from flexrealign.stopping import StopStream
 from flexrealign.thinking import MissingThinkMarker, ThinkingState, thinking_plan
 
 Messages = list[dict[str, str]]
@@ -193,7 +195,11 @@ class IncrementalDetokenizer:
 
 
 class RowState:
-    """One sequence being decoded: its tokens, text, thinking stage (lam) and finish reason."""
+    """One sequence being decoded: its tokens, text, thinking stage (lam) and finish reason.
+
+    Stop strings follow `flexrealign.stopping`: `push` and `finish` return only text that no stop string can
+    take back, so the deltas they return always add up to `text`, the final text.
+    """
 
     def __init__(
         self,
@@ -205,12 +211,16 @@ class RowState:
     ) -> None:
         self.base_lam = 0.0 if isinstance(spec, LamSchedule) else float(spec)
         self.thinking = thinking
-        self.stop, self.eos = tuple(s for s in stop if s), eos
+        self.stops = StopStream(stop)
+        self.eos = eos
         self.detok = IncrementalDetokenizer(tokenizer)
         self.ids: list[int] = []
-        self.text = ""
         self.lam_changed = False  # set when a token switched the stage; the decode loop clears it
         self.finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.stops.text
 
     @property
     def lam(self) -> float:
@@ -225,7 +235,8 @@ class RowState:
         return self.finish_reason is not None
 
     def push(self, token: int) -> str:
-        """Append a sampled token; returns the new visible text (empty for EOS or held-back bytes)."""
+        """Append a sampled token; returns the new text that may be streamed (maybe empty: EOS, incomplete
+        bytes, or text that may start a stop string)."""
         self.ids.append(token)
         if self.thinking is not None and self.thinking.push(token):
             self.lam_changed = True
@@ -235,20 +246,18 @@ class RowState:
         return self._append_text(self.detok.flush(final=False))
 
     def finish(self, reason: str) -> str:
-        tail = self._append_text(self.detok.flush(final=True)) if self.finish_reason is None else ""
+        """End the row (no-op if it has ended); returns the text held back until now."""
+        if self.finish_reason is not None:
+            return ""
+        tail = self._append_text(self.detok.flush(final=True))
         self.finish_reason = self.finish_reason or reason
-        return tail
+        return tail + self.stops.flush()
 
     def _append_text(self, delta: str) -> str:
-        start = len(self.text)
-        self.text += delta
-        for s in self.stop:  # search only where a new match can be: the delta and len(s) before it
-            hit = self.text.find(s, max(0, start - len(s) + 1))
-            if hit >= 0:
-                self.text = self.text[:hit]
-                self.finish_reason = "stop"
-                return self.text[start:]
-        return delta
+        out = self.stops.add(delta)
+        if self.stops.matched is not None:
+            self.finish_reason = "stop"
+        return out
 
 
 def row_thinking(
@@ -304,7 +313,7 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     top_k: int = 0,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     stop: Sequence[str] | None = None,
     stream: StreamCallback | None = None,
     lam_turns: Sequence[float] | None = None,
@@ -324,7 +333,11 @@ def generate(
             lam until the think-end marker, answer at another); default 1.0 (the aligned model). Plain models
             take None.
         lam_turns: for message prompts, one lam per assistant turn; the turn being generated picks its entry.
-        temperature: 0 is greedy; top_k 0 and top_p 1 disable those filters; seed makes sampling reproducible.
+        temperature: 0 is greedy; top_k 0 and top_p 1 disable those filters.
+        seed: makes sampling reproducible. An int seeds prompt i with stream i of that seed; a list gives each
+            prompt its own seed (as one server request with that seed). A prompt's sample depends on its seed
+            and index only: not on batch_size, on the other prompts, or on which of them are generated
+            together.
         stop: strings that end a completion (not included in the text). stream(index, text_delta) is called
             as text is produced. batch_size splits many prompts into batches of that size.
         ignore_eos: keep generating past EOS up to max_new_tokens (for benchmarks, as in vLLM).
@@ -348,11 +361,12 @@ def generate(
     limits = _limits(len(prompts), thinking_token_budget, min_thinking_tokens, thinking_closing, think_marker)
     check_sampling(max_new_tokens, temperature, top_p, top_k)
     size = batch_size or len(prompts)
+    seeds = prompt_seeds(seed, len(prompts))
     parts = [
         _generate_batch(
             model, tokenizer,
             _Job(prompts[i : i + size], specs[i : i + size], limits[i : i + size], max_new_tokens,
-                 (temperature, top_p, top_k), None if seed is None else seed + i, list(stop or ()),
+                 (temperature, top_p, top_k), seeds[i : i + size], list(stop or ()),
                  _offset_stream(stream, i), chat_template_kwargs, ignore_eos),
         )
         for i in range(0, len(prompts), size)
@@ -371,7 +385,7 @@ class _Job:
     limits: list[ThinkingLimits]
     max_new_tokens: int
     sampling: tuple[float, float, int]  # temperature, top_p, top_k
-    seed: int | None
+    seed: list[int | None]  # one generator seed per prompt (prompt_seeds)
     stop: list[str]
     stream: StreamCallback | None
     chat_kwargs: dict | None
@@ -407,7 +421,7 @@ def _generate_batch(
     ]
     B = len(rows)
     temperature, top_p, top_k = (torch.full((B,), v, device=model.device) for v in job.sampling)
-    gens = row_generators(job.seed, B, model.device)
+    gens = seeded_generators(job.seed, model.device)
     dual = isinstance(model, FusedCausalLM)
     all_lams = [v for r in rows for v in (r.thinking.plan.lams if r.thinking else (r.lam,))]
     paths = needed_paths(torch.tensor(all_lams)) if dual else ()
@@ -457,7 +471,9 @@ def next_logits(
     mask (B, past + T) covers the cached and the new tokens; pos (B, T) holds per-row positions; lam (B,)
     is ignored when paths is () (plain models).
     """
-    kwargs = dict(input_ids=x, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+    kwargs = dict(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True) | with_cache(
+        model, cache
+    )
     if paths:
         kwargs.update(lam=lam, paths=paths)
     return model(**kwargs, logits_to_keep=1).logits[:, -1].float()  # (B, V)
@@ -474,6 +490,19 @@ def _offset_stream(stream: StreamCallback | None, offset: int) -> StreamCallback
 
 def _is_messages(p: object) -> bool:
     return isinstance(p, list) and len(p) > 0 and all(isinstance(m, dict) for m in p)
+
+
+def prompt_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | None]:
+    """The generator seed of each of n prompts (see `generate`'s `seed`)."""
+    if seed is None:
+        return [None] * n
+    if isinstance(seed, bool) or not isinstance(seed, (int, Sequence)):
+        raise ValueError(f"seed must be an int, one int per prompt, or None; got {seed!r:.80}")
+    if isinstance(seed, int):
+        return [row_seed(seed, i) for i in range(n)]
+    if len(seed) != n or not all(isinstance(x, int) and not isinstance(x, bool) for x in seed):
+        raise ValueError(f"seed as a list needs one int per prompt ({n}), got {list(seed)!r:.80}")
+    return [row_seed(x) for x in seed]
 
 
 def _lam_specs(model, prompts, lam, lam_turns) -> list[LamSpec]:

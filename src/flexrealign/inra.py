@@ -39,6 +39,7 @@ from flexrealign.checkpoint import (
 )
 from flexrealign.fused import BOTH, FusedCausalLM, PathCache
 from flexrealign.fusion import ALIGNED, REF
+from flexrealign.hf_compat import cache_kw, with_cache
 
 ADAPTER_CONFIG_NAME = "inra_config.json"
 ADAPTER_WEIGHTS_PREFIX = "inra_adapter"
@@ -168,8 +169,8 @@ class InRaModel(FusedCausalLM):
             config=self._adapter_hf_config,
             inputs_embeds=emb,
             attention_mask=attention_mask,
-            past_key_values=adapter_cache,
             position_ids=position_ids,
+            **{cache_kw(make_mask): adapter_cache},
         )
         position_embeddings = self.base.model.rotary_emb(emb, position_ids=position_ids)
         h = emb
@@ -179,8 +180,8 @@ class InRaModel(FusedCausalLM):
                 attention_mask=mask,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=adapter_cache,
                 use_cache=adapter_cache is not None,
+                **with_cache(layer, adapter_cache),
             )
         return h  # (B, T, D)
 
@@ -190,8 +191,8 @@ class InRaModel(FusedCausalLM):
             inputs_embeds=x,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=cache is not None,
+            **with_cache(self.base.model, cache),
         )
         return out.last_hidden_state  # (B, T, D)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -52,16 +54,31 @@ def sample_next(
     return out
 
 
-def row_generators(seed: int | None, batch_size: int, device: torch.device | str = "cpu") -> list | None:
-    """Independent, reproducible generators per row: row i draws from seed (i-th stream), None without a seed."""
+def row_seed(seed: int, index: int = 0) -> int:
+    """The generator seed of row `index` of a request seeded with `seed`: row 0 is what a single request
+    with that seed gets (in `generate` and in the server), so a seeded request reproduces on its own."""
+    return (int(seed) * 1_000_003 + index) % (2**63)
+
+
+def seeded_generators(
+    seeds: Sequence[int | None], device: torch.device | str = "cpu"
+) -> list[torch.Generator | None] | None:
+    """One generator per row from its own generator seed (None: that row uses the global RNG).
+
+    A row's draws depend on its seed alone, never on its neighbours or the batch size. None if no row has one.
+    """
+    if all(s is None for s in seeds):
+        return None
+    return [None if s is None else torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+
+def row_generators(
+    seed: int | None, batch_size: int, device: torch.device | str = "cpu", offset: int = 0
+) -> list[torch.Generator | None] | None:
+    """Generators of rows offset .. offset + batch_size - 1 of a request seeded with `seed` (None: no seed)."""
     if seed is None:
         return None
-    gens = []
-    for i in range(batch_size):
-        g = torch.Generator(device=device)
-        g.manual_seed((int(seed) * 1_000_003 + i) % (2**63))
-        gens.append(g)
-    return gens
+    return seeded_generators([row_seed(seed, offset + i) for i in range(batch_size)], device)
 
 
 def constrain(

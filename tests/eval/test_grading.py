@@ -170,3 +170,37 @@ def test_math_verify_path_accepts_every_math500_gold() -> None:
     rows = _rows("math500")
     failures = [r["answer"] for r in rows if not _math_verify_equal(r["answer"], r["answer"])]
     assert len(failures) <= 0.01 * len(rows), f"math-verify cannot parse: {failures}"
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [
+        ("\\frac{1}{2^{98}}", "\\frac{1}{2^{99}}"),  # the issue's example: was graded correct
+        ("2^{100}+1", "2^{100}"),
+        ("3^{40}", "3^{40}+1"),
+        ("10^{-20}", "0"),
+        ("\\{1, 2^{-60}\\}", "\\{1, 2^{-61}\\}"),
+        ("(1, 2^{-50})", "(1, 2^{-51})"),
+        ("\\frac{1}{3^{30}}", "\\frac{1}{3^{30}+1}"),
+    ],
+)
+def test_different_exact_answers_are_rejected(pred: str, gold: str) -> None:
+    """Issue 11, kind 6: answers that are exact rationals (or tuples / sets of them) compare exactly."""
+    assert not grade(f"\\boxed{{{pred}}}", gold)
+    assert not grade(f"\\boxed{{{gold}}}", pred)
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [
+        ("\\frac{1}{2^{99}}", "2^{-99}"),
+        ("2^{100}", "1267650600228229401496703205376"),
+        ("\\frac{2}{4}", "\\frac12"),
+        ("\\sqrt{4}", "2"),
+        ("\\frac{1}{3}", "0.333333"),  # written as a decimal: the tolerance applies
+        ("(\\frac12, 3^{4})", "(0.5, 81)"),
+        ("50\\%", "50"),
+    ],
+)
+def test_equal_exact_answers_and_decimals_within_tolerance_are_accepted(pred: str, gold: str) -> None:
+    assert grade(f"\\boxed{{{pred}}}", gold)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -191,3 +192,38 @@ def test_vllm_engine_generates(tmp_path, tok) -> None:
     rows = evaluate([ModelSpec("m", kind="inra", path=str(path))], problems(2), cfg, tmp_path / "out")
     assert [r.name for r in rows] == ["m@0", "m@1"] and all(r.samples == 2 for r in rows)
     assert len(lines(tmp_path / "out")) == 4
+
+
+def test_a_seeded_sample_depends_on_its_key_only(tmp_path, specs, monkeypatch) -> None:
+    """Issue 11, kind 4. The example: an interrupted-and-resumed seeded run gave other texts for some
+    (problem, sample) keys than an uninterrupted one. Own inputs: other batch sizes and a bigger run."""
+    cfg = dataclasses.replace(CFG, temperature=1.0, max_new_tokens=6, lams=(0.5,))
+    texts = lambda folder: {record_key(r): r["text"] for r in lines(folder)}  # noqa: E731
+    evaluate(specs, problems(3), cfg, tmp_path / "whole")
+    whole = texts(tmp_path / "whole")
+    real = harness.flexrealign_engine
+
+    def crashing(model, tokenizer, c):
+        run, state = real(model, tokenizer, c), {"n": 0}
+
+        def once(prompts, lam, seeds):
+            state["n"] += 1
+            if state["n"] == 2:
+                raise RuntimeError("simulated crash")
+            return run(prompts, lam, seeds)
+
+        return once
+
+    monkeypatch.setattr(harness, "flexrealign_engine", crashing)
+    with pytest.raises(RuntimeError):
+        evaluate(specs, problems(3), cfg, tmp_path / "resumed")
+    monkeypatch.setattr(harness, "flexrealign_engine", real)
+    evaluate(specs, problems(3), cfg, tmp_path / "resumed")
+    assert texts(tmp_path / "resumed") == whole
+    assert len(set(whole.values())) > len(whole) // 2  # sampled, not all alike
+    for size in (1, 4):
+        evaluate(specs, problems(3), dataclasses.replace(cfg, batch_size=size), tmp_path / f"b{size}")
+        assert texts(tmp_path / f"b{size}") == whole
+    evaluate(specs, problems(5), cfg, tmp_path / "bigger")  # other neighbours in every batch
+    texts_of = texts(tmp_path / "bigger")
+    assert {k: texts_of[k] for k in whole} == whole

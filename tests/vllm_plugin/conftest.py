@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from vllm_common import FAMILIES
 
 from flexrealign.calibration import Calibration, CurvePoint, choose_efforts, save_calibration
 from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint
@@ -37,7 +38,7 @@ def _vllm_env() -> Iterator[None]:
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """family -> an InRa checkpoint folder (1 adapter layer on 2 layers, perturbed adapter, tokenizer)."""
     root = tmp_path_factory.mktemp("inra_ckpts")
-    for family in ("qwen2", "llama"):
-        tiny_inra_checkpoint(root / family, family)
+    for family in FAMILIES:
+        tiny_inra_checkpoint(root / family, family, **FAMILIES[family])
     save_calibration(root / "qwen2", Calibration(CURVE, choose_efforts(CURVE, can_skip_thinking=False)))
-    return {family: root / family for family in ("qwen2", "llama")}  # only qwen2 is calibrated
+    return {family: root / family for family in FAMILIES}  # only qwen2 is calibrated

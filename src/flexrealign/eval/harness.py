@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import hashlib
 import json
 import math
 import os
@@ -31,8 +32,8 @@ GENERATIONS = "generations.jsonl"
 PAPER_LAMS = (-0.5, 0.0, 0.5, 1.0, 1.5)
 
 Key = tuple[str, float | None, str, int]  # (model label, lam or None for plain models, problem id, sample)
-# (prompts, lam or None, seed) -> completions; one per engine
-GenerateFn = Callable[[list[Prompt], float | None, int], GenerationResult]
+# (prompts, lam or None, one seed per prompt) -> completions; one per engine
+GenerateFn = Callable[[list[Prompt], float | None, list[int]], GenerationResult]
 
 
 @dataclass
@@ -193,10 +194,10 @@ def flexrealign_engine(model: torch.nn.Module, tokenizer, cfg: EvalConfig) -> Ge
     """Generation through our own decode loop (`flexrealign.generation.generate`)."""
     from flexrealign.generation import generate
 
-    def run(prompts: list[Prompt], lam: float | None, seed: int) -> GenerationResult:
+    def run(prompts: list[Prompt], lam: float | None, seeds: list[int]) -> GenerationResult:
         return generate(
             model, tokenizer, prompts, lam=lam, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seeds,
         )  # fmt: skip
 
     return run
@@ -217,14 +218,14 @@ def vllm_engine(spec: ModelSpec, cfg: EvalConfig) -> GenerateFn:
     llm = LLM(model=spec.path, **{"seed": cfg.seed, **cfg.vllm_kwargs})
     tokenizer = llm.get_tokenizer()
 
-    def run(prompts: list[Prompt], lam: float | None, seed: int) -> GenerationResult:
+    def run(prompts: list[Prompt], lam: float | None, seeds: list[int]) -> GenerationResult:
         texts = [
             tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts
         ]
         extra = None if lam is None else {"lam": float(lam)}
         params = [
             SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or -1,
-                           max_tokens=cfg.max_new_tokens, seed=seed + i, extra_args=extra)
+                           max_tokens=cfg.max_new_tokens, seed=seeds[i], extra_args=extra)
             for i in range(len(texts))
         ]  # fmt: skip
         outs = [o.outputs[0] for o in llm.generate(texts, params, use_tqdm=False)]
@@ -292,6 +293,17 @@ def make_records(job: Job, part: Sequence, problems: Sequence[Problem], out: Gen
     return recs
 
 
+def sample_seed(seed: int, problem_id: str, sample: int) -> int:
+    """The sampling seed of one (problem, sample) key: a 63-bit hash of (seed, problem id, sample index).
+
+    A generation is therefore a function of (seed, problem, sample, model, lam) alone, whatever the batch it
+    lands in or a resume. Every model and lam shares the key's random stream (common random numbers), so
+    differences between lams are not sampling noise.
+    """
+    key = f"{int(seed)}\x00{problem_id}\x00{int(sample)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
 def run_job(
     job: Job, engine: GenerateFn, problems: Sequence[Problem], cfg: EvalConfig, path: Path, bar
 ) -> None:
@@ -300,8 +312,8 @@ def run_job(
     bar.set_postfix_str(tag, refresh=False)
     for part in chunks(job.todo, cfg.batch_size):
         prompts = [build_messages(problems[i], cfg.template) for i, _ in part]
-        i0, s0 = part[0]
-        out = engine(prompts, job.lam, cfg.seed + s0 * len(problems) + i0)  # seed fixed by the batch's start
+        seeds = [sample_seed(cfg.seed, problems[i].id, s) for i, s in part]
+        out = engine(prompts, job.lam, seeds)
         append_generations(path, make_records(job, part, problems, out))
         bar.update(len(part))
 

@@ -37,7 +37,6 @@ from flexrealign.serving.params import (
     check_model,
     completion_prompt,
     lam_args,
-    refuse,
     resolve_effort,
     resolve_lam,
     sampling,
@@ -127,10 +126,6 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     min_thinking_tokens, thinking_closing, reasoning_effort) at the top level or in vllm_xargs."""
     engine, cfg = _engine(request), request.app.state.config
     check_common(body, cfg)
-    refuse(
-        ("logprobs", bool(body.logprobs)), ("echo", body.echo), ("suffix", bool(body.suffix)),
-        ("best_of", (body.best_of or 1) > 1),
-    )  # fmt: skip
     args = lam_args(body)
     effort = resolve_effort(args, cfg)
     ids = completion_prompt(body.prompt, engine)
@@ -145,7 +140,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     wins; an effort that skips thinking renders the chat with enable_thinking=False."""
     engine, cfg = _engine(request), request.app.state.config
     check_common(body, cfg)
-    refuse(("logprobs", body.logprobs), ("tools", bool(body.tools)))
     args = lam_args(body)
     effort = resolve_effort(args, cfg)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]

@@ -391,8 +391,8 @@ class Engine:
 
     def _finish(self, row: Row, reason: str, error: str | None = None) -> None:
         """End a row early (cancelled or failed); its cache slot is freed at the next compaction."""
-        row.state.finish(reason)
-        self._complete(row.handle, self._output(row, error))
+        tail = row.state.finish(reason)  # held-back text: the stream must still add up to the final text
+        self._complete(row.handle, self._output(row, error), delta=tail)
 
     def _output(self, row: Row, error: str | None = None) -> RequestOutput:
         s, h = row.state, row.handle
@@ -406,12 +406,14 @@ class Engine:
             s.reasoning_tokens,
         )
 
-    def _complete(self, handle: RequestHandle, output: RequestOutput, emit: bool = True) -> None:
+    def _complete(
+        self, handle: RequestHandle, output: RequestOutput, emit: bool = True, delta: str = ""
+    ) -> None:
         if handle.done:
             return
         handle.output = output
         if emit:
-            self._emit(handle, Event("", None, output))
+            self._emit(handle, Event(delta, None, output))
         self.stats[output.finish_reason] += 1
         handle._done.set()
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from flexrealign.calibration import CALIBRATE_HINT, Calibration, Effort
 from flexrealign.generation import LamSchedule, LamSpec, ThinkingLimits, lam_for_next_turn
+from flexrealign.serving.audit import Refused, audit_request
 from flexrealign.serving.engine import Engine, SamplingParams
 from flexrealign.serving.errors import APIError
 from flexrealign.serving.protocol import ChatCompletionRequest, CompletionRequest, LamArgs
@@ -45,20 +46,12 @@ def check_model(name: str, cfg: ServerConfig) -> None:
 
 
 def check_common(body: CompletionRequest | ChatCompletionRequest, cfg: ServerConfig) -> None:
+    """404 for another model; 400 naming any field, option or message part this server does not honour."""
     check_model(body.model, cfg)
-    if body.n != 1:
-        raise APIError(400, "n > 1 is not supported: send one request per completion", param="n")
-    refuse(
-        ("presence_penalty", body.presence_penalty != 0), ("frequency_penalty", body.frequency_penalty != 0),
-        ("logit_bias", bool(body.logit_bias)),
-    )  # fmt: skip
-
-
-def refuse(*checks: tuple[str, bool]) -> None:
-    """400 for OpenAI features this server does not implement, rather than silently ignoring them."""
-    for name, used in checks:
-        if used:
-            raise APIError(400, f"{name} is not supported by this server", param=name, code="unsupported")
+    try:
+        audit_request(body)
+    except Refused as e:
+        raise APIError(400, e.message, param=e.param, code=e.code) from e
 
 
 def completion_prompt(prompt: str | list, engine: Engine) -> list[int]:

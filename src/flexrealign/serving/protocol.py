@@ -6,7 +6,7 @@ lam fields may sit at the top level (the `openai` client sends them through `ext
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,12 +46,15 @@ class LamArgs(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown options are refused by name (serving.audit)
+
     include_usage: bool = False
+    include_obfuscation: bool | None = None
 
 
 class _Common(LamArgs):
-    """Fields shared by both endpoints. Unknown fields are kept in `model_extra` and ignored, as
-    OpenAI-compatible servers do, except lam look-alikes (a typo there would silently use the default lam)."""
+    """Fields shared by both endpoints: every field of OpenAI's schema is declared, so that `serving.audit` can
+    honour it or refuse it by name. Unknown fields land in `model_extra` and are refused there too."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -68,7 +71,7 @@ class _Common(LamArgs):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
-    user: str | None = None
+    user: str | None = None  # an end-user id for abuse monitoring: accepted, no effect on the output
     ignore_eos: bool = Field(False, description="vLLM extension: keep decoding past EOS up to max_tokens")
     vllm_xargs: dict[str, Any] | None = None
 
@@ -86,20 +89,32 @@ class CompletionRequest(_Common):
     best_of: int | None = None
 
 
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
+class ContentPart(BaseModel):
+    """One part of a message's content; only "text" parts are served (others are refused by type)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """A message as OpenAI defines it; fields and roles this server cannot honour are refused by name."""
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+    function_call: Any | None = None
+    refusal: str | None = None
+    audio: Any | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(p.text for p in self.content)
+            return "".join(p.text or "" for p in self.content)
         return self.content or ""
 
 
@@ -109,4 +124,20 @@ class ChatCompletionRequest(_Common):
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None

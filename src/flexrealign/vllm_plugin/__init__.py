@@ -8,7 +8,8 @@ vLLM calls in every process it starts. `register()` then:
    InRa class of its architecture (the saved `architectures` stay unchanged, so plain Hugging Face still
    loads the lam = 1 model), and an InRa checkpoint of an architecture without an InRa class fails clearly;
 3. adds a config hook for the InRa architectures that installs the fusing logits processor and switches
-   logprobs to the processed (fused) distribution.
+   logprobs to the processed (fused) distribution;
+4. makes vLLM choose stop strings by flexrealign's rule (`flexrealign.stopping`), as `generate` does.
 
 So `vllm serve PATH` and `LLM(PATH)` work with no extra flags; each request picks its lam with
 `SamplingParams(extra_args={"lam": 0.5})` or, over HTTP, `"vllm_xargs": {"lam": 0.5}` (default 1.0).
@@ -39,11 +40,13 @@ def register() -> None:
     from vllm import ModelRegistry
 
     from flexrealign.vllm_plugin.config import register_config_hooks
+    from flexrealign.vllm_plugin.stops import use_flexrealign_stop_rule
 
     for inra_arch in INRA_ARCHITECTURES.values():
         # A lazy "module:Class" string keeps vLLM's model modules unimported until a model is loaded.
         ModelRegistry.register_model(inra_arch, f"{MODELS_MODULE}:{inra_arch}")
     register_config_hooks()
+    use_flexrealign_stop_rule()
     _registered = True
 
 

@@ -7,8 +7,8 @@ returns `lam * aligned + (1 - lam) * ref` in fp32, (B, V), and everything after 
 
 vLLM runs its built-in stages before custom processors, on the 2V-wide row, where they touch only the
 first V columns (the aligned half):
-* bans (bad_words, min_tokens, structured-output masks) write -inf there; a -inf in the aligned half
-  bans the token in the fused row too, whatever lam is (lam * -inf alone would give +inf for lam < 0);
+* bans (bad_words, min_tokens, structured-output masks) write -inf there; `fuse_logits` keeps a token that
+  is -inf in either half at -inf for every lam (lam * -inf alone would give +inf for lam < 0);
 * logit_bias adds b there, which fusion scales to lam * b; the missing (1 - lam) * b is added back.
 allowed_token_ids (a V-wide mask over a 2V-wide row) and prompt_logprobs (computed outside the sampler,
 without processors) cannot work and are refused per request in `validate_params`.
@@ -19,6 +19,9 @@ ThinkingState built from its prompt ids when it joins the batch. `update_state` 
 output ids (vLLM hands the processor a live reference to that list) and rebuilds the per-row lam and the
 force/ban index tensors only when something changed; `apply` stays a few tensor ops: fuse, keep bans, and
 force or ban tokens through the logits (as vLLM's own thinking-budget processor does).
+
+Rows past the tokenizer's vocabulary (Qwen checkpoints have 151,936 rows for about 151,669 tokens) decode to
+nothing; they are set to -inf after fusion, at every lam, as `generate` and the server do.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from flexrealign.fusion import fuse_logits
+from flexrealign.fusion import fuse_logits, mask_untokenized
 from flexrealign.generation import LamSchedule, row_thinking
 from flexrealign.thinking import ThinkingState
 from flexrealign.vllm_plugin.config import record_served_model
@@ -66,6 +69,14 @@ def check_request(params: SamplingParams) -> None:
             "InRa models do not support prompt_logprobs (only logprobs of generated tokens)",
             parameter="prompt_logprobs",
         )
+
+
+def tokenizer_size(vllm_config: VllmConfig) -> int | None:
+    """How many vocabulary rows have a token: the length of the engine's tokenizer (None without one)."""
+    from vllm.tokenizers import cached_tokenizer_from_config
+
+    tokenizer = cached_tokenizer_from_config(vllm_config.model_config)
+    return None if tokenizer is None else len(tokenizer)
 
 
 @dataclass
@@ -103,6 +114,7 @@ class InRaLogitsProcessor(LogitsProcessor):
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
         self.vocab_size: int = vllm_config.model_config.get_vocab_size()
+        self.num_tokens = tokenizer_size(vllm_config)  # rows at or past it have no token
         self.device = device
         self.model_config = vllm_config.model_config
         if hasattr(self.model_config, "model"):  # the engine process: the config hook ran in the frontend
@@ -194,8 +206,7 @@ class InRaLogitsProcessor(LogitsProcessor):
             )
         lam = self._lam_tensor(logits.shape[0])  # (B,)
         aligned, ref = logits[:, :V], logits[:, V:]  # (B, V) each
-        fused = fuse_logits(ref, aligned, lam)  # (B, V) fp32
-        fused.masked_fill_(torch.isneginf(aligned), float("-inf"))
+        fused = mask_untokenized(fuse_logits(ref, aligned, lam), self.num_tokens)  # (B, V) fp32
         for row, bias in self.biases.items():
             if row < fused.shape[0] and lam[row] != 1:
                 tokens = torch.tensor(list(bias), dtype=torch.long, device=fused.device)  # (K,)

@@ -1,7 +1,7 @@
 """Tiny InRa checkpoints with a word-level tokenizer, built in code: for the vLLM plugin's tests and benchmark.
 
 vLLM's CPU attention kernel needs head_dim 128, so the default model is hidden 256 with 2 heads. The
-tokenizer has exactly the model's vocabulary size, so every id either side can sample decodes.
+tokenizer has the model's vocabulary size unless `num_tokens` pads the vocabulary past it, as Qwen does.
 """
 
 from __future__ import annotations
@@ -84,11 +84,14 @@ def tiny_inra_checkpoint(
     adapter_layers: int = 1,
     perturb: float = 0.5,
     seed: int = 0,
+    num_tokens: int | None = None,
     **config: object,
 ) -> InRaModel:
     """Save an InRa checkpoint (and, with `base_path`, the plain base model) with a tokenizer; return the model.
 
     `config` overrides the tiny model config (vocab_size, hidden_size, num_layers, num_heads, ...).
+    `num_tokens` makes the tokenizer smaller than the vocabulary, as Qwen checkpoints pad their embeddings
+    (151,936 rows for about 151,669 tokens): the rows past it have no token.
     `initializer_range` defaults to 0.1 (HF's 0.02 gives near-ties everywhere): on the test prompts the
     greedy top-1 margins are then >= 3e-4 while fp32 logits of vLLM's CPU kernels and Hugging Face's differ
     by ~2e-5, so both pick the same tokens. Larger weights widen the margins but grow those differences
@@ -98,7 +101,7 @@ def tiny_inra_checkpoint(
     fields.update(initializer_range=0.1, num_layers=2)
     fields.update(config)
     base = tiny_model(model_type, seed=seed, **fields)
-    tokenizer = bpe_tokenizer(base.config.vocab_size)
+    tokenizer = bpe_tokenizer(num_tokens or base.config.vocab_size)
     if base_path is not None:
         base.save_pretrained(Path(base_path))
         tokenizer.save_pretrained(Path(base_path))

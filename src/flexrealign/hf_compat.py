@@ -1,0 +1,43 @@
+"""What differs between the transformers versions flexrealign supports (5.16.1 up to the newest 5.x).
+
+transformers 5.24 renamed the KV-cache keyword of model forwards, decoder layers and mask functions from
+`past_key_values` to `cache` (and the output field likewise). The old name still works there but warns, and
+its removal is announced for 5.40, after which a cache passed under it would be silently dropped into
+`**kwargs`. So each call site asks the callee which name it takes, rather than trusting a version number.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+NEW, OLD = "cache", "past_key_values"
+
+
+@functools.cache
+def _cache_kw(fn: Callable) -> str:
+    params = inspect.signature(fn).parameters  # follows functools.wraps (transformers' deprecation shims)
+    return NEW if NEW in params else OLD
+
+
+def cache_kw(fn: Callable) -> str:
+    """The cache keyword that `fn` (a function, or a module class's `forward`) takes: "cache" or
+    "past_key_values"."""
+    return _cache_kw(getattr(fn, "__func__", fn))
+
+
+def with_cache(module: Any, cache: Any) -> dict[str, Any]:
+    """{keyword: cache} for calling `module` (a Hugging Face model or decoder layer) with a KV cache."""
+    return {cache_kw(type(module).forward): cache}
+
+
+OUTPUT_CACHE_FIELD = NEW if NEW in CausalLMOutputWithPast.__dataclass_fields__ else OLD
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a Hugging Face model output carries, under either field name."""
+    return getattr(output, OUTPUT_CACHE_FIELD, None)
