@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import queue
 import threading
 from collections import Counter, deque
@@ -26,7 +25,6 @@ from transformers import PreTrainedTokenizerBase
 from flexrealign.fused import FusedCausalLM
 from flexrealign.fusion import ALIGNED, REF, mask_untokenized, needed_paths
 from flexrealign.generation import (
-    LamSchedule,
     LamSpec,
     Prompt,
     RowState,
@@ -35,7 +33,6 @@ from flexrealign.generation import (
     left_pad,
     next_logits,
     pad_token_id,
-    row_thinking,
     thinking_constraints,
 )
 from flexrealign.sampling import constrain, row_generators, sample_next
@@ -48,8 +45,10 @@ from flexrealign.serving.requests import (  # noqa: F401  (re-exported: the engi
     RequestHandle,
     RequestOutput,
     SamplingParams,
+    check_lam,
+    check_prompt,
+    request_thinking,
 )
-from flexrealign.thinking import ThinkingState
 
 log = logging.getLogger("flexrealign.serve")
 
@@ -146,9 +145,10 @@ class Engine:
         Raises InvalidRequest for a bad lam, an empty prompt or one that leaves no room for max_tokens.
         """
         params = params or SamplingParams()
-        prompt_ids = self._check_prompt(list(prompt_ids), params)
-        lam = self._check_lam(lam)
-        thinking = self._thinking(prompt_ids, lam, params)
+        prompt_ids = check_prompt(list(prompt_ids), params, self._vocab, self.context_length)
+        lam = check_lam(lam, self.is_fused, type(self.model).__name__)
+        eos = set() if params.ignore_eos else self._eos
+        thinking = request_thinking(self.tokenizer, prompt_ids, lam, params, eos)
         handle = RequestHandle(f"req-{next(self._ids)}", prompt_ids, lam, params, sink, self._wake, thinking)
         with self._cv:
             if self._stopping:
@@ -170,46 +170,6 @@ class Engine:
         """Submit a request whose events land in a thread-safe queue (for synchronous consumers)."""
         events: queue.Queue[Event] = queue.Queue()
         return self.submit(prompt_ids, lam, params, sink=events.put), events
-
-    def _check_prompt(self, ids: list[int], params: SamplingParams) -> list[int]:
-        if not ids:
-            raise InvalidRequest("empty prompt: at least one token is needed to condition on", "prompt")
-        if any(not isinstance(t, int) or not 0 <= t < self._vocab for t in ids):
-            raise InvalidRequest(f"prompt token ids must be ints in [0, {self._vocab})", "prompt")
-        limit = self.context_length
-        if limit is not None and len(ids) + params.max_tokens > limit:
-            raise InvalidRequest(
-                f"this model's maximum context length is {limit} tokens, but {len(ids)} prompt tokens + "
-                f"max_tokens {params.max_tokens} = {len(ids) + params.max_tokens}",
-                "max_tokens" if len(ids) < limit else "prompt",
-                "context_length_exceeded",
-            )
-        return ids
-
-    def _check_lam(self, lam: LamSpec | None) -> LamSpec | None:
-        if not self.is_fused:
-            if lam is not None:
-                raise InvalidRequest(f"lam applies to InRa and DeRa models; this {type(self.model).__name__} "
-                                     "has a single path", "lam")  # fmt: skip
-            return None
-        if lam is None:
-            return 1.0
-        if isinstance(lam, LamSchedule):
-            return lam
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-            raise InvalidRequest(f"lam must be a finite real number or a LamSchedule, got {lam!r}", "lam")
-        return float(lam)
-
-    def _thinking(
-        self, prompt_ids: list[int], lam: LamSpec | None, params: SamplingParams
-    ) -> ThinkingState | None:
-        """The request's thinking state machine, built now so that a missing marker is a 400, not a crash."""
-        eos = set() if params.ignore_eos else self._eos
-        try:
-            return row_thinking(self.tokenizer, 0.0 if lam is None else lam, params.thinking, prompt_ids, eos)
-        except ValueError as e:
-            param = "thinking_token_budget" if params.thinking.active else "lam_think"
-            raise InvalidRequest(str(e), param, "missing_think_marker") from e
 
     def _wake(self) -> None:
         with self._cv:

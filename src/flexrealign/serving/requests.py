@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flexrealign.generation import LamSpec, ThinkingLimits, check_sampling
+from flexrealign.generation import LamSchedule, LamSpec, ThinkingLimits, check_sampling, row_thinking
 from flexrealign.thinking import ThinkingState
 
 
@@ -108,3 +109,49 @@ class RequestHandle:
             raise TimeoutError(f"request {self.request_id} did not finish within {timeout} s")
         assert self.output is not None
         return self.output
+
+
+# ---------------------------------------------------------------------------------------------- admission
+def check_prompt(ids: list[int], params: SamplingParams, vocab: int, context_length: int | None) -> list[int]:
+    """The prompt's token ids, or InvalidRequest: empty, ids outside [0, vocab), or no room for max_tokens."""
+    if not ids:
+        raise InvalidRequest("empty prompt: at least one token is needed to condition on", "prompt")
+    if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+        raise InvalidRequest(f"prompt token ids must be ints in [0, {vocab})", "prompt")
+    limit = context_length
+    if limit is not None and len(ids) + params.max_tokens > limit:
+        raise InvalidRequest(
+            f"this model's maximum context length is {limit} tokens, but {len(ids)} prompt tokens + "
+            f"max_tokens {params.max_tokens} = {len(ids) + params.max_tokens}",
+            "max_tokens" if len(ids) < limit else "prompt",
+            "context_length_exceeded",
+        )
+    return ids
+
+
+def check_lam(lam: LamSpec | None, fused: bool, model_name: str) -> LamSpec | None:
+    """The request's lam, checked once when it enters (None means 1.0 for two-path models)."""
+    if not fused:
+        if lam is not None:
+            raise InvalidRequest(
+                f"lam applies to InRa and DeRa models; this {model_name} has a single path", "lam"
+            )
+        return None
+    if lam is None:
+        return 1.0
+    if isinstance(lam, LamSchedule):
+        return lam
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+        raise InvalidRequest(f"lam must be a finite real number or a LamSchedule, got {lam!r}", "lam")
+    return float(lam)
+
+
+def request_thinking(
+    tokenizer, prompt_ids: list[int], lam: LamSpec | None, params: SamplingParams, eos: set[int]
+) -> ThinkingState | None:
+    """The request's thinking state machine, built when it enters, so a missing marker is a 400, not a crash."""
+    try:
+        return row_thinking(tokenizer, 0.0 if lam is None else lam, params.thinking, prompt_ids, eos)
+    except ValueError as e:
+        param = "thinking_token_budget" if params.thinking.active else "lam_think"
+        raise InvalidRequest(str(e), param, "missing_think_marker") from e
