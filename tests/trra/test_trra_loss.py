@@ -159,8 +159,7 @@ def test_loss_backward_twice_and_float64_gradcheck(divergence):
     )
     teacher_h, teacher_w = torch.cat([h_a, h_r], -1).view(B * 2, -1), torch.cat([w_a, w_r], -1)
     assert torch.autograd.gradcheck(lambda h, w: divergence_sum(h, w, teacher_h, teacher_w, **kw), (h_s, w_s))
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        (g,) = torch.autograd.grad(
+    with pytest.raises(RuntimeError, match="not create_graph=True"):
+        torch.autograd.grad(
             trra_loss(h_s.view(B, 2, D), w_s, h_a, w_a, h_r, w_r, 0.5), h_s, create_graph=True
         )
-        g.sum().backward()

@@ -29,7 +29,6 @@ import math
 from typing import Literal
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from flexrealign.fusion import as_lam_tensor
 
@@ -176,7 +175,7 @@ class _ChunkedDivergence(torch.autograd.Function):
 
     The gradients are computed in the forward and saved for backward, so backward can run again with
     `retain_graph=True` (gradcheck does) and autograd frees them after the last backward. Higher-order
-    gradients (`create_graph=True` through this loss) are not supported and raise a RuntimeError.
+    gradients (`create_graph=True` through this loss) are not supported: RuntimeError.
     """
 
     @staticmethod
@@ -190,8 +189,12 @@ class _ChunkedDivergence(torch.autograd.Function):
         return total
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # backward(create_graph=True): a gradient of this gradient is wanted
+            raise RuntimeError(
+                "TrRa's loss supports first-order gradients (backward, also repeated with retain_graph=True, "
+                "and torch.autograd.gradcheck) but not create_graph=True: its gradient is precomputed"
+            )
         grad_h, grad_w = ctx.saved_tensors
         h_dtype, w_dtype = ctx.dtypes
         out_h = (grad_h * grad_out).to(h_dtype) if grad_h is not None else None
