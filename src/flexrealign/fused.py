@@ -76,6 +76,13 @@ class FusedCausalLM(nn.Module):
     def new_cache(self, paths: Iterable[str]) -> PathCache:
         raise NotImplementedError
 
+    def tie_weights(self) -> None:
+        """Re-tie each inner Hugging Face model's embeddings, as `PreTrainedModel.tie_weights` does (harnesses
+        such as lm-eval call it on the model they are given)."""
+        for module in self.children():
+            if hasattr(module, "tie_weights"):
+                module.tie_weights()
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -2,8 +2,9 @@
 
 - an InRa checkpoint (config.json has an `inra` entry) -> InRaModel (two paths)
 - an adapter-only folder (inra_config.json)             -> InRaModel on its recorded (or given) base
+- a .gguf file (or `smollm2`)                           -> a plain model, dequantised and rebuilt in memory
 - anything else                                         -> a plain Hugging Face causal LM
-Weights load with safetensors only, and remote code only when asked for.
+Weights load with safetensors only (or from a GGUF file), and remote code only when asked for.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from transformers import (
 
 from flexrealign.checkpoint import wrap_load_errors
 from flexrealign.dera import DeRa
+from flexrealign.gguf_convert import gguf_tokenizer, is_gguf, load_gguf
 from flexrealign.inra import ADAPTER_CONFIG_NAME, InRaModel
 
 
@@ -47,6 +49,8 @@ def is_adapter_dir(path: str | os.PathLike) -> bool:
 
 
 def is_inra_checkpoint(path: str, trust_remote_code: bool = False) -> bool:
+    if is_gguf(path):
+        return False
     config = wrap_load_errors(
         f"the config of {path}", lambda: AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     )
@@ -62,7 +66,9 @@ def load_model(
 ) -> PreTrainedModel | InRaModel:
     """The model at `path` (see module doc), in eval mode on `device`."""
     kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if is_adapter_dir(path):
+    if is_gguf(path):
+        model, _ = load_gguf(path, kwargs["dtype"])
+    elif is_adapter_dir(path):
         model = InRaModel.from_adapter(path, base=base, **kwargs)
     elif is_inra_checkpoint(path, trust_remote_code):
         model = InRaModel.from_pretrained(path, **kwargs)
@@ -75,7 +81,9 @@ def load_model(
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer saved with a model; an adapter-only folder uses its base model's tokenizer."""
+    """The tokenizer saved with a model (or in a GGUF file); an adapter-only folder uses its base model's."""
+    if is_gguf(path):
+        return gguf_tokenizer(path)
     if is_adapter_dir(path):
         meta = json.loads((Path(path) / ADAPTER_CONFIG_NAME).read_text())
         path = meta.get("base_model") or path

@@ -1,22 +1,44 @@
-"""The testbed end to end on the shortened (`--quick`) configuration: lam moves the token counts the way the
-paper reports, every stage is cached, and a rerun trains nothing."""
+"""The testbed end to end on the shortened (`--quick`) configuration: every model is trained by the product's
+trainers, lam moves the token counts the way the paper reports, a rerun of the same seed is byte-identical,
+every stage is cached, and a cached rerun trains nothing."""
 
 from __future__ import annotations
 
 import csv
+import re
 import time
+from pathlib import Path
 
 import pytest
+from transformers import Trainer
 
+import flexrealign.testbed as testbed_pkg
 from flexrealign.commands import demo
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory):
+def trainer_calls() -> list[str]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory, trainer_calls):
+    """One quick demo run, with `Trainer.train` spied on (the spy calls the real method)."""
+    original = Trainer.train
+
+    def spy(self, *args, **kwargs):
+        trainer_calls.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
     out = tmp_path_factory.mktemp("demo")
-    assert demo.run(["--out", str(out), "--quick"]) == 0
+    mp = pytest.MonkeyPatch()
+    mp.setattr(Trainer, "train", spy)
+    try:
+        assert demo.run(["--out", str(out), "--quick"]) == 0
+    finally:
+        mp.undo()
     return out
 
 
@@ -28,9 +50,21 @@ def tokens(out) -> dict[str, float]:
     }
 
 
-def test_inra_thinks_shorter_at_lam_1_than_at_lam_0(demo_out) -> None:
+def test_every_model_is_trained_by_the_products_trainers(demo_out, trainer_calls) -> None:
+    # reference and aligned (TRL SFTTrainer), the InRa adapter (train_inra's SFTTrainer), 3 TrRa lams + TrRa-iter
+    assert sorted(trainer_calls) == sorted(["SFTTrainer"] * 3 + ["TrRaTrainer"] * 4)
+
+
+def test_no_second_training_loop_remains() -> None:
+    sources = {p.name: p.read_text() for p in Path(testbed_pkg.__file__).parent.glob("*.py")}
+    assert "training.py" not in sources
+    for name, text in sources.items():
+        assert not re.search(r"\.backward\(|\.zero_grad\(|optim\.AdamW|\.step\(\)", text), name
+
+
+def test_inra_tokens_follow_lam(demo_out) -> None:
     t = tokens(demo_out)
-    assert t["inra@1"] < t["inra@0"]
+    assert t["inra@1"] < t["inra@0"] < t["inra@-0.5"]
 
 
 def test_trra_lam_2_is_shorter_than_lam_0_5(demo_out) -> None:
@@ -39,12 +73,21 @@ def test_trra_lam_2_is_shorter_than_lam_0_5(demo_out) -> None:
 
 
 def test_results_folder(demo_out) -> None:
-    for name in ("reference", "aligned", "trra-lam0.5", "trra-lam2", "trra-iter", "inra"):
+    for name in ("reference", "aligned", "trra-lam0.5", "trra-lam2", "trra-lam5", "trra-iter", "inra"):
         assert (demo_out / "models" / name / "model.safetensors").is_file()
     for name in ("generations.jsonl", "results.md", "results.csv", "accuracy_vs_tokens.png", "summary.md"):
         assert (demo_out / name).is_file()
     summary = (demo_out / "summary.md").read_text()
     assert "Table 1" in summary and "Figure 4" in summary and "InRa lam=1 vs lam=0" in summary
+    assert "The paper's effects" in summary and "TrRa: mean tokens fall as lam rises" in summary
+    assert re.search(r"\*\*(reproduced|NOT reproduced)\*\*", summary)
+
+
+def test_same_seed_gives_byte_identical_results(demo_out, tmp_path) -> None:
+    again = tmp_path / "again"
+    assert demo.run(["--out", str(again), "--quick"]) == 0
+    for name in ("generations.jsonl", "results.csv", "results.md"):
+        assert (again / name).read_bytes() == (demo_out / name).read_bytes(), name
 
 
 def test_second_run_is_cached(demo_out, capsys) -> None:
@@ -59,3 +102,26 @@ def test_second_run_is_cached(demo_out, capsys) -> None:
 def test_other_configuration_is_refused(demo_out, capsys) -> None:
     assert demo.run(["--out", str(demo_out)]) == 2  # the full configuration would mix results
     assert "another configuration" in capsys.readouterr().err
+
+
+def test_calibrate_writes_a_curve_whose_tokens_fall_as_lam_rises(demo_out, tmp_path) -> None:
+    import json
+    import shutil
+
+    from flexrealign.calibration import CALIBRATION_FILE, load_calibration
+    from flexrealign.commands import calibrate
+
+    ckpt = tmp_path / "inra"
+    shutil.copytree(demo_out / "models" / "inra", ckpt)
+    lams = ["-0.5", "0", "1", "1.5"]
+    argv = ["--model", str(ckpt), "--benchmark", str(demo_out / "test.jsonl"), "--lam", *lams,
+            "--n-problems", "40", "--template", "{question}", "--max-new-tokens", "160", "--batch-size", "40"]  # fmt: skip
+    assert calibrate.run(argv) == 0
+    data = json.loads((ckpt / CALIBRATION_FILE).read_text())
+    curve = {p["lam"]: p["mean_thinking_tokens"] for p in data["curve"]}
+    assert sorted(curve) == [-0.5, 0.0, 1.0, 1.5] and all(p["samples"] == 40 for p in data["curve"])
+    assert curve[-0.5] > curve[0.0] > curve[1.0] and curve[1.5] < curve[0.0]  # tokens fall as lam rises
+    cal = load_calibration(ckpt)
+    assert set(cal.efforts) == {"none", "low", "medium", "high"}
+    assert cal.efforts["none"].thinking_token_budget == 0  # the testbed template cannot skip thinking
+    assert not list(ckpt.glob(".calibration-*"))  # the atomic write left no temporary file

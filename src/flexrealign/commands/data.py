@@ -78,10 +78,18 @@ def prefs(argv: list[str]) -> int:
     return run_prefs(argv)
 
 
+def shortest(argv: list[str]) -> int:
+    """Concise-answer SFT data: the shortest acceptable of k sampled answers per prompt; see flexrealign.data_select."""
+    from flexrealign.data_select import run_shortest
+
+    return run_shortest(argv)
+
+
 # name -> (function, one-line summary)
 SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "filter-length": (filter_length, "keep rows whose completion length (in tokens) lies in a range"),
     "short-cot": (short_cot, "fast-thinking SFT data: keep only what follows </think> (skips are counted)"),
+    "shortest": (shortest, "concise SFT data: the shortest acceptable of k sampled answers per prompt"),
     "prefs": (prefs, "DPO preference pairs in TRL's prompt/chosen/rejected form"),
 }
 

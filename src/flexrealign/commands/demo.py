@@ -37,13 +37,31 @@ class DemoArgs:
     force: bool = field(
         default=False, metadata={"help": "Retrain and re-evaluate instead of reusing the cache."}
     )
+    real: bool = field(
+        default=False,
+        metadata={
+            "help": "The real-model demo instead: make SmolLM2-135M-Instruct more concise (sample, keep the "
+            "shortest, InRa SFT, lam sweep, TrRa at lam 2; about 15 min on 2 cores). See flexrealign.realdemo."
+        },
+    )
 
 
-def summary_text(result, reading: list[str]) -> str:
+def hard_table(hard: dict[str, tuple], min_terms: int) -> str:
+    lines = [f"| row | Pass@1 on problems with >= {min_terms} terms | samples | guesses (empty think) % |",
+             "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {name} | {p:.1f} | {n} | {g:.0f} |" for name, (p, n, g) in hard.items()]
+    return "\n".join(lines)
+
+
+def summary_text(result, reading: list[str], min_terms: int) -> str:
     from flexrealign.eval.harness import markdown_table
 
     return "\n".join(
         [
+            "## The paper's effects on this run",
+            "",
+            *[f"- {e.line()}" for e in result.effects],
+            "",
             "## Table 1 in small: accuracy and tokens per model (token reduction vs the reference)",
             "",
             markdown_table(result.table1, TABLE1_COLUMNS),
@@ -52,12 +70,21 @@ def summary_text(result, reading: list[str]) -> str:
             "",
             markdown_table(result.figure4, TABLE1_COLUMNS),
             "",
+            "## Hard problems: where thinking matters",
+            "",
+            hard_table(result.hard, min_terms),
+            "",
             "## Reading",
             "",
             *[f"- {line}" for line in reading],
             "",
         ]
     )
+
+
+def stage_times(result) -> str:
+    trained = ", ".join(f"{k} {v:.0f} s" for k, v in result.trained.items()) or "none (all cached)"
+    return f"Stages trained in this run: {trained}; evaluation {result.eval_seconds:.0f} s."
 
 
 def quiet_hf_progress() -> None:
@@ -73,7 +100,11 @@ def run(argv: list[str]) -> int:
     from flexrealign.commands._args import fail, parse
 
     (args,) = parse([DemoArgs], argv, "demo", __doc__.splitlines()[0])
-    from flexrealign.testbed.recipe import CacheMismatch, RecipeConfig, run_recipe
+    if args.real:
+        from flexrealign.commands.demo_real import run_real
+
+        return run_real(args)
+    from flexrealign.testbed.recipe import CacheMismatch, RecipeConfig, hard_min_terms, run_recipe
     from flexrealign.testbed.report import reading
 
     quiet_hf_progress()
@@ -87,9 +118,8 @@ def run(argv: list[str]) -> int:
         result = run_recipe(out, cfg, force=args.force)
     except CacheMismatch as e:
         return fail(str(e))
-    text = summary_text(result, reading(result.table1, result.figure4))
-    trained = ", ".join(f"{k} {v:.0f} s" for k, v in result.trained.items()) or "none (all cached)"
-    footer = f"Wall time: {time.time() - t0:.0f} s. Stages trained in this run: {trained}."
+    text = summary_text(result, reading(result.table1, result.figure4), hard_min_terms(cfg))
+    footer = f"Wall time: {time.time() - t0:.0f} s. {stage_times(result)}"
     (out / "summary.md").write_text(f"# flexrealign demo\n\n{text}\n{footer}\n")
     print(f"\n{text}\nResults folder: {out}\nPlot: {result.plot}\n{footer}")
     return 0

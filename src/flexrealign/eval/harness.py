@@ -280,13 +280,14 @@ def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 def make_records(job: Job, part: Sequence, problems: Sequence[Problem], out: GenerationResult) -> list[dict]:
     """One JSONL record per generation, graded against the problem's answer."""
     recs = []
-    for (i, s), text, n, reason in zip(part, out.texts, out.num_tokens, out.finish_reasons, strict=True):
+    thinking = out.reasoning_tokens or [None] * len(part)  # engines that do not count thinking give None
+    for (i, s), text, n, reason, t in zip(part, out.texts, out.num_tokens, out.finish_reasons, thinking, strict=True):
         p = problems[i]
         recs.append(
             {
                 "model": job.spec.label, "family": job.spec.family, "kind": job.spec.kind, "lam": job.lam,
                 "problem_id": p.id, "sample": s, "answer": p.answer, "text": text, "tokens": n,
-                "finish_reason": reason, "correct": grade(text, p.answer),
+                "reasoning_tokens": t, "finish_reason": reason, "correct": grade(text, p.answer),
             }
         )  # fmt: skip
     return recs
@@ -340,7 +341,7 @@ def evaluate(
             del engine
             gc.collect()
     rows = summarize(load_generations(path), specs, problems, cfg)
-    write_results(rows, out_dir)
+    write_results(rows, out_dir, baseline=cfg.baseline)
     return rows
 
 
@@ -424,7 +425,9 @@ def markdown_table(rows: Sequence[Row], columns: Sequence[str] = COLUMNS) -> str
     return "\n".join(lines)
 
 
-def write_results(rows: Sequence[Row], out_dir: Path, title: str = "Results") -> None:
+def write_results(
+    rows: Sequence[Row], out_dir: Path, title: str = "Results", baseline: str | None = None
+) -> None:
     """results.md, results.csv and accuracy_vs_tokens.png (each written to a temporary name, then renamed)."""
     with _atomic_file(out_dir / "results.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -433,7 +436,7 @@ def write_results(rows: Sequence[Row], out_dir: Path, title: str = "Results") ->
     with _atomic_file(out_dir / "results.md") as tmp:
         tmp.write_text(f"# {title}\n\n{markdown_table(rows)}\n")
     if rows:
-        plot_accuracy_vs_tokens(rows, out_dir / "accuracy_vs_tokens.png")
+        plot_accuracy_vs_tokens(rows, out_dir / "accuracy_vs_tokens.png", baseline=baseline)
 
 
 class _atomic_file:
@@ -452,8 +455,11 @@ class _atomic_file:
             self.tmp.unlink()
 
 
-def plot_accuracy_vs_tokens(rows: Sequence[Row], path: Path, title: str = "Accuracy vs mean tokens") -> Path:
-    """Figure 4's shape: Pass@1 against mean completion tokens, one line per model family, points labelled."""
+def plot_accuracy_vs_tokens(
+    rows: Sequence[Row], path: Path, title: str = "Accuracy vs mean tokens", baseline: str | None = None
+) -> Path:
+    """Figure 4's shape: Pass@1 against mean completion tokens, one line per model family, every point labelled;
+    the `baseline` row (e.g. the reference) is drawn as a star with dashed guides through it."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: write the file only
@@ -470,6 +476,12 @@ def plot_accuracy_vs_tokens(rows: Sequence[Row], path: Path, title: str = "Accur
         for r, x, y in zip(members, xs, ys, strict=True):
             text = f"lam={_fmt_lam(r.lam)}" if r.lam is not None else r.model
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if baseline is not None:
+        base = find_row(rows, baseline)
+        ax.axhline(base.pass_at_1, color="grey", linestyle="--", linewidth=0.8)
+        ax.axvline(base.mean_tokens, color="grey", linestyle="--", linewidth=0.8)
+        ax.plot([base.mean_tokens], [base.pass_at_1], marker="*", markersize=14, color="black", linestyle="none",
+                label=f"{base.name} (baseline)")  # fmt: skip
     ax.set(xlabel="mean completion tokens", ylabel="Pass@1 (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -16,30 +16,34 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from flexrealign.adapter import AdapterConfig
-from flexrealign.checkpoint import atomic_dir
-from flexrealign.eval.harness import EvalConfig, ModelSpec, Row, evaluate
-from flexrealign.inra import InRaModel
+from flexrealign.eval.harness import GENERATIONS, EvalConfig, ModelSpec, Row, evaluate, load_generations
+from flexrealign.testbed.effects import Effect, hard_pass_at_1, paper_effects, task_checks
+from flexrealign.testbed.stages import (
+    Example,
+    new_model,
+    train_inra_adapter,
+    train_sft,
+    train_trra,
+    trainer_fields,
+)
 from flexrealign.testbed.task import Problem, TaskConfig, make_problems
 from flexrealign.testbed.tokenizer import build_tokenizer
-from flexrealign.testbed.training import (
-    TrainConfig,
-    encode_examples,
-    sft_loss,
-    train_loop,
-    trra_loss,
-)
-from flexrealign.tiny import tiny_config
 
-REFERENCE, ALIGNED, INRA, TRRA_ITER = "reference", "aligned", "inra", "trra-iter"
+REFERENCE, ALIGNED, INRA, INRA_KAIMING, TRRA_ITER = (
+    "reference",
+    "aligned",
+    "inra",
+    "inra-kaiming",
+    "trra-iter",
+)
 
 
 @dataclass
@@ -57,14 +61,18 @@ class RecipeConfig:
     aligned_steps: int = 250
     trra_steps: int = 150
     inra_steps: int = 240
-    trra_lams: tuple[float, ...] = (0.5, 2.0)
+    trra_lams: tuple[float, ...] = (0.5, 2.0, 5.0)
     iter_lam: float = 2.0
+    kaiming_ablation: bool = False  # also train a kaiming-initialised adapter (paper Table 4)
+    trra_lmbda: float = (
+        0.0  # on-policy share of TrRa batches (TrRaConfig.lmbda); 0 is the paper's off-policy TrRa
+    )
     inra_lams: tuple[float, ...] = (-0.5, 0.0, 0.5, 1.0, 1.5)
     eval_samples: int = 2
     eval_temperature: float = 0.7
     eval_top_p: float = 0.95
     eval_batch_size: int = 200
-    max_new_tokens: int = 160
+    max_new_tokens: int = 192
     task: TaskConfig = field(default_factory=TaskConfig)
 
     @classmethod
@@ -75,6 +83,17 @@ class RecipeConfig:
             n_train=2000, n_test=60, batch_size=16, ref_steps=300, aligned_steps=100, trra_steps=60,
             inra_steps=120, eval_samples=1,
         )  # fmt: skip
+
+    def trra_options(self) -> dict:
+        """Extra `TrRaConfig` fields of every TrRa stage: the on-policy share, if any, sampling at the
+        evaluation's temperature with the evaluation's length limit."""
+        if self.trra_lmbda == 0:
+            return {}
+        return {
+            "lmbda": self.trra_lmbda,
+            "temperature": self.eval_temperature,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as when read back from JSON
@@ -93,89 +112,14 @@ def is_saved(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)  # safetensors
-        tokenizer.save_pretrained(tmp)
-
-
 def load_plain(path: Path) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def progress(desc: str, steps: int, show: bool) -> tuple[tqdm, Callable[[int, float], None]]:
-    """A tqdm bar (with ETA) for a training stage and the per-step callback that advances it."""
-    bar = tqdm(total=steps, desc=f"{desc:<14}", unit="step", disable=not show, leave=True)
-
-    def update(step: int, loss: float) -> None:
-        bar.update(1)
-        if step % 10 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-    return bar, update
-
-
-def fit(
-    desc: str, params: list, loss_fn, rows: list, steps: int, lr: float, cfg: RecipeConfig, show: bool
-) -> float:
-    """Run one training stage with its progress bar; returns the final loss."""
-    bar, update = progress(desc, steps, show)
-    tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=lr, seed=cfg.seed)
-    with bar:
-        return train_loop(params, loss_fn, rows, tcfg, pad_id=0, progress=update)
-
-
-# -------------------------------------------------------------------------------------------------- stages
-def train_reference(cfg: RecipeConfig, tok: PreTrainedTokenizerFast, data: list[Problem], show: bool):
-    """Slow thinking from scratch: a tiny Llama trained on the long traces."""
-    torch.manual_seed(cfg.seed)
-    config = tiny_config(
-        "llama", vocab_size=len(tok), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-        num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads, intermediate_size=4 * cfg.hidden_size,
-        max_position_embeddings=256,
-    )  # fmt: skip
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
-    rows = encode_examples(tok, [(p.question, p.long) for p in data])
-    fit(REFERENCE, list(model.parameters()), sft_loss(model), rows, cfg.ref_steps, 3e-3, cfg, show)
-    return model.eval()
-
-
-def train_aligned(cfg: RecipeConfig, tok, data: list[Problem], ref: PreTrainedModel, show: bool):
-    """The concise aligned model: the reference fine-tuned (all weights) on short traces."""
-    model = copy.deepcopy(ref).train()
-    rows = encode_examples(tok, [(p.question, p.short) for p in data])
-    fit(ALIGNED, list(model.parameters()), sft_loss(model), rows, cfg.aligned_steps, 1e-3, cfg, show)
-    return model.eval()
-
-
-def train_trra(
-    cfg: RecipeConfig, tok, data: list[Problem], ref, aligned, init, lam: float, name: str, show: bool
-):
-    """A TrRa student (initialised from `init`) distilled toward softmax(lam * h_aligned + (1 - lam) * h_ref),
-    on prompts with both long and short traces, so the forks of both styles are covered."""
-    student = copy.deepcopy(init).train()
-    half = len(data) // 2
-    examples = [(p.question, p.long) for p in data[:half]] + [(p.question, p.short) for p in data[half:]]
-    rows = encode_examples(tok, examples)
-    loss = trra_loss(student, ref.eval(), aligned.eval(), lam)
-    fit(name, list(student.parameters()), loss, rows, cfg.trra_steps, 1e-3, cfg, show)
-    return student.eval()
-
-
-def train_inra(cfg: RecipeConfig, tok, data: list[Problem], ref: PreTrainedModel, show: bool) -> InRaModel:
-    """An InRa layer adapter on a frozen copy of the reference, SFT on short traces through the lam = 1 path."""
-    torch.manual_seed(cfg.seed)
-    model = InRaModel.from_base(copy.deepcopy(ref), AdapterConfig(num_layers=1))
-    rows = encode_examples(tok, [(p.question, p.short) for p in data])
-    params = model.adapter_parameters()  # the base stays frozen (requires_grad False)
-    fit(INRA, params, sft_loss(model, lam=1.0), rows, cfg.inra_steps, 3e-3, cfg, show)
-    return model.eval()
-
-
 # ---------------------------------------------------------------------------------------------- pipeline
 class Pipeline:
-    """Builds each stage's model on demand, from the cache when it is saved, else by training it (which in
-    turn loads or trains what it needs). A fully cached run loads nothing for training."""
+    """Builds each stage's model on demand, from the cache when it is saved, else by training it with the
+    product's trainer (which in turn loads or trains what it needs). A fully cached run trains nothing."""
 
     def __init__(self, out: Path, cfg: RecipeConfig, tok, data: list[Problem], show: bool, log: Log) -> None:
         self.out, self.cfg, self.tok, self.data, self.show, self.log = out, cfg, tok, data, show, log
@@ -197,35 +141,64 @@ class Pipeline:
         return self.loaded[name]
 
     def build(self, name: str) -> None:
+        needs = [n for n in self.needs(name) if n not in self.loaded]
+        for dep in needs:
+            self.get(dep)  # dependencies first, so this stage's time is its own
+        self.log(f"stage {name}: training")
         t0 = time.time()
-        model = self._train(name)
-        if isinstance(model, InRaModel):
-            model.save_pretrained(self.path(name), tokenizer=self.tok)
-        else:
-            save_model(model, self.tok, self.path(name))
-        self.loaded[name] = model
+        self.loaded[name] = self._train(name)
         self.seconds[name] = time.time() - t0
-        self.log(f"  trained {name} in {self.seconds[name]:.0f} s -> {self.path(name)}")
+        self.log(f"stage {name}: trained in {self.seconds[name]:.1f} s -> {self.path(name)}")
+
+    def needs(self, name: str) -> list[str]:
+        c = self.cfg
+        if name == REFERENCE:
+            return []
+        if name == TRRA_ITER:
+            return [REFERENCE, trra_name(c.iter_lam)]
+        if name in (ALIGNED, INRA, INRA_KAIMING):
+            return [REFERENCE]
+        return [REFERENCE, ALIGNED]
+
+    def fields(self, steps: int, lr: float) -> dict:
+        return trainer_fields(steps, self.cfg.batch_size, lr, self.cfg.seed, self.show)
+
+    def examples(self, trace: str) -> list[Example]:
+        if trace == "mixed":  # TrRa: both styles, so the forks of both are covered
+            half = len(self.data) // 2
+            return [(p.question, p.long) for p in self.data[:half]] + [
+                (p.question, p.short) for p in self.data[half:]
+            ]
+        return [(p.question, getattr(p, trace)) for p in self.data]
 
     def _train(self, name: str) -> torch.nn.Module:
-        c, tok, data, show = self.cfg, self.tok, self.data, self.show
-        if name == REFERENCE:
-            return train_reference(c, tok, data, show)
-        if name == ALIGNED:
-            return train_aligned(c, tok, data, self.get(REFERENCE), show)
-        if name == INRA:
-            return train_inra(c, tok, data, self.get(REFERENCE), show)
-        if name == TRRA_ITER:  # TrRa-iter: realign again between the reference and the realigned model
-            prev = self.get(trra_name(c.iter_lam))
-            return train_trra(c, tok, data, self.get(REFERENCE), prev, prev, c.iter_lam, name, show)
-        for lam in c.trra_lams:
-            if name == trra_name(lam):
-                ref = self.get(REFERENCE)
-                return train_trra(c, tok, data, ref, self.get(ALIGNED), ref, lam, name, show)
-        raise ValueError(f"unknown stage {name!r}")
+        c, tok, path = self.cfg, self.tok, self.path(name)
+        if name == REFERENCE:  # slow thinking, from scratch
+            model = new_model(tok, c.hidden_size, c.num_layers, c.num_heads, c.seed)
+            return train_sft(model, tok, self.examples("long"), self.fields(c.ref_steps, 3e-3), path)
+        if (
+            name == ALIGNED
+        ):  # the concise aligned model: the reference fine-tuned (all weights) on short traces
+            model = copy.deepcopy(self.get(REFERENCE))
+            return train_sft(model, tok, self.examples("short"), self.fields(c.aligned_steps, 1e-3), path)
+        if name in (INRA, INRA_KAIMING):
+            init = "identity" if name == INRA else "kaiming"
+            return train_inra_adapter(
+                self.get(REFERENCE), tok, self.examples("short"), c.inra_steps, c.batch_size, 3e-3, c.seed,
+                path, adapter_init=init,
+            )  # fmt: skip
+        if name == TRRA_ITER:  # TrRa-iter: realign again between the reference and the last student
+            aligned, lam = self.get(trra_name(c.iter_lam)), c.iter_lam
+        else:
+            aligned, lam = self.get(ALIGNED), next(x for x in c.trra_lams if trra_name(x) == name)
+        return train_trra(
+            self.get(REFERENCE), aligned, tok, self.examples("mixed"), lam, self.fields(c.trra_steps, 1e-3),
+            path, c.trra_options(),
+        )  # fmt: skip
 
     def stages(self) -> list[str]:
-        return [REFERENCE, ALIGNED, *map(trra_name, self.cfg.trra_lams), TRRA_ITER, INRA]
+        kaiming = [INRA_KAIMING] if self.cfg.kaiming_ablation else []
+        return [REFERENCE, ALIGNED, *map(trra_name, self.cfg.trra_lams), TRRA_ITER, INRA, *kaiming]
 
 
 # --------------------------------------------------------------------------------------------- run it all
@@ -237,6 +210,11 @@ class RecipeResult:
     plot: Path
     trained: dict[str, float]  # stages trained in this run -> seconds (cached stages are absent)
     seconds: float
+    eval_seconds: float = 0.0
+    effects: list[Effect] = field(default_factory=list)  # the paper's effects and the task's own checks
+    hard: dict[str, tuple] = field(
+        default_factory=dict
+    )  # row name -> (Pass@1, samples, guess %) on hard problems
 
 
 class CacheMismatch(RuntimeError):
@@ -274,7 +252,12 @@ def model_specs(pipe: Pipeline) -> list[ModelSpec]:
     plain = [ModelSpec(REFERENCE, path=str(p(REFERENCE)), family="reference (slow)"),
              ModelSpec(ALIGNED, path=str(p(ALIGNED)), family="aligned (SFT on short)")]  # fmt: skip
     trra = [ModelSpec(n, path=str(p(n)), family="TrRa") for n in [*map(trra_name, c.trra_lams), TRRA_ITER]]
-    return [*plain, *trra, ModelSpec(INRA, kind="inra", path=str(p(INRA)), family="InRa")]
+    inra = [ModelSpec(INRA, kind="inra", path=str(p(INRA)), family="InRa")]
+    if c.kaiming_ablation:
+        inra.append(
+            ModelSpec(INRA_KAIMING, kind="inra", path=str(p(INRA_KAIMING)), family="InRa (kaiming init)")
+        )
+    return [*plain, *trra, *inra]
 
 
 def eval_config(cfg: RecipeConfig, show: bool) -> EvalConfig:
@@ -285,6 +268,32 @@ def eval_config(cfg: RecipeConfig, show: bool) -> EvalConfig:
     )  # fmt: skip
 
 
+def hard_min_terms(cfg: RecipeConfig) -> int:
+    """Problems with at least this many terms count as hard: the top two difficulty levels."""
+    return max(cfg.task.min_terms, cfg.task.max_terms - 1)
+
+
+def read_results(out: Path, cfg: RecipeConfig) -> dict[str, tuple]:
+    """Pass@1 on the hard problems, from the generations the harness wrote."""
+    terms = {r["id"]: r["num_terms"] for r in map(json.loads, (out / "test.jsonl").read_text().splitlines())}
+    done = load_generations(out / GENERATIONS)
+    return hard_pass_at_1(list(done.values()), terms, hard_min_terms(cfg))
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic kernels where torch offers them (warn, rather than fail, where it has none)."""
+    before, warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn)
+
+
 def run_recipe(
     out_dir: str | Path,
     cfg: RecipeConfig | None = None,
@@ -292,22 +301,41 @@ def run_recipe(
     show: bool = True,
     log: Log = print,
 ) -> RecipeResult:
-    """Train (or load from the cache) every stage, evaluate, and write the results folder."""
+    """Train (or load from the cache) every stage, evaluate, and write the results folder. The same seed on
+    the same machine gives the same models, generations.jsonl and tables, byte for byte."""
     from flexrealign.eval.benchmarks import load_benchmark
 
     t0, cfg, out = time.time(), cfg or RecipeConfig(), Path(out_dir)
     if cfg.iter_lam not in cfg.trra_lams:
         raise ValueError(f"iter_lam {cfg.iter_lam} must be one of trra_lams {cfg.trra_lams}")
     prepare_out(out, cfg, force)
-    torch.manual_seed(cfg.seed)
-    tok = build_tokenizer()
-    data = make_problems(cfg.n_train, cfg.seed + 1, cfg.task)
-    write_test_set(out / "test.jsonl", make_problems(cfg.n_test, cfg.seed + 2, cfg.task))
-    pipe = Pipeline(out, cfg, tok, data, show, log)
-    for name in pipe.stages():
-        pipe.ensure(name)
-    pipe.loaded.clear()  # the harness loads each checkpoint itself, as it would any model
-    rows = evaluate(model_specs(pipe), load_benchmark(str(out / "test.jsonl")), eval_config(cfg, show), out)
+    with deterministic():
+        torch.manual_seed(cfg.seed)
+        tok = build_tokenizer()
+        data = make_problems(cfg.n_train, cfg.seed + 1, cfg.task)
+        write_test_set(out / "test.jsonl", make_problems(cfg.n_test, cfg.seed + 2, cfg.task))
+        pipe = Pipeline(out, cfg, tok, data, show, log)
+        for name in pipe.stages():
+            pipe.ensure(name)
+        pipe.loaded.clear()  # the harness loads each checkpoint itself, as it would any model
+        t_eval = time.time()
+        rows = evaluate(
+            model_specs(pipe), load_benchmark(str(out / "test.jsonl")), eval_config(cfg, show), out
+        )
+        t_eval = time.time() - t_eval
+    log(f"stage eval: {t_eval:.1f} s")
     table1 = [r for r in rows if r.lam is None]
-    figure4 = [r for r in rows if r.model == INRA]
-    return RecipeResult(out, table1, figure4, out / "accuracy_vs_tokens.png", pipe.seconds, time.time() - t0)
+    figure4 = [r for r in rows if r.model in (INRA, INRA_KAIMING)]
+    hard = read_results(out, cfg)
+    effects = [*task_checks(rows, hard), *paper_effects(rows)]
+    return RecipeResult(
+        out,
+        table1,
+        figure4,
+        out / "accuracy_vs_tokens.png",
+        pipe.seconds,
+        time.time() - t0,
+        t_eval,
+        effects,
+        hard,
+    )

@@ -3,19 +3,22 @@
 The labels (A, B, C, ...) name the terms so that a step can find its term by content (an induction-head
 lookup of its label) rather than by counting positions, which tiny models learn far more slowly.
 
-Each problem comes with traces of different lengths, all in the R1 format `<think>\\n...\\n</think>\\n\\boxed{N}`:
+Every trace is in the R1 format `<think>\\n...\\n</think>\\n\\boxed{N}` and follows one of three modes, chosen
+at the first thinking token:
 
-- long (slow thinking, the reference model's data): one running-sum step per term ("3+C9=2": running sum
-  3 plus term C (9) is 2 mod 10), then 0-2 "verify" passes
-  that redo the steps. The steps make every token an easy local computation, so a tiny model gets it right;
-  the verify passes are the overthinking that a concise model can drop without losing accuracy.
-- short (the aligned model's data): the steps once, mostly without verification, and a direct answer for
-  the easiest problems (k = 2), as an adaptive "think only when needed" policy.
-- direct: the answer with an empty think block. Cheapest; a tiny model cannot sum many digits in one token,
-  so its accuracy falls towards chance (10%) as k grows. That is the difficulty knob.
+- careful: restate the terms ("A7 B3 C9 D4"), one running-sum step per term ("3+C9=2": running sum 3 plus
+  term C (9) is 2 mod 10), then verify passes that redo the steps. Slow and right.
+- concise: the steps once, sometimes one verify pass. Right as well: every step is an easy local computation.
+- guess: the answer with an empty think block. Cheap, but a tiny model cannot sum many digits in one token,
+  so a guess is right about as often as chance (10%) on hard problems (large k). Thinking is what makes hard
+  problems solvable: that is the difficulty knob (`min_terms`, `max_terms`).
 
-The check and direct-answer choices are random, so the trained models hold soft preferences at those forks
-and lam moves them smoothly (lam < 0 verifies more, lam > 1 answers directly more).
+The slow-thinking reference's data (`long`) is mostly careful; the aligned model's data (`short`) mostly
+concise. Both guess equally often (`guess_prob`): the aligned model thinks less, and is no more accurate.
+The mode is one token, so the models hold soft preferences there and logit fusion (paper Eq. 5) moves them:
+lam > 1 extrapolates toward concise, lam < 0 toward careful. Fused logits are renormalised, so a mode both
+models give the same probability (the guess) keeps its logit while the others move: outside [0, 1] it loses
+share, inside it gains a little. Whether that yields the paper's effects is measured, not built in.
 """
 
 from __future__ import annotations
@@ -25,19 +28,48 @@ from dataclasses import dataclass, field
 
 THINK, END_THINK, VERIFY = "<think>", "</think>", "verify"
 LABELS = "ABCDEFGH"  # term names; at most len(LABELS) terms
+GUESS, CAREFUL, CONCISE = "guess", "careful", "concise"
+
+
+@dataclass(frozen=True)
+class TraceStyle:
+    """How one model's training traces think: mode shares and verify-pass counts (probabilities per problem).
+
+    `careful` and `guess` are shares of all traces (concise takes the rest); `careful_verify[i]` and
+    `concise_verify[i]` are P(i verify passes) in those modes.
+    """
+
+    careful: float
+    careful_verify: tuple[float, ...]
+    concise_verify: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("careful_verify", "concise_verify"):
+            probs = getattr(self, name)
+            if not probs or any(p < 0 for p in probs) or sum(probs) <= 0:
+                raise ValueError(f"{name} must be non-negative weights with a positive sum, got {probs}")
+
+
+LONG_STYLE = TraceStyle(careful=0.65, careful_verify=(0.0, 0.5, 0.5), concise_verify=(0.6, 0.4))
+SHORT_STYLE = TraceStyle(careful=0.25, careful_verify=(0.0, 0.8, 0.2), concise_verify=(0.9, 0.1))
 
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """Difficulty and trace-style knobs. Probabilities are per problem."""
+    """Difficulty (number of terms) and the two trace styles. `guess_prob` is shared by both styles."""
 
     min_terms: int = 2
     max_terms: int = 6
-    long_verify_probs: tuple[float, ...] = (0.1, 0.6, 0.3)  # P(0, 1, 2 verify passes) in long traces
-    long_direct_prob: float = 0.0  # a share of long traces that answer directly (a guess), for any k
-    short_verify_probs: tuple[float, ...] = (0.8, 0.2)  # P(0, 1 verify passes) in short traces
-    short_direct_max_terms: int = 2  # short traces answer directly up to this many terms...
-    short_direct_prob: float = 0.8  # ...with this probability
+    guess_prob: float = 0.25
+    long: TraceStyle = LONG_STYLE
+    short: TraceStyle = SHORT_STYLE
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_terms <= self.max_terms <= len(LABELS):
+            raise ValueError(f"need 1 <= min_terms <= max_terms <= {len(LABELS)}, got {self}")
+        for style in (self.long, self.short):
+            if min(self.guess_prob, style.careful) < 0 or self.guess_prob + style.careful > 1:
+                raise ValueError(f"guess_prob + careful must lie in [0, 1], got {self.guess_prob} + {style}")
 
 
 @dataclass(frozen=True)
@@ -78,33 +110,48 @@ def render(lines: list[str], answer: int) -> str:
     return f"{THINK}\n{body}{END_THINK}\n\\boxed{{{answer}}}"
 
 
-def thinking(terms: tuple[int, ...], verify_passes: int) -> list[str]:
-    """The steps, then `verify_passes` repetitions of them, each announced by a "verify" line."""
+def restate(terms: tuple[int, ...]) -> str:
+    """The careful mode's first line: the labelled terms, "A7 B3 C9"."""
+    return " ".join(f"{label}{t}" for label, t in zip(LABELS, terms, strict=False))
+
+
+def thinking(terms: tuple[int, ...], verify_passes: int, careful: bool = False) -> list[str]:
+    """(The restated terms,) the steps, then `verify_passes` repetitions of them, each announced by "verify"."""
     lines = steps(terms)
-    return lines + [VERIFY, *lines] * verify_passes
+    return [restate(terms)] * careful + lines + [VERIFY, *lines] * verify_passes
+
+
+def sample_trace(rng: random.Random, style: TraceStyle, guess_prob: float, terms: tuple[int, ...]) -> tuple:
+    """(mode, verify passes, lines) of one trace in `style`; a guess has no lines."""
+    u = rng.random()
+    if u < guess_prob:
+        return GUESS, 0, []
+    careful = u < guess_prob + style.careful
+    probs = style.careful_verify if careful else style.concise_verify
+    passes = rng.choices(range(len(probs)), weights=probs)[0]
+    return (CAREFUL if careful else CONCISE), passes, thinking(terms, passes, careful)
 
 
 def make_problem(rng: random.Random, cfg: TaskConfig, index: int, num_terms: int | None = None) -> Problem:
-    """A random problem with its three traces; `num_terms` fixes k (else uniform in the config's range)."""
+    """A random problem with its traces; `num_terms` fixes k (else uniform in the config's range)."""
     k = num_terms or rng.randint(cfg.min_terms, cfg.max_terms)
     if not 1 <= k <= len(LABELS):
         raise ValueError(f"num_terms must be between 1 and {len(LABELS)}, got {k}")
     terms = tuple(rng.randrange(10) for _ in range(k))
     answer = sum(terms) % 10
-    long_checks = rng.choices(range(len(cfg.long_verify_probs)), weights=cfg.long_verify_probs)[0]
-    short_checks = rng.choices(range(len(cfg.short_verify_probs)), weights=cfg.short_verify_probs)[0]
-    short_direct = k <= cfg.short_direct_max_terms and rng.random() < cfg.short_direct_prob
-    long_direct = rng.random() < cfg.long_direct_prob
+    long_mode, long_passes, long_lines = sample_trace(rng, cfg.long, cfg.guess_prob, terms)
+    short_mode, short_passes, short_lines = sample_trace(rng, cfg.short, cfg.guess_prob, terms)
     return Problem(
         id=f"p{index}",
         terms=terms,
         answer=answer,
         question=question_text(terms),
-        long=render([] if long_direct else thinking(terms, long_checks), answer),
-        short=render([] if short_direct else thinking(terms, short_checks), answer),
+        long=render(long_lines, answer),
+        short=render(short_lines, answer),
         direct=render([], answer),
-        meta={"num_terms": k, "long_verify": long_checks, "short_verify": short_checks},
-    )
+        meta={"num_terms": k, "long_mode": long_mode, "long_verify": long_passes, "short_mode": short_mode,
+              "short_verify": short_passes},
+    )  # fmt: skip
 
 
 def make_problems(n: int, seed: int, cfg: TaskConfig | None = None) -> list[Problem]:
@@ -121,6 +168,8 @@ def check_trace(question: str, completion: str) -> bool:
     if not sep or not head.startswith(f"{THINK}\n"):
         return False
     lines = [line for line in head.removeprefix(f"{THINK}\n").split("\n") if line]
+    if lines and lines[0] == restate(terms):  # the careful mode's first line
+        lines = lines[1:]
     want = steps(terms)
     return all(p == want for p in _split_passes(lines)) and tail == f"\\boxed{{{sum(terms) % 10}}}"
 

@@ -91,6 +91,23 @@ class TrRaConfig(SFTConfig):
             "(reference, aligned). Every round's model is saved. 1 is plain TrRa; the paper's 'iter1' is 2."
         },
     )
+    lmbda: float = field(
+        default=0.0,
+        metadata={
+            "help": "On-policy share, as TRL GKD's lmbda: each row of a batch has its completion sampled from the "
+            "current student with this probability (then scored by the fused teacher on those tokens). 0 is the "
+            "paper's off-policy TrRa; a share > 0 counters exposure bias at lam > 1 (the student is trained on "
+            "its own states, e.g. after closing its think block early)."
+        },
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "On-policy sampling temperature (lmbda > 0); 1 samples the student as is."},
+    )
+    max_new_tokens: int = field(
+        default=256,
+        metadata={"help": "Longest on-policy completion (lmbda > 0), in tokens; longer ones are cut there."},
+    )
     use_liger_loss: bool = field(
         default=False,
         metadata={
@@ -121,6 +138,16 @@ class TrRaConfig(SFTConfig):
             raise ValueError(f"teacher_dtype must be one of {TEACHER_DTYPES}, got {self.teacher_dtype!r}")
         if self.loss_chunk_size < 1:
             raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}")
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"lmbda is a share of each batch, between 0 and 1; got {self.lmbda}")
+        if self.lmbda > 0 and self.teacher_cache:
+            raise ValueError(
+                "teacher_cache holds the data's tokens only; on-policy rows (lmbda > 0) need teachers"
+            )
+        if not self.temperature > 0 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"temperature must be > 0 and max_new_tokens >= 1, got {self.temperature}, {self.max_new_tokens}"
+            )
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.iterations > 1 and self.teacher_cache:

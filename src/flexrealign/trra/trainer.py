@@ -32,6 +32,7 @@ from flexrealign.trra.models import (
     load_model,
     load_tokenizer,
 )
+from flexrealign.trra.on_policy import pick_rows, prompt_lengths, sample_completions, with_completions
 from flexrealign.trra.teacher_cache import TeacherCache
 
 ModelLike = PreTrainedModel | str | None
@@ -114,6 +115,10 @@ class TrRaTrainer(SFTTrainer):
         }
         tokenizer = processing_class or self._load_tokenizer(names, args)
         student, teachers, cache = self._load_models(model, ref_model, aligned_model, names, args)
+        if args.lmbda > 0 and not callable(getattr(student, "generate", None)):
+            raise ValueError(
+                f"on-policy TrRa (lmbda > 0) samples with the student's generate(); a {type(student).__name__} has none"
+            )
         self._num_tokens = self._check_vocab(student, teachers, cache, tokenizer, names, args)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -167,6 +172,10 @@ class TrRaTrainer(SFTTrainer):
                 raise ValueError("no student: pass model=... or set ref_model (or student_model)")
             student = load_model(
                 names["student"], "student", student_dtype, args.trust_remote_code, **init_kwargs
+            )
+        if not any(p.requires_grad for p in student.parameters()):
+            raise ValueError(
+                "the student has no trainable parameters (was it frozen as a teacher?); call requires_grad_(True)"
             )
         teachers, cache = TrRaTrainer._load_teachers(ref_model, aligned_model, names, args)
         return student, teachers, cache
@@ -324,6 +333,37 @@ class TrRaTrainer(SFTTrainer):
                 )  # (B, T, D)
             parts[part] = hidden[:, :-1][mask]  # (N, D)
         return fused_teacher_hidden(parts.get(ALIGNED), parts.get(REF), self.args.lam)
+
+    # ------------------------------------------------------------------------------------------------ on-policy
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """The step's micro-batches, a share `lmbda` of whose rows take completions sampled from the student;
+        the loss's token count is taken after, so it counts the tokens actually trained on."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.args.lmbda <= 0 or not self.model.training:
+            return batches, num_items
+        batches = [self.on_policy_batch(b, k) for k, b in enumerate(batches)]
+        return batches, self._get_num_items_in_batch(batches, device)
+
+    def on_policy_batch(self, batch: dict[str, torch.Tensor], micro: int = 0) -> dict[str, torch.Tensor]:
+        """`batch` with the completions of a seeded `lmbda` share of its rows sampled from the current student."""
+        seed = (
+            self.args.seed
+            + 1_000_003 * self.state.global_step
+            + 7919 * micro
+            + self.accelerator.process_index
+        )
+        rows = pick_rows(len(batch["input_ids"]), self.args.lmbda, seed)
+        if not rows:
+            return batch
+        lengths = prompt_lengths(batch["labels"])
+        prompts = [batch["input_ids"][i, : lengths[i]].tolist() for i in rows]
+        tok = self.processing_class
+        student = self.accelerator.unwrap_model(self.model)
+        completions = sample_completions(
+            student, prompts, tok.pad_token_id, tok.eos_token_id, self.args.temperature, self.args.max_new_tokens,
+            seed,
+        )  # fmt: skip
+        return with_completions(batch, rows, completions, tok.pad_token_id)
 
     def _set_signature_columns_if_needed(self) -> None:
         # Keep example_index through Trainer's column pruning: it keys the teacher cache.
