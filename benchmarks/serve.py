@@ -1,7 +1,9 @@
 """Serving throughput and latency: `flexrealign serve` under 1, 4 and 16 concurrent clients, in one run.
 
 Compares continuous batching (--max-batch-size 16) with one request at a time (--max-batch-size 1), and mixed
-lam per request with lam = 0 only (which runs the reference path alone). The model is an InRaModel over a
+lam per request with lam = 0 only (which runs the reference path alone). Then the thinking dial: 16 clients
+whose requests mix budgets (with and without closing text), minimums, think/answer schedules and plain lam,
+against 16 clients with plain mixed lam, interleaved and repeated (target: dial >= 0.9x plain). The model is an InRaModel over a
 random Qwen2 (hidden 384, 4 layers, 512-token vocabulary of the stories260K tokenizer), saved to a temporary
 folder and served by the real command in a subprocess; clients are threads using the official `openai`
 client, each sending its requests one after another (greedy, fixed length: ignore_eos).
@@ -34,6 +36,14 @@ OUT = ROOT / "benchmarks" / "results" / "serve.json"
 SHAPE = dict(model_type="qwen2", vocab_size=512, hidden_size=384, num_layers=4, num_heads=6, num_kv_heads=2,
              intermediate_size=1024)  # fmt: skip
 MIXED_LAMS = [0.0, 0.25, 0.5, 1.0, 1.5, -0.5]
+DIAL = [  # the dial mix: every kind of thinking control, and plain lam
+    {"lam": 0.25},
+    {"lam_think": -0.5, "lam_answer": 1.0, "thinking_token_budget": 8, "thinking_closing": "Time is up."},
+    {"lam_think": 1.5, "lam_answer": 0.0, "min_thinking_tokens": 4},
+    {"lam": 0.5, "thinking_token_budget": 4},
+    {"lam_think": 0.0, "lam_answer": 1.0},
+    {"lam": 1.0, "thinking_token_budget": 0},
+]
 PROMPTS = [
     "Once upon a time",
     "Lily saw a big dog in the park and she wanted to",
@@ -47,18 +57,16 @@ CONCURRENCY = (1, 4, 16)
 def save_model(folder: Path) -> dict:
     """Build the benchmark model (seeded) and save it with the stories tokenizer; returns its shape."""
     from flexrealign.inra import InRaModel
-    from flexrealign.llama2c import tokenizer_from_sentencepiece
     from flexrealign.tiny import tiny_model
+    from flexrealign.vllm_plugin.tiny import bpe_tokenizer
 
-    tokenizer_path = SHARED / "models" / "stories260K" / "tok512.model"
-    if not tokenizer_path.exists():
-        sys.exit(f"needs the stories260K tokenizer at {tokenizer_path} (set FLEXREALIGN_SHARED)")
     model = InRaModel.from_base(tiny_model(**SHAPE, max_position_embeddings=1024))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.adapter.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.02)  # so that the two paths differ
-    model.save_pretrained(folder, tokenizer=tokenizer_from_sentencepiece(tokenizer_path, 1024))
+    # a byte-level BPE with exactly the model's 512 ids and the think markers <think> / </think>
+    model.save_pretrained(folder, tokenizer=bpe_tokenizer(SHAPE["vocab_size"]))
     return SHAPE | {"parameters": sum(p.numel() for p in model.parameters()), "adapter_layers": 1}
 
 
@@ -99,7 +107,7 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_cell(url: str, concurrency: int, per_client: int, lams: list[float], max_tokens: int) -> dict:
+def run_cell(url: str, concurrency: int, per_client: int, lams: list, max_tokens: int) -> dict:
     """`concurrency` clients each send `per_client` requests in turn; throughput over the whole cell."""
     import openai
 
@@ -114,7 +122,7 @@ def run_cell(url: str, concurrency: int, per_client: int, lams: list[float], max
             start = time.perf_counter()
             out = client.completions.create(
                 model="bench", prompt=PROMPTS[i % len(PROMPTS)], max_tokens=max_tokens, temperature=0,
-                extra_body={"lam": lams[i % len(lams)], "ignore_eos": True},
+                extra_body=_extra(lams[i % len(lams)]) | {"ignore_eos": True},
             )  # fmt: skip
             with lock:
                 latencies.append(time.perf_counter() - start)
@@ -137,15 +145,40 @@ def run_cell(url: str, concurrency: int, per_client: int, lams: list[float], max
     }
 
 
-def run_all(folder: Path, args: argparse.Namespace) -> list[dict]:
+def _extra(lam: float | dict) -> dict:
+    return lam if isinstance(lam, dict) else {"lam": lam}
+
+
+def run_dial(url: str, args: argparse.Namespace) -> list[dict]:
+    """The dial mix vs plain mixed lam at 16 clients on the batched server, interleaved, --repeats times."""
+    rows = []
+    per_client = max(args.requests_per_client, args.min_requests // 16)
+    for rep in range(args.repeats):
+        for name, lams in (("plain", MIXED_LAMS), ("dial", DIAL)):
+            cell = run_cell(url, 16, per_client, lams, args.max_tokens)
+            rows.append({"requests_mix": name, "repeat": rep, "concurrency": 16} | cell)
+            print(f"  dial benchmark  {name:<5}  repeat={rep}  {cell}", flush=True)
+    return rows
+
+
+def dial_summary(rows: list[dict]) -> dict:
+    """Median throughput of each mix and their ratio (dial / plain)."""
+    med = {m: float(np.median([r["throughput_tok_s"] for r in rows if r["requests_mix"] == m])) for m in ("plain", "dial")}
+    return {"plain_tok_s": round(med["plain"], 2), "dial_tok_s": round(med["dial"], 2),
+            "dial_vs_plain": round(med["dial"] / med["plain"], 3)}  # fmt: skip
+
+
+def run_all(folder: Path, args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     """Both servers run side by side (an idle engine waits without using the CPU) and each cell is measured
     on one right after the other, so that drifting load from other processes hits both modes alike."""
-    servers = {mode: start_server(folder, size, args.threads) for mode, size in MODES.items()}
-    rows = []
+    modes = {"batched": MODES["batched"]} if args.dial_only else MODES
+    servers = {mode: start_server(folder, size, args.threads) for mode, size in modes.items()}
+    rows: list[dict] = []
     try:
         for _, url in servers.values():
             run_cell(url, 2, 1, [0.5], 4)  # warm-up: first-call allocations and lazy imports
-        for lam_name, lams in (("mixed", MIXED_LAMS), ("0", [0.0])):
+        dial = run_dial(servers["batched"][1], args)
+        for lam_name, lams in () if args.dial_only else (("mixed", MIXED_LAMS), ("0", [0.0])):
             for concurrency in CONCURRENCY:
                 per_client = max(args.requests_per_client, args.min_requests // concurrency)
                 for mode, (_, url) in servers.items():
@@ -156,7 +189,7 @@ def run_all(folder: Path, args: argparse.Namespace) -> list[dict]:
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
-    return rows
+    return rows, dial
 
 
 def table(rows: list[dict]) -> str:
@@ -190,19 +223,26 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads of the server (OMP_NUM_THREADS)"
     )
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the dial comparison")
+    parser.add_argument("--dial-only", action="store_true", help="only the dial vs plain lam comparison")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="flexrealign-serve-bench-") as tmp:
         shape = save_model(Path(tmp) / "model")
-        rows = run_all(Path(tmp) / "model", args)
-    print("\n" + table(rows))
+        rows, dial = run_all(Path(tmp) / "model", args)
+    if rows:
+        print("\n" + table(rows))
+    summary = dial_summary(dial)
+    print(f"\nthinking dial at 16 clients (median of {args.repeats}): plain lam {summary['plain_tok_s']} tok/s, "
+          f"dial mix {summary['dial_tok_s']} tok/s -> {summary['dial_vs_plain']}x (target >= 0.9x)")
     meta = {
         "benchmark": "serve", "model": shape, "max_tokens": args.max_tokens, "threads": args.threads,
         "mixed_lams": MIXED_LAMS, "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "torch": torch.__version__, "load_average_1m": os.getloadavg()[0], "runtime_s": round(time.time() - started, 1),
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta |= {"dial_mix": DIAL, "dial": summary, "dial_cells": dial}
     args.out.write_text(json.dumps(meta | {"results": rows}, indent=2) + "\n")
     print(f"\nwrote {args.out} ({meta['runtime_s']} s)")
 

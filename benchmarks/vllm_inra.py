@@ -4,7 +4,9 @@ Builds a random Qwen2-family model (the base) and an InRa checkpoint of it (pert
 run and one engine at a time, serves each with the offline `LLM` API at 1 and 16 concurrent requests.
 Every request generates exactly `--new-tokens` tokens (ignore_eos); the InRa requests cycle through
 lam = -1, 0, 0.5, 1, 2. Both engines get the same KV-cache memory, so their token capacities compare
-directly. Prints a table and writes JSON.
+directly. Then, on the InRa engine at 16 concurrent requests, the thinking dial: requests mixing budgets,
+minimums, think/answer schedules and lam (`DIAL`) against plain mixed lam, interleaved and repeated
+(target: dial >= 0.9x plain). Prints tables and writes JSON.
 
     python benchmarks/vllm_inra.py                  # hidden 1024, 8 layers, vLLM's default compilation
     python benchmarks/vllm_inra.py --enforce-eager  # skips torch.compile: minutes less start-up on CPU
@@ -22,6 +24,14 @@ import time
 from pathlib import Path
 
 LAMS = (-1.0, 0.0, 0.5, 1.0, 2.0)
+DIAL = (  # extra_args of the dial mix (as benchmarks/serve.py): every kind of thinking control, and plain lam
+    {"lam": 0.5},
+    {"lam_think": -1.0, "lam_answer": 1.0, "thinking_token_budget": 16, "thinking_closing": "the end"},
+    {"lam_think": 2.0, "lam_answer": 0.0, "min_thinking_tokens": 8},
+    {"lam": 0.5, "thinking_token_budget": 8},
+    {"lam_think": 0.0, "lam_answer": 1.0},
+    {"lam": 1.0, "thinking_token_budget": 0},
+)
 RESULTS = Path(__file__).parent / "results" / "vllm_inra.json"
 
 
@@ -45,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV-cache memory given to each engine")
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--dial-repeats", type=int, default=3, help="interleaved repeats of dial vs plain lam")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args()
 
@@ -81,7 +92,9 @@ def _cast_checkpoint(folder: Path, dtype) -> None:
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
 
 
-def requests(args: argparse.Namespace, count: int, inra: bool, offset: int) -> tuple[list, list]:
+def requests(
+    args: argparse.Namespace, count: int, inra: bool, offset: int, dial: bool = False
+) -> tuple[list, list]:
     """`count` prompts of random token ids (distinct, so no prefix-cache hits) and their sampling params."""
     import random
 
@@ -97,7 +110,9 @@ def requests(args: argparse.Namespace, count: int, inra: bool, offset: int) -> t
             temperature=0.0,
             ignore_eos=True,
             detokenize=False,
-            extra_args={"lam": LAMS[(offset + i) % len(LAMS)]} if inra else None,
+            extra_args=(DIAL[(offset + i) % len(DIAL)] if dial else {"lam": LAMS[(offset + i) % len(LAMS)]})
+            if inra
+            else None,
         )  # fmt: skip
         for i in range(count)
     ]
@@ -133,6 +148,19 @@ def measure(llm, args: argparse.Namespace, inra: bool) -> list[dict]:
     return rows
 
 
+def measure_dial(llm, args: argparse.Namespace) -> dict:
+    """Dial mix vs plain lam at 16 concurrent requests, interleaved; medians and their ratio."""
+    import statistics
+
+    rates: dict[str, list[float]] = {"plain": [], "dial": []}
+    for rep in range(args.dial_repeats):
+        for name in ("plain", "dial"):
+            tokens, seconds = timed_generate(llm, *requests(args, 16, True, 50_000 + 100 * rep, dial=name == "dial"))
+            rates[name].append(round(tokens / seconds, 2))
+    plain, dial = statistics.median(rates["plain"]), statistics.median(rates["dial"])
+    return {"plain_tok_s": rates["plain"], "dial_tok_s": rates["dial"], "dial_vs_plain": round(dial / plain, 3)}
+
+
 def run_engine(path: Path, args: argparse.Namespace, inra: bool) -> dict:
     """Start one engine, measure it, report its KV-cache capacity and start-up time, shut it down."""
     from vllm import LLM
@@ -146,10 +174,11 @@ def run_engine(path: Path, args: argparse.Namespace, inra: bool) -> dict:
     startup = time.perf_counter() - start
     kv = kv_capacity(llm)
     rows = measure(llm, args, inra)
+    dial = measure_dial(llm, args) if inra else None
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
-    return {"startup_s": round(startup, 1), **kv, "throughput": rows}
+    return {"startup_s": round(startup, 1), **kv, "throughput": rows} | ({"dial": dial} if dial else {})
 
 
 def kv_capacity(llm) -> dict:
@@ -183,6 +212,9 @@ def print_table(result: dict) -> None:
         ratio = f"{kv_i / kv_b:.3f}" if kv_b and kv_i else "n/a"
         print(f"{label:>11} | {kv_b!s:>10} | {kv_i!s:>10} | {ratio:>9}")
     print(f"{'start-up s':>11} | {base['startup_s']:>10} | {inra['startup_s']:>10} |")
+    d = inra["dial"]
+    print(f"\nthinking dial, InRa at 16 requests: plain lam {d['plain_tok_s']} tok/s, dial mix {d['dial_tok_s']} "
+          f"tok/s -> {d['dial_vs_plain']}x (median; target >= 0.9x)")
 
 
 def main() -> None:

@@ -58,3 +58,18 @@ def expected_cut(text: str, stops: list[str]) -> str:
     first), i.e. what reading the text one character at a time finds."""
     hits = [(i + len(s), i) for s in stops if s for i in range(len(text)) if text.startswith(s, i)]
     return text[: min(hits)[1]] if hits else text
+
+
+def qwen3_tokenizer():
+    """The real Qwen3 tokenizer from shared/ (skips when absent)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(shared_path("tokenizers", "qwen3"))
+
+
+def qwen3_inra(tok, seed: int = 0) -> InRaModel:
+    """A tiny random Qwen3-family InRa model over the full Qwen3 vocabulary, adapter perturbed so lam matters."""
+    from flexrealign.tiny import tiny_model
+
+    base = tiny_model("qwen3", seed=seed, vocab_size=len(tok), hidden_size=32, num_layers=2)
+    return perturb_adapter(InRaModel.from_base(base), scale=0.5, seed=3).eval()

@@ -5,6 +5,7 @@ import torch
 
 from flexrealign.generation import LamSchedule, chat, generate, lam_for_next_turn
 from flexrealign.inra import InRaModel
+from flexrealign.thinking import marker_ids
 from helpers import perturb_adapter
 
 PROMPTS = ["Once upon a time", "Tom and Lily went to the park. They saw a"]
@@ -65,19 +66,24 @@ def test_per_prompt_lam_in_one_batch_equals_each_alone(stories, inra):
 
 
 def test_lam_schedule_switches_at_the_marker(stories, inra):
+    """A text override of the end marker is matched on token ids: lam switches on the token after it."""
     _, tok = stories
-    first = generate(inra, tok, ["Once upon a time"], lam=0.0, max_new_tokens=40)
-    text = first.texts[0]
-    marker = text.split()[3]  # a word the lam = 0 text produces early
+    first = generate(inra, tok, ["Once upon a time"], lam=0.0, max_new_tokens=40).token_ids[0]
+    prompt = tok("Once upon a time")["input_ids"]
+    j, marker = next(
+        (j, m)
+        for j in range(3, 30)
+        if (m := tok.decode([first[j]]).strip()) and marker_ids(tok, m) == (first[j],)
+        and first[j] not in prompt + first[:j]
+    )  # a token the lam = 0 text produces early, not in the prompt
     sched = generate(
         inra, tok, ["Once upon a time"], lam=LamSchedule((0.0, 1.5), (marker,)), max_new_tokens=40
-    )
-    cut = sched.texts[0].index(marker) + len(marker)
-    assert sched.texts[0][:cut] == text[:cut]  # identical until the marker
-    assert sched.texts[0] != text  # then lam = 1.5 takes over
-    assert LamSchedule.think_answer(-0.5, 1.0).markers == ("</think>",)
+    ).token_ids[0]
+    assert sched[: j + 1] == first[: j + 1]  # identical up to and including the marker
+    assert sched != first  # then lam = 1.5 takes over
+    assert LamSchedule.think_answer(-0.5, 1.0).markers == ()  # the tokenizer's own markers
     with pytest.raises(ValueError, match="marker"):
-        LamSchedule((0.0, 1.0))
+        LamSchedule((0.0, 1.0, 2.0), ("a", "b"))
 
 
 def test_streaming_and_stop_strings(stories, inra):

@@ -15,37 +15,27 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from flexrealign.fused import FusedCausalLM, PathCache
 from flexrealign.fusion import ALIGNED, REF, as_lam_tensor, mask_untokenized, needed_paths
 from flexrealign.hf_compat import with_cache
-from flexrealign.sampling import row_seed, sample_next, seeded_generators
-from flexrealign.stopping import StopStream
+from flexrealign.prompts import (  # noqa: F401  (re-exported: generation's public helpers)
+    Messages,
+    Prompt,
+    encode_prompts,
+    eos_ids,
+    lam_for_next_turn,
+    left_pad,
+    pad_token_id,
+)
+from flexrealign.rows import (  # noqa: F401  (re-exported)
+    IncrementalDetokenizer,
+    LamSchedule,
+    LamSpec,
+    RowState,
+    ThinkingLimits,
+    row_thinking,
+    thinking_constraints,
+)
+from flexrealign.sampling import constrain, row_seed, sample_next, seeded_generators
 
-Messages = list[dict[str, str]]
-Prompt = str | Messages | list[int]  # text, chat messages, or token ids (used as they are, like vLLM's)
 StreamCallback = Callable[[int, str], None]
-
-
-@dataclass(frozen=True)
-class LamSchedule:
-    """lam that changes during one generation: `lams[i]` applies until `markers[i]` appears in the output.
-
-    `LamSchedule.think_answer(-0.5, 1.0)` thinks with lam = -0.5 until `</think>`, then answers with lam = 1.
-    """
-
-    lams: tuple[float, ...]
-    markers: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "lams", tuple(float(x) for x in self.lams))
-        object.__setattr__(self, "markers", tuple(self.markers))
-        as_lam_tensor(list(self.lams), len(self.lams))  # finite check
-        if len(self.markers) != len(self.lams) - 1 or any(not m for m in self.markers):
-            raise ValueError(f"LamSchedule needs one non-empty marker between consecutive lams, got {self}")
-
-    @classmethod
-    def think_answer(cls, think: float, answer: float, marker: str = "</think>") -> LamSchedule:
-        return cls((think, answer), (marker,))
-
-
-LamSpec = float | LamSchedule
 
 
 @dataclass
@@ -57,164 +47,7 @@ class GenerationResult:
     num_tokens: list[int]
     finish_reasons: list[str]  # "stop" (EOS or a stop string) or "length"
     prompt_tokens: list[int] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------------------------------------ prompts
-def lam_for_next_turn(messages: Messages, lam_turns: Sequence[float]) -> float:
-    """The lam of the assistant turn about to be generated: one value per assistant turn (paper App. F.3)."""
-    if not lam_turns:
-        raise ValueError("lam_turns must hold at least one lam")
-    done = sum(1 for m in messages if m.get("role") == "assistant")
-    return float(lam_turns[min(done, len(lam_turns) - 1)])
-
-
-def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], chat_template_kwargs: dict | None = None
-) -> list[list[int]]:
-    """Token ids per prompt; message lists go through the tokenizer's chat template, as in HF; lists of token
-    ids are taken as they are (a harness that tokenised the prompt itself, such as lm-eval)."""
-    ids = []
-    for p in prompts:
-        if isinstance(p, str):
-            ids.append(tokenizer(p, add_special_tokens=True)["input_ids"])
-            continue
-        if isinstance(p, list) and all(isinstance(t, int) for t in p):
-            ids.append(list(p))
-            continue
-        if not isinstance(p, list) or not all(isinstance(m, dict) and "role" in m for m in p):
-            raise ValueError(
-                f"a prompt must be a string or a list of {{'role', 'content'}} messages, got {p!r:.80}"
-            )
-        if tokenizer.chat_template is None:
-            raise ValueError("prompts given as messages need a tokenizer with a chat_template")
-        text = tokenizer.apply_chat_template(
-            p, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
-        )
-        ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if any(len(x) == 0 for x in ids):
-        raise ValueError("empty prompt: at least one token is needed to condition on")
-    return ids
-
-
-def left_pad(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad to a (B, T) batch; returns input_ids and attention_mask."""
-    width = max(map(len, ids))
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
-    return input_ids.to(device), mask.to(device)
-
-
-def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id that fills left padding (masked out, so any valid id works): pad, else EOS, else 0."""
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id or 0
-
-
-def eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    """EOS ids from the generation config (chat models list several) and the tokenizer."""
-    gen_cfg = getattr(_hf_model(model), "generation_config", None)
-    found = getattr(gen_cfg, "eos_token_id", None)
-    ids = set(found if isinstance(found, list) else [found] if found is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
-def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    for attr in ("base", "ref_model"):
-        if hasattr(model, attr):
-            return getattr(model, attr)
-    return model
-
-
-# ---------------------------------------------------------------------------------------------- row state
-class IncrementalDetokenizer:
-    """Text deltas from a growing list of token ids, holding back incomplete UTF-8 (as vLLM and TGI do)."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix_offset = 0
-        self.read_offset = 0
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        return self.flush(final=False)
-
-    def flush(self, final: bool = True) -> str:
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset :])
-        if len(text) <= len(prefix) or (text.endswith("\ufffd") and not final):
-            return ""  # a multi-byte character is still incomplete
-        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        return text[len(prefix) :]
-
-
-class RowState:
-    """One sequence being decoded: its tokens, text, lam stage and finish reason.
-
-    Stop strings follow `flexrealign.stopping`: `push` and `finish` return only text that no stop string can
-    take back, so the deltas they return always add up to `text`, the final text.
-    """
-
-    def __init__(
-        self, spec: LamSpec, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], eos: set[int]
-    ) -> None:
-        self.schedule = spec if isinstance(spec, LamSchedule) else LamSchedule((float(spec),))
-        self.stops = StopStream(stop)
-        self.eos = eos
-        self.detok = IncrementalDetokenizer(tokenizer)
-        self.ids: list[int] = []
-        self.stage, self.stage_start = 0, 0
-        self.finish_reason: str | None = None
-
-    @property
-    def text(self) -> str:
-        return self.stops.text
-
-    @property
-    def lam(self) -> float:
-        return self.schedule.lams[self.stage]
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    def push(self, token: int) -> str:
-        """Append a sampled token; returns the new text that may be streamed (maybe empty: EOS, incomplete
-        bytes, or text that may start a stop string)."""
-        self.ids.append(token)
-        if token in self.eos:
-            return self.finish("stop")
-        self.detok.ids.append(token)
-        return self._append_text(self.detok.flush(final=False))
-
-    def finish(self, reason: str) -> str:
-        """End the row (no-op if it has ended); returns the text held back until now."""
-        if self.finish_reason is not None:
-            return ""
-        tail = self._append_text(self.detok.flush(final=True))
-        self.finish_reason = self.finish_reason or reason
-        return tail + self.stops.flush()
-
-    def _append_text(self, delta: str) -> str:
-        out = self.stops.add(delta)
-        if self.stops.matched is not None:
-            self.finish_reason = "stop"
-        while self.stage < len(self.schedule.markers):
-            hit = self.text.find(self.schedule.markers[self.stage], self.stage_start)
-            if hit < 0:
-                break
-            self.stage += 1
-            self.stage_start = hit + len(self.schedule.markers[self.stage - 1])
-        return out
+    reasoning_tokens: list[int] = field(default_factory=list)  # thinking tokens (0 without think markers)
 
 
 # ------------------------------------------------------------------------------------------------ decoding
@@ -234,30 +67,54 @@ def generate(
     chat_template_kwargs: dict | None = None,
     batch_size: int | None = None,
     ignore_eos: bool = False,
+    *,
+    thinking_token_budget: int | Sequence[int | None] | None = None,
+    min_thinking_tokens: int | Sequence[int] = 0,
+    thinking_closing: str | None = None,
+    think_marker: str | None = None,
 ) -> GenerationResult:
     """Generate a completion for each prompt (a string, or a list of chat messages rendered by the chat template).
 
-    lam: for InRaModel / DeRa, one value for all prompts, one per prompt, or a `LamSchedule` (e.g. think with
-      one lam until `</think>`, answer with another); default 1.0 (the aligned model). Plain models take None.
-    lam_turns: for message prompts, one lam per assistant turn; the turn being generated picks its entry.
-    temperature 0 is greedy; top_k 0 and top_p 1 disable those filters.
-    seed: makes sampling reproducible. An int seeds prompt i with stream i of that seed; a list gives each
-      prompt its own seed (as one server request with that seed). A prompt's sample depends on its seed and
-      index only: not on batch_size, on the other prompts, or on which of them are generated together.
-    stop: strings that end a completion (not included in the text). stream(index, text_delta) is called as
-      text is produced. batch_size splits many prompts into batches of that size.
-    ignore_eos: keep generating past EOS up to max_new_tokens (for benchmarks, as in vLLM).
+    Args:
+        lam: for InRaModel / DeRa, one value for all prompts, one per prompt, or a `LamSchedule` (think at one
+            lam until the think-end marker, answer at another); default 1.0 (the aligned model). Plain models
+            take None.
+        lam_turns: for message prompts, one lam per assistant turn; the turn being generated picks its entry.
+        temperature: 0 is greedy; top_k 0 and top_p 1 disable those filters.
+        seed: makes sampling reproducible. An int seeds prompt i with stream i of that seed; a list gives each
+            prompt its own seed (as one server request with that seed). A prompt's sample depends on its seed
+            and index only: not on batch_size, on the other prompts, or on which of them are generated
+            together.
+        stop: strings that end a completion (not included in the text). stream(index, text_delta) is called
+            as text is produced. batch_size splits many prompts into batches of that size.
+        ignore_eos: keep generating past EOS up to max_new_tokens (for benchmarks, as in vLLM).
+        thinking_token_budget: at most this many thinking tokens (one value, or one per prompt; None: no cap).
+            When it runs out, `thinking_closing` (if any) and then the think-end marker are forced, and the
+            answer follows at the answer lam. min_thinking_tokens: EOS and the end marker are banned until
+            that many thinking tokens. think_marker overrides the tokenizer's think-end marker (text).
+
+    Returns:
+        GenerationResult with texts, token ids, finish reasons, prompt and reasoning token counts.
+
+    Raises:
+        ValueError for bad lam or sampling values; `flexrealign.thinking.MissingThinkMarker` (a ValueError)
+        when a schedule or budget is asked of a tokenizer with no think marker.
+
+    Example:
+        >>> generate(model, tok, [chat], lam=LamSchedule.think_answer(-0.5, 1.0), thinking_token_budget=512)
     """
     prompts = [prompts] if isinstance(prompts, str) or _is_messages(prompts) else list(prompts)
     specs = _lam_specs(model, prompts, lam, lam_turns)
+    limits = _limits(len(prompts), thinking_token_budget, min_thinking_tokens, thinking_closing, think_marker)
     check_sampling(max_new_tokens, temperature, top_p, top_k)
     size = batch_size or len(prompts)
     seeds = prompt_seeds(seed, len(prompts))
     parts = [
         _generate_batch(
-            model, tokenizer, prompts[i : i + size], specs[i : i + size], max_new_tokens,
-            (temperature, top_p, top_k), seeds[i : i + size], list(stop or ()),
-            _offset_stream(stream, i), chat_template_kwargs, ignore_eos,
+            model, tokenizer,
+            _Job(prompts[i : i + size], specs[i : i + size], limits[i : i + size], max_new_tokens,
+                 (temperature, top_p, top_k), seeds[i : i + size], list(stop or ()),
+                 _offset_stream(stream, i), chat_template_kwargs, ignore_eos),
         )
         for i in range(0, len(prompts), size)
     ]  # fmt: skip
@@ -266,43 +123,84 @@ def generate(
     )
 
 
+@dataclass
+class _Job:
+    """One batch of `generate`: prompts with their lam specs and thinking limits, and the decode settings."""
+
+    prompts: list[Prompt]
+    specs: list[LamSpec]
+    limits: list[ThinkingLimits]
+    max_new_tokens: int
+    sampling: tuple[float, float, int]  # temperature, top_p, top_k
+    seed: list[int | None]  # one generator seed per prompt (prompt_seeds)
+    stop: list[str]
+    stream: StreamCallback | None
+    chat_kwargs: dict | None
+    ignore_eos: bool
+
+
+def _limits(n: int, budget, min_tokens, closing: str | None, marker: str | None) -> list[ThinkingLimits]:
+    budgets = list(budget) if isinstance(budget, (list, tuple)) else [budget] * n
+    mins = list(min_tokens) if isinstance(min_tokens, (list, tuple)) else [min_tokens] * n
+    if len(budgets) != n or len(mins) != n:
+        raise ValueError(
+            f"give one thinking_token_budget / min_thinking_tokens per prompt ({n}), or one for all"
+        )
+    if closing is not None and budget is None:
+        raise ValueError("thinking_closing is forced when the budget runs out: give thinking_token_budget")
+    return [
+        ThinkingLimits(b, m, None if b is None else closing, marker)
+        for b, m in zip(budgets, mins, strict=True)
+    ]
+
+
 @torch.inference_mode()
 def _generate_batch(
-    model, tokenizer, prompts, specs, max_new_tokens, sampling, seed, stop, stream, chat_kwargs, ignore_eos
-):
-    ids = encode_prompts(tokenizer, prompts, chat_kwargs)
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, job: _Job
+) -> GenerationResult:
+    ids = encode_prompts(tokenizer, job.prompts, job.chat_kwargs)
     x, mask = left_pad(ids, pad_token_id(tokenizer), model.device)  # (B, T)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions skip the left padding, as in HF generate
-    eos = set() if ignore_eos else eos_ids(model, tokenizer)
-    rows = [RowState(spec, tokenizer, stop, eos) for spec in specs]
+    eos = set() if job.ignore_eos else eos_ids(model, tokenizer)
+    rows = [
+        RowState(spec, tokenizer, job.stop, eos, row_thinking(tokenizer, spec, lim, p, eos))
+        for spec, lim, p in zip(job.specs, job.limits, ids, strict=True)
+    ]
     B = len(rows)
-    temperature, top_p, top_k = (torch.full((B,), v, device=model.device) for v in sampling)
-    gens = seeded_generators(seed, model.device)
+    temperature, top_p, top_k = (torch.full((B,), v, device=model.device) for v in job.sampling)
+    gens = seeded_generators(job.seed, model.device)
     dual = isinstance(model, FusedCausalLM)
-    all_lams = [v for r in rows for v in r.schedule.lams]
+    all_lams = [v for r in rows for v in (r.thinking.plan.lams if r.thinking else (r.lam,))]
     paths = needed_paths(torch.tensor(all_lams)) if dual else ()
     cache = model.new_cache(paths) if dual else DynamicCache(config=model.config)
-    for _ in range(max_new_tokens):
-        lam = torch.tensor([r.lam for r in rows], device=model.device)
+    lam = torch.tensor([r.lam for r in rows], device=model.device)  # (B,) rebuilt only when a stage changes
+    for _ in range(job.max_new_tokens):
         logits = mask_untokenized(
             next_logits(model, x, mask, pos, cache, lam, paths), len(tokenizer)
         )  # (B, V)
+        force_rows, force_ids, ban_rows, ban_ids = thinking_constraints(rows)
+        logits = constrain(logits, (force_rows, force_ids), (ban_rows, ban_ids))
         nxt = sample_next(logits, temperature, top_k.long(), top_p, gens)  # (B,)
-        for i, r in enumerate(rows):
+        for i, (r, token) in enumerate(zip(rows, nxt.tolist(), strict=True)):
             if not r.finished:
-                _emit(stream, i, r.push(int(nxt[i])))
+                _emit(job.stream, i, r.push(token))
         if all(r.finished for r in rows):
             break
+        if any(r.lam_changed for r in rows):
+            lam = torch.tensor([r.lam for r in rows], device=model.device)
+            for r in rows:
+                r.lam_changed = False
         x, pos = nxt.unsqueeze(-1), pos[:, -1:] + 1
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=-1)  # (B, T + t)
     for i, r in enumerate(rows):
-        _emit(stream, i, r.finish("length"))
+        _emit(job.stream, i, r.finish("length"))
     return GenerationResult(
         texts=[r.text for r in rows],
         token_ids=[r.ids for r in rows],
         num_tokens=[len(r.ids) for r in rows],
         finish_reasons=[r.finish_reason for r in rows],
         prompt_tokens=[len(p) for p in ids],
+        reasoning_tokens=[r.reasoning_tokens for r in rows],
     )
 
 
@@ -414,4 +312,13 @@ def chat(
     return chats
 
 
-__all__ = ["GenerationResult", "LamSchedule", "chat", "generate", "lam_for_next_turn", "REF", "ALIGNED"]
+__all__ = [
+    "GenerationResult",
+    "LamSchedule",
+    "ThinkingLimits",
+    "chat",
+    "generate",
+    "lam_for_next_turn",
+    "REF",
+    "ALIGNED",
+]

@@ -79,3 +79,24 @@ def row_generators(
     if seed is None:
         return None
     return seeded_generators([row_seed(seed, offset + i) for i in range(batch_size)], device)
+
+
+def constrain(
+    logits: torch.Tensor,
+    force: tuple[list[int], list[int]],
+    ban: tuple[list[int], list[int]] = ([], []),
+) -> torch.Tensor:
+    """Force and ban tokens through the logits (as vLLM's thinking-budget processor does), in place.
+
+    logits (B, V); force = (rows, tokens): those rows keep only their token (0, the rest -inf), so greedy
+    and sampled decoding alike produce it; ban = (rows, tokens): -inf at each (row, token) pair.
+    """
+    ban_rows, ban_ids = ban
+    if ban_rows:
+        logits[torch.tensor(ban_rows), torch.tensor(ban_ids)] = float("-inf")
+    rows, tokens = force
+    if rows:
+        r, t = torch.tensor(rows), torch.tensor(tokens)
+        logits[r] = float("-inf")
+        logits[r, t] = 0.0
+    return logits

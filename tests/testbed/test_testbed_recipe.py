@@ -102,3 +102,26 @@ def test_second_run_is_cached(demo_out, capsys) -> None:
 def test_other_configuration_is_refused(demo_out, capsys) -> None:
     assert demo.run(["--out", str(demo_out)]) == 2  # the full configuration would mix results
     assert "another configuration" in capsys.readouterr().err
+
+
+def test_calibrate_writes_a_curve_whose_tokens_fall_as_lam_rises(demo_out, tmp_path) -> None:
+    import json
+    import shutil
+
+    from flexrealign.calibration import CALIBRATION_FILE, load_calibration
+    from flexrealign.commands import calibrate
+
+    ckpt = tmp_path / "inra"
+    shutil.copytree(demo_out / "models" / "inra", ckpt)
+    lams = ["-0.5", "0", "1", "1.5"]
+    argv = ["--model", str(ckpt), "--benchmark", str(demo_out / "test.jsonl"), "--lam", *lams,
+            "--n-problems", "40", "--template", "{question}", "--max-new-tokens", "160", "--batch-size", "40"]  # fmt: skip
+    assert calibrate.run(argv) == 0
+    data = json.loads((ckpt / CALIBRATION_FILE).read_text())
+    curve = {p["lam"]: p["mean_thinking_tokens"] for p in data["curve"]}
+    assert sorted(curve) == [-0.5, 0.0, 1.0, 1.5] and all(p["samples"] == 40 for p in data["curve"])
+    assert curve[-0.5] > curve[0.0] > curve[1.0] and curve[1.5] < curve[0.0]  # tokens fall as lam rises
+    cal = load_calibration(ckpt)
+    assert set(cal.efforts) == {"none", "low", "medium", "high"}
+    assert cal.efforts["none"].thinking_token_budget == 0  # the testbed template cannot skip thinking
+    assert not list(ckpt.glob(".calibration-*"))  # the atomic write left no temporary file

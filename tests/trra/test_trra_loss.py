@@ -137,3 +137,29 @@ def test_a_batch_without_completion_tokens_gives_a_differentiable_zero() -> None
     loss = trra_loss(h_s, w_s, h_a, w_a, h_r, w_r, 2.0, torch.zeros_like(mask))
     loss.backward()
     assert loss.item() == 0.0 and torch.count_nonzero(w_s.grad) == 0
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "jsd"])
+def test_loss_backward_twice_and_float64_gradcheck(divergence):
+    """Issue 11, kind 7. The example: a second backward(retain_graph=True) raised TypeError, so gradcheck
+    could not run. Own inputs: the three divergences, chunking, padded rows, gradcheck of trra_loss itself."""
+    gen = torch.Generator().manual_seed(3)
+    h_s = torch.randn(B * 2, D, dtype=torch.float64, generator=gen, requires_grad=True)
+    w_s = torch.randn(V, D, dtype=torch.float64, generator=gen, requires_grad=True)
+    h_a, h_r = (torch.randn(B, 2, D, dtype=torch.float64, generator=gen) for _ in range(2))
+    w_a, w_r = (torch.randn(V, D, dtype=torch.float64, generator=gen) for _ in range(2))
+    kw = dict(divergence=divergence, num_tokens=NUM_TOKENS, chunk_size=4)
+    loss = trra_loss(h_s.view(B, 2, D), w_s, h_a, w_a, h_r, w_r, 1.5, **kw)
+    loss.backward(retain_graph=True)
+    first = h_s.grad.clone(), w_s.grad.clone()
+    loss.backward()  # used to raise TypeError: cannot unpack non-iterable NoneType
+    assert torch.allclose(h_s.grad, 2 * first[0]) and torch.allclose(w_s.grad, 2 * first[1])
+    assert torch.autograd.gradcheck(
+        lambda h, w: trra_loss(h.view(B, 2, D), w, h_a, w_a, h_r, w_r, -0.5, **kw), (h_s, w_s)
+    )
+    teacher_h, teacher_w = torch.cat([h_a, h_r], -1).view(B * 2, -1), torch.cat([w_a, w_r], -1)
+    assert torch.autograd.gradcheck(lambda h, w: divergence_sum(h, w, teacher_h, teacher_w, **kw), (h_s, w_s))
+    with pytest.raises(RuntimeError, match="not create_graph=True"):
+        torch.autograd.grad(
+            trra_loss(h_s.view(B, 2, D), w_s, h_a, w_a, h_r, w_r, 0.5), h_s, create_graph=True
+        )

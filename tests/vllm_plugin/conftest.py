@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 from vllm_common import FAMILIES
 
+from flexrealign.calibration import Calibration, CurvePoint, choose_efforts, save_calibration
 from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint
+
+# a made-up curve: efforts none = lam 2 with budget 0, low = lam 1, medium = lam 0, high = lam -1
+CURVE = [CurvePoint(-1.0, 90.0, 99.0, 70.0, 8), CurvePoint(0.0, 60.0, 70.0, 66.0, 8),
+         CurvePoint(1.0, 30.0, 40.0, 65.0, 8), CurvePoint(2.0, 10.0, 20.0, 40.0, 8)]  # fmt: skip
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,4 +40,5 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inra_ckpts")
     for family in FAMILIES:
         tiny_inra_checkpoint(root / family, family, **FAMILIES[family])
-    return {family: root / family for family in FAMILIES}
+    save_calibration(root / "qwen2", Calibration(CURVE, choose_efforts(CURVE, can_skip_thinking=False)))
+    return {family: root / family for family in FAMILIES}  # only qwen2 is calibrated

@@ -210,3 +210,55 @@ def test_processor_masks_rows_past_the_tokenizer_at_every_lam(checkpoints):
     out = proc.apply(logits)
     assert torch.isneginf(out[:, tokens:]).all() and torch.isfinite(out[:, :tokens]).all()
     assert (out.argmax(-1) < tokens).all()
+
+
+# ------------------------------------------------------------------------------------- the thinking dial
+def test_dial_requests_are_checked_before_the_engine(stories260k, tmp_path):
+    from flexrealign.vllm_plugin.requests import set_served_model
+
+    with pytest.raises(VLLMValidationError, match="lam_think and lam_answer go together"):
+        InRaLogitsProcessor.validate_params(SamplingParams(extra_args={"lam_think": 1.0}))
+    with pytest.raises(VLLMValidationError, match="above thinking_token_budget"):
+        InRaLogitsProcessor.validate_params(
+            SamplingParams(extra_args={"thinking_token_budget": 2, "min_thinking_tokens": 3})
+        )
+    stories_tok = tmp_path / "tok"
+    stories260k[1].save_pretrained(stories_tok)
+    set_served_model(None, str(stories_tok), False)  # as the config hook does for a checkpoint
+    try:
+        with pytest.raises(VLLMValidationError, match="no think-end marker .*</think>"):
+            InRaLogitsProcessor.validate_params(SamplingParams(extra_args={"thinking_token_budget": 3}))
+        with pytest.raises(VLLMValidationError, match="flexrealign calibrate --model"):
+            InRaLogitsProcessor.validate_params(SamplingParams(extra_args={"reasoning_effort": "low"}))
+        InRaLogitsProcessor.validate_params(SamplingParams(extra_args={"lam": 0.5}))  # plain lam needs no marker
+    finally:
+        set_served_model(None, None, False)
+
+
+def test_processor_forces_the_budget_and_switches_lam():
+    """Budget 2 with lam 0 -> 1: two free tokens, then `</think>` forced, then the answer lam."""
+    from flexrealign.vllm_plugin.tiny import bpe_tokenizer
+
+    tok = bpe_tokenizer(300)
+    proc = processor()
+    proc.vocab_size = len(tok)
+    proc._tokenizer, proc._eos = tok, {2}
+    end = tok.convert_tokens_to_ids("</think>")
+    output: list[int] = []
+    extra = {"lam_think": 0.0, "lam_answer": 1.0, "thinking_token_budget": 2, "min_thinking_tokens": 1}
+    proc.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, SamplingParams(extra_args=extra), [5, 6], output)], moved=[]))
+    V = len(tok)
+    steps = []
+    for _ in range(4):
+        logits = torch.randn(1, 2 * V)
+        out = proc.apply(logits.clone())
+        steps.append((out, logits))
+        token = int(out.argmax())
+        output.append(token)
+        proc.update_state(None)
+    out0 = steps[0][0]
+    assert torch.isneginf(out0[0, 2]) and torch.isneginf(out0[0, end])  # minimum: no EOS, no end marker
+    assert torch.equal(steps[1][0][0, 3:end], steps[1][1][0, V + 3 : V + end])  # lam 0
+    assert output[2] == end and torch.isfinite(steps[2][0]).sum() == 1  # forced through the logits
+    out3, logits3 = steps[3]
+    assert torch.equal(out3, logits3[:, :V])  # the answer at lam 1: the aligned half

@@ -150,3 +150,25 @@ def test_bad_lam_is_a_400(server):
     _, client = server
     with pytest.raises(openai.BadRequestError, match="finite number"):
         complete(client, PROMPTS[0], "high")
+
+
+def test_thinking_dial_over_http(server):
+    """Budgets and schedules in vllm_xargs, concurrently, give flexrealign's greedy tokens."""
+    from test_offline import THINKING, flexrealign_dial
+
+    path, client = server
+    jobs = [(PROMPTS[i % 2], extra) for i, extra in enumerate(THINKING)]
+
+    def send(job):
+        prompt, extra = job
+        return client.completions.create(
+            model="inra", prompt=prompt, max_tokens=MAX_NEW_TOKENS, temperature=0.0,
+            extra_body={"vllm_xargs": extra, "return_token_ids": True},
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(send, jobs))
+    for (prompt, extra), r in zip(jobs, results, strict=True):
+        assert list(r.choices[0].token_ids) == flexrealign_dial(path, prompt, extra)[0], extra
+    with pytest.raises(openai.BadRequestError, match="above thinking_token_budget"):
+        complete(client, PROMPTS[0], 0.5, vllm_xargs={"thinking_token_budget": 1, "min_thinking_tokens": 2})

@@ -1,4 +1,10 @@
-"""`flexrealign generate`: text from an InRa model, a DeRa pair or a plain model at one or more lam."""
+"""`flexrealign generate`: text from an InRa model, a DeRa pair or a plain model at one or more lam.
+
+A bare --prompt meets a chat model as a user message: when the tokenizer has a chat template, the prompt is
+rendered through it (as one user turn, with the generation prompt); --raw sends the text as it is. Thinking
+models take a lam per stage (--lam-think/--lam-answer) and hard limits (--thinking-token-budget,
+--min-thinking-tokens, --thinking-closing); the think markers come from the tokenizer (--think-marker
+overrides the end marker)."""
 
 from __future__ import annotations
 
@@ -23,7 +29,14 @@ class GenerateArgs:
         default=None,
         metadata={"help": "Base model for an adapter-only --model folder (default: the recorded one)."},
     )
-    prompt: list[str] | None = field(default=None, metadata={"help": "One or more prompts (plain text)."})
+    prompt: list[str] | None = field(
+        default=None,
+        metadata={"help": "One or more prompts. With a chat template, each is sent as one user message through it "
+                  "(as --messages would); --raw sends the text as it is."},
+    )  # fmt: skip
+    raw: bool = field(
+        default=False, metadata={"help": "Send --prompt as raw text, without the chat template."}
+    )
     messages: str | None = field(
         default=None,
         metadata={
@@ -38,7 +51,22 @@ class GenerateArgs:
         default=None, metadata={"help": "lam while thinking, until --think-marker; needs --lam-answer."}
     )
     lam_answer: float | None = field(default=None, metadata={"help": "lam after the think marker."})
-    think_marker: str = field(default="</think>", metadata={"help": "Marker that ends the thinking phase."})
+    think_marker: str | None = field(
+        default=None,
+        metadata={"help": "Overrides the tokenizer's think-end marker (default: its </think> or equivalent)."},
+    )
+    thinking_token_budget: int | None = field(
+        default=None,
+        metadata={"help": "At most this many thinking tokens; then --thinking-closing (if any) and the end "
+                  "marker are forced, and the answer follows at --lam-answer."},
+    )  # fmt: skip
+    min_thinking_tokens: int = field(
+        default=0, metadata={"help": "EOS and the think-end marker are banned until this many thinking tokens."}
+    )
+    thinking_closing: str | None = field(
+        default=None,
+        metadata={"help": "Text forced before the end marker when the budget runs out, e.g. 'Time is up.'"},
+    )
     lam_turns: list[float] | None = field(
         default=None,
         metadata={
@@ -67,15 +95,20 @@ class GenerateArgs:
             raise ValueError("DeRa needs both --dera_ref and --dera_aligned")
         if bool(self.prompt) == bool(self.messages):
             raise ValueError("give either --prompt or --messages")
+        if self.raw and not self.prompt:
+            raise ValueError("--raw applies to --prompt")
         if (self.lam_think is None) != (self.lam_answer is None):
             raise ValueError("--lam_think and --lam_answer go together")
         if sum(x is not None for x in (self.lam, self.lam_think, self.lam_turns)) > 1:
             raise ValueError("use one of --lam, --lam_think/--lam_answer, --lam_turns")
 
 
-def _prompts(args: GenerateArgs) -> list:
+def _prompts(args: GenerateArgs, tokenizer) -> list:
+    """--prompt texts (as user messages when the tokenizer has a chat template, unless --raw) or --messages."""
     if args.prompt:
-        return list(args.prompt)
+        if args.raw or tokenizer.chat_template is None:
+            return list(args.prompt)
+        return [[{"role": "user", "content": p}] for p in args.prompt]
     data = json.loads(Path(args.messages).read_text())
     return [data] if data and isinstance(data[0], dict) else data
 
@@ -88,7 +121,7 @@ def _lam_settings(args: GenerateArgs, dual: bool) -> list[dict]:
     if args.lam_turns:
         return [{"lam_turns": args.lam_turns}]
     if args.lam_think is not None:
-        return [{"lam": LamSchedule((args.lam_think, args.lam_answer), (args.think_marker,))}]
+        return [{"lam": LamSchedule.think_answer(args.lam_think, args.lam_answer, args.think_marker)}]
     return [{"lam": lam} for lam in (args.lam or [1.0])]
 
 
@@ -102,7 +135,7 @@ def run(argv: list[str]) -> int:
     else:
         model = load_dera(args.dera_ref, args.dera_aligned, args.dtype, args.device, args.trust_remote_code)
         tok = load_tokenizer(args.dera_ref, args.trust_remote_code)
-    prompts = _prompts(args)
+    prompts = _prompts(args, tok)
     try:
         settings = _lam_settings(args, dual=isinstance(model, InRaModel) or args.model is None)
     except ValueError as e:
@@ -114,11 +147,18 @@ def run(argv: list[str]) -> int:
         top_k=args.top_k,
         seed=args.seed,
         stop=args.stop,
+        thinking_token_budget=args.thinking_token_budget,
+        min_thinking_tokens=args.min_thinking_tokens,
+        thinking_closing=args.thinking_closing,
+        think_marker=args.think_marker,
     )
     for setting in settings:
         stream_live = not args.json_output and len(prompts) == 1
-        out = generate(model, tok, prompts, **setting, **sampling, stream=_printer() if stream_live else None)
-        _report(args, prompts, setting, out, streamed=stream_live)
+        try:
+            out = generate(model, tok, prompts, **setting, **sampling, stream=_printer() if stream_live else None)
+        except ValueError as e:  # e.g. a budget for a tokenizer without think markers
+            return fail(str(e))
+        _report(args, args.prompt or prompts, setting, out, streamed=stream_live)
     return 0
 
 
@@ -139,6 +179,7 @@ def _report(args: GenerateArgs, prompts: list, setting: dict, out, streamed: boo
                 "lam": lam,
                 "text": text,
                 "num_tokens": out.num_tokens[i],
+                "reasoning_tokens": out.reasoning_tokens[i],
                 "finish_reason": out.finish_reasons[i],
             }
             print(json.dumps(record, ensure_ascii=False))

@@ -108,12 +108,16 @@ def run(argv: list[str]) -> int:
     )
     import uvicorn
 
+    from flexrealign.calibration import load_calibration
     from flexrealign.serving import Engine, create_app
 
     try:
         model, tokenizer = load_model(args)
+        calibration = load_calibration(args.model) if args.model else None
     except (OSError, ValueError) as e:
         return fail(f"cannot load the model: {e}", code=1)
+    if calibration is not None:
+        log.info("reasoning_effort: %s", {k: e.to_json() for k, e in calibration.efforts.items()})
     name = args.served_model_name or args.model or args.dera_aligned
     where = f"http://{args.host}:{args.port}"
     log.info("serving %s (%s) as %r on %s", type(model).__name__, model.device, name, where)
@@ -121,7 +125,7 @@ def run(argv: list[str]) -> int:
     with Engine(model, tokenizer, max_batch_size=args.max_batch_size) as engine:
         app = create_app(
             engine, name, api_key=api_key, lam_default=args.lam_default, lam_min=args.lam_min,
-            lam_max=args.lam_max, max_tokens_limit=args.max_tokens_limit,
+            lam_max=args.lam_max, max_tokens_limit=args.max_tokens_limit, calibration=calibration,
         )  # fmt: skip
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

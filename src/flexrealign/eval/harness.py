@@ -280,13 +280,14 @@ def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 def make_records(job: Job, part: Sequence, problems: Sequence[Problem], out: GenerationResult) -> list[dict]:
     """One JSONL record per generation, graded against the problem's answer."""
     recs = []
-    for (i, s), text, n, reason in zip(part, out.texts, out.num_tokens, out.finish_reasons, strict=True):
+    thinking = out.reasoning_tokens or [None] * len(part)  # engines that do not count thinking give None
+    for (i, s), text, n, reason, t in zip(part, out.texts, out.num_tokens, out.finish_reasons, thinking, strict=True):
         p = problems[i]
         recs.append(
             {
                 "model": job.spec.label, "family": job.spec.family, "kind": job.spec.kind, "lam": job.lam,
                 "problem_id": p.id, "sample": s, "answer": p.answer, "text": text, "tokens": n,
-                "finish_reason": reason, "correct": grade(text, p.answer),
+                "reasoning_tokens": t, "finish_reason": reason, "correct": grade(text, p.answer),
             }
         )  # fmt: skip
     return recs

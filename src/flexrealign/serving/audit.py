@@ -3,8 +3,9 @@
 Audited against OpenAI's chat completions and (legacy) completions request schemas, fields and message
 roles alike. Three kinds of field:
 * honoured: the model, the prompt or messages, max_tokens / max_completion_tokens, temperature, top_p,
-  stop, stream, stream_options.include_usage, seed, and our extensions (lam fields, top_k, ignore_eos,
-  chat_template_kwargs, vllm_xargs);
+  stop, stream, stream_options.include_usage, seed, reasoning_effort (through the checkpoint's calibration,
+  400 without one), and our extensions (lam and thinking fields, top_k, ignore_eos, chat_template_kwargs,
+  vllm_xargs);
 * accepted as metadata: fields that ask nothing of the output (user, metadata, safety_identifier,
   prompt_cache_key, prompt_cache_retention, parallel_tool_calls without tools, service_tier auto/default);
 * everything else is refused unless its value asks for nothing (None, false, 0, the default): the
@@ -47,11 +48,6 @@ CHAT_LIMITS: dict[str, Check] = {
     "response_format": (
         lambda v: v is None or v == {"type": "text"},
         "response_format json_object / json_schema (structured output) is not supported by this server",
-    ),
-    "reasoning_effort": (
-        lambda v: v is None,
-        "reasoning_effort is not supported by this server; set how much the model thinks with lam "
-        "(or lam_think and lam_answer)",
     ),
     "verbosity": (lambda v: v is None, "verbosity is not supported by this server"),
     "modalities": (lambda v: v in (None, ["text"]), "only the text modality is supported"),
@@ -123,7 +119,7 @@ def _apply(limits: dict[str, Check], model: BaseModel, prefix: str) -> None:
 def _refuse_unknown(model: BaseModel, prefix: str) -> None:
     for key in model.model_extra or {}:
         hint = ""
-        if key.lower().startswith("lam"):  # a typo there would silently serve the default lam
-            hint = f"; the lam fields are {', '.join(sorted(LamArgs.model_fields))}"
+        if key.lower().startswith(("lam", "think", "min_think")):  # a typo would silently serve the default
+            hint = f"; the lam and thinking fields are {', '.join(sorted(LamArgs.model_fields))}"
         raise Refused(f"unknown field {prefix + key!r}: this server does not implement it{hint}",
                       prefix + key, "unknown_field")  # fmt: skip

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import queue
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -27,183 +25,32 @@ from transformers import PreTrainedTokenizerBase
 from flexrealign.fused import FusedCausalLM
 from flexrealign.fusion import ALIGNED, REF, mask_untokenized, needed_paths
 from flexrealign.generation import (
-    LamSchedule,
     LamSpec,
     Prompt,
     RowState,
-    check_sampling,
     encode_prompts,
     eos_ids,
     left_pad,
     next_logits,
     pad_token_id,
+    thinking_constraints,
 )
-from flexrealign.sampling import row_generators, sample_next
-from flexrealign.serving.kvcache import Cache, is_mergeable, merge_rows, new_cache, select_rows, trim_left
+from flexrealign.sampling import constrain, row_generators, sample_next
+from flexrealign.serving.batch import Batch, Row
+from flexrealign.serving.kvcache import is_mergeable, new_cache
+from flexrealign.serving.requests import (  # noqa: F401  (re-exported: the engine's public types)
+    Event,
+    EventSink,
+    InvalidRequest,
+    RequestHandle,
+    RequestOutput,
+    SamplingParams,
+    check_lam,
+    check_prompt,
+    request_thinking,
+)
 
 log = logging.getLogger("flexrealign.serve")
-
-
-class InvalidRequest(ValueError):
-    """A request the engine refuses; `param` names the offending field and `code` classifies the problem."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.param, self.code = param, code
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-request decoding settings. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
-
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False  # decode past EOS up to max_tokens (benchmarks want fixed-length outputs)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(self.stop))
-        try:
-            check_sampling(self.max_tokens, self.temperature, self.top_p, self.top_k)
-        except ValueError as e:
-            raise InvalidRequest(str(e)) from e
-
-
-@dataclass(frozen=True)
-class RequestOutput:
-    """A finished request. finish_reason: "stop" (EOS or a stop string), "length", "cancelled" or "error"."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-    prompt_tokens: int
-    lam: LamSpec | None
-    error: str | None = None
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.token_ids)
-
-
-@dataclass(frozen=True)
-class Event:
-    """What one step produced for one request: a text delta (may be empty while bytes are incomplete), the
-    sampled token, and on the request's last event its `output`."""
-
-    delta: str
-    token_id: int | None
-    output: RequestOutput | None = None
-
-
-EventSink = Callable[[Event], None]
-
-
-class RequestHandle:
-    """A submitted request: cancel it, or wait for its output (events also go to its sink, if any)."""
-
-    def __init__(
-        self,
-        request_id: str,
-        prompt_ids: list[int],
-        lam: LamSpec | None,
-        params: SamplingParams,
-        sink: EventSink | None,
-        wake: Callable[[], None],
-    ) -> None:
-        self.request_id, self.prompt_ids, self.lam, self.params = request_id, prompt_ids, lam, params
-        self.sink = sink
-        self.output: RequestOutput | None = None
-        self._cancelled = threading.Event()
-        self._done = threading.Event()
-        self._wake = wake
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def cancel(self) -> None:
-        """Stop generating at the next step boundary and free the slot (no-op once done)."""
-        if not self.done:
-            self._cancelled.set()
-            self._wake()
-
-    def result(self, timeout: float | None = None) -> RequestOutput:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"request {self.request_id} did not finish within {timeout} s")
-        assert self.output is not None
-        return self.output
-
-
-@dataclass
-class _Row:
-    handle: RequestHandle
-    state: RowState
-    generator: torch.Generator | None
-
-
-@dataclass
-class _Batch:
-    """Rows decoding together with one KV cache, in the state before their next forward: the cache holds every
-    token but the last sampled one (`next_ids`), which enters at position `next_pos`."""
-
-    paths: tuple[str, ...]
-    rows: list[_Row]
-    cache: Cache
-    mask: torch.Tensor  # (B, T) 1 where a cache slot holds a real token of that row
-    next_ids: torch.Tensor  # (B,)
-    next_pos: torch.Tensor  # (B,)
-    sampling: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.refresh_sampling()
-
-    def refresh_sampling(self) -> None:
-        """Per-row temperature, top_k, top_p tensors (B,), rebuilt only when the rows change."""
-        params = [r.handle.params for r in self.rows]
-        device = self.mask.device
-        self.sampling = (
-            torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
-            torch.tensor([p.top_k for p in params], dtype=torch.long, device=device),
-            torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
-        )
-
-    def lam(self) -> torch.Tensor:
-        return torch.tensor([r.state.lam for r in self.rows], device=self.mask.device)  # (B,)
-
-    def generators(self) -> list[torch.Generator | None] | None:
-        gens = [r.generator for r in self.rows]
-        return None if all(g is None for g in gens) else gens
-
-    def merge(self, other: _Batch) -> None:
-        """Append `other`'s rows; the shorter side is left-padded with masked slots so both align."""
-        length = max(self.mask.shape[1], other.mask.shape[1])
-        merge_rows(self.cache, other.cache, length)
-        self.mask = torch.cat(
-            [_pad_left(self.mask, length), _pad_left(other.mask, length)]
-        )  # (B + B', length)
-        self.next_ids = torch.cat([self.next_ids, other.next_ids])
-        self.next_pos = torch.cat([self.next_pos, other.next_pos])
-        self.rows += other.rows
-        self.refresh_sampling()
-
-    def keep(self, keep: list[int], trim: bool) -> None:
-        """Keep rows `keep` only; with `trim`, drop leading slots that are padding for every remaining row."""
-        idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)  # (B',)
-        select_rows(self.cache, idx)
-        self.mask, self.next_ids, self.next_pos = self.mask[idx], self.next_ids[idx], self.next_pos[idx]
-        self.rows = [self.rows[i] for i in keep]
-        self.refresh_sampling()
-        if trim:
-            lead = int(self.mask.any(0).long().argmax())  # first slot some row attends to
-            trim_left(self.cache, lead)
-            self.mask = self.mask[:, lead:]  # (B', T - lead)
 
 
 class Engine:
@@ -234,7 +81,7 @@ class Engine:
         self._mergeable = is_mergeable(new_cache(model, needed_paths(torch.tensor([0.5]))))
         self._cv = threading.Condition()
         self._pending: deque[RequestHandle] = deque()
-        self._batches: dict[tuple[str, ...], _Batch] = {}
+        self._batches: dict[tuple[str, ...], Batch] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._ids = itertools.count()
@@ -298,9 +145,11 @@ class Engine:
         Raises InvalidRequest for a bad lam, an empty prompt or one that leaves no room for max_tokens.
         """
         params = params or SamplingParams()
-        prompt_ids = self._check_prompt(list(prompt_ids), params)
-        lam = self._check_lam(lam)
-        handle = RequestHandle(f"req-{next(self._ids)}", prompt_ids, lam, params, sink, self._wake)
+        prompt_ids = check_prompt(list(prompt_ids), params, self._vocab, self.context_length)
+        lam = check_lam(lam, self.is_fused, type(self.model).__name__)
+        eos = set() if params.ignore_eos else self._eos
+        thinking = request_thinking(self.tokenizer, prompt_ids, lam, params, eos)
+        handle = RequestHandle(f"req-{next(self._ids)}", prompt_ids, lam, params, sink, self._wake, thinking)
         with self._cv:
             if self._stopping:
                 raise RuntimeError("the engine is stopped")
@@ -321,35 +170,6 @@ class Engine:
         """Submit a request whose events land in a thread-safe queue (for synchronous consumers)."""
         events: queue.Queue[Event] = queue.Queue()
         return self.submit(prompt_ids, lam, params, sink=events.put), events
-
-    def _check_prompt(self, ids: list[int], params: SamplingParams) -> list[int]:
-        if not ids:
-            raise InvalidRequest("empty prompt: at least one token is needed to condition on", "prompt")
-        if any(not isinstance(t, int) or not 0 <= t < self._vocab for t in ids):
-            raise InvalidRequest(f"prompt token ids must be ints in [0, {self._vocab})", "prompt")
-        limit = self.context_length
-        if limit is not None and len(ids) + params.max_tokens > limit:
-            raise InvalidRequest(
-                f"this model's maximum context length is {limit} tokens, but {len(ids)} prompt tokens + "
-                f"max_tokens {params.max_tokens} = {len(ids) + params.max_tokens}",
-                "max_tokens" if len(ids) < limit else "prompt",
-                "context_length_exceeded",
-            )
-        return ids
-
-    def _check_lam(self, lam: LamSpec | None) -> LamSpec | None:
-        if not self.is_fused:
-            if lam is not None:
-                raise InvalidRequest(f"lam applies to InRa and DeRa models; this {type(self.model).__name__} "
-                                     "has a single path", "lam")  # fmt: skip
-            return None
-        if lam is None:
-            return 1.0
-        if isinstance(lam, LamSchedule):
-            return lam
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-            raise InvalidRequest(f"lam must be a finite real number or a LamSchedule, got {lam!r}", "lam")
-        return float(lam)
 
     def _wake(self) -> None:
         with self._cv:
@@ -386,7 +206,7 @@ class Engine:
         self._compact()  # a newcomer may finish on its first token
         self.stats["steps"] += 1
 
-    def _guard(self, paths: tuple[str, ...], rows: list[_Row], fn: Callable[[], None]) -> None:
+    def _guard(self, paths: tuple[str, ...], rows: list[Row], fn: Callable[[], None]) -> None:
         """Run fn; if the model raises, fail the rows involved and drop their batch (its cache is suspect)."""
         try:
             fn()
@@ -396,7 +216,7 @@ class Engine:
                 self._finish(r, "error", error=f"{type(e).__name__}: {e}")
             self._batches.pop(paths, None)
 
-    def _decode(self, batch: _Batch) -> None:
+    def _decode(self, batch: Batch) -> None:
         x = batch.next_ids.unsqueeze(-1)  # (B, 1)
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=-1)  # (B, T + 1)
         logits = next_logits(
@@ -405,7 +225,7 @@ class Engine:
         batch.mask, batch.next_pos = mask, batch.next_pos + 1
         batch.next_ids = self._sample(batch, logits)
 
-    def _prefill_or_fail(self, paths: tuple[str, ...], handles: list[RequestHandle]) -> _Batch | None:
+    def _prefill_or_fail(self, paths: tuple[str, ...], handles: list[RequestHandle]) -> Batch | None:
         try:
             return self._prefill(paths, handles)
         except Exception as e:
@@ -415,7 +235,7 @@ class Engine:
                 self._complete(h, out)
             return None
 
-    def _join(self, new: _Batch) -> None:
+    def _join(self, new: Batch) -> None:
         """Merge prefilled newcomers into the running batch with their paths (chosen by `_group`), or start one."""
         batch = self._batches.get(new.paths)
         if batch is None:
@@ -424,29 +244,31 @@ class Engine:
             self._guard(new.paths, batch.rows + new.rows, lambda: batch.merge(new))
             self.stats["merged"] += 1
 
-    def _prefill(self, paths: tuple[str, ...], handles: list[RequestHandle]) -> _Batch:
+    def _prefill(self, paths: tuple[str, ...], handles: list[RequestHandle]) -> Batch:
         """Prefill newcomers together exactly as `generate` does, and sample their first token."""
         x, mask = left_pad([h.prompt_ids for h in handles], self._pad_id, self.device)  # (B, T)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions skip the left padding
-        rows = [_Row(h, self._row_state(h), _generator(h.params.seed, self.device)) for h in handles]
-        batch = _Batch(paths, rows, new_cache(self.model, paths), mask, x[:, -1], pos[:, -1] + 1)
+        rows = [Row(h, self._row_state(h), _generator(h.params.seed, self.device)) for h in handles]
+        batch = Batch(paths, rows, new_cache(self.model, paths), mask, x[:, -1], pos[:, -1] + 1)
         logits = next_logits(self.model, x, mask, pos, batch.cache, batch.lam(), paths)  # (B, V)
         batch.next_ids = self._sample(batch, logits)
         return batch
 
     def _row_state(self, h: RequestHandle) -> RowState:
         eos = set() if h.params.ignore_eos else self._eos
-        return RowState(h.lam if h.lam is not None else 0.0, self.tokenizer, h.params.stop, eos)
+        return RowState(h.lam if h.lam is not None else 0.0, self.tokenizer, h.params.stop, eos, h.thinking)
 
-    def _sample(self, batch: _Batch, logits: torch.Tensor) -> torch.Tensor:
+    def _sample(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
         logits = mask_untokenized(logits, self._vocab)  # (B, V)
+        force_rows, force_ids, ban_rows, ban_ids = thinking_constraints([r.state for r in batch.rows])
+        logits = constrain(logits, (force_rows, force_ids), (ban_rows, ban_ids))  # budgets, minimums
         nxt = sample_next(logits, *batch.sampling, batch.generators())  # (B,)
         for row, token in zip(batch.rows, nxt.tolist(), strict=True):
             if not row.state.finished:
                 self._push(row, token)
         return nxt
 
-    def _push(self, row: _Row, token: int) -> None:
+    def _push(self, row: Row, token: int) -> None:
         delta = row.state.push(token)
         if not row.state.finished and len(row.state.ids) >= row.handle.params.max_tokens:
             delta += row.state.finish("length")
@@ -483,7 +305,7 @@ class Engine:
     def _paths(self, h: RequestHandle) -> tuple[str, ...]:
         if not self.is_fused:
             return ()
-        lams = h.lam.lams if isinstance(h.lam, LamSchedule) else (h.lam,)
+        lams = h.thinking.plan.lams if h.thinking is not None else (h.lam,)
         return needed_paths(torch.tensor(lams))
 
     def _target(self, paths: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -527,14 +349,22 @@ class Engine:
                 batch.keep(keep, trim=self._mergeable)
         self._num_active = sum(len(b.rows) for b in self._batches.values())
 
-    def _finish(self, row: _Row, reason: str, error: str | None = None) -> None:
+    def _finish(self, row: Row, reason: str, error: str | None = None) -> None:
         """End a row early (cancelled or failed); its cache slot is freed at the next compaction."""
         tail = row.state.finish(reason)  # held-back text: the stream must still add up to the final text
         self._complete(row.handle, self._output(row, error), delta=tail)
 
-    def _output(self, row: _Row, error: str | None = None) -> RequestOutput:
+    def _output(self, row: Row, error: str | None = None) -> RequestOutput:
         s, h = row.state, row.handle
-        return RequestOutput(s.text, list(s.ids), s.finish_reason or "error", len(h.prompt_ids), h.lam, error)
+        return RequestOutput(
+            s.text,
+            list(s.ids),
+            s.finish_reason or "error",
+            len(h.prompt_ids),
+            h.lam,
+            error,
+            s.reasoning_tokens,
+        )
 
     def _complete(
         self, handle: RequestHandle, output: RequestOutput, emit: bool = True, delta: str = ""
@@ -567,10 +397,6 @@ class Engine:
         for h in pending:
             self._complete(h, RequestOutput("", [], "error", len(h.prompt_ids), h.lam, message))
         self._num_active = 0
-
-
-def _pad_left(mask: torch.Tensor, length: int) -> torch.Tensor:
-    return torch.nn.functional.pad(mask, (length - mask.shape[1], 0))  # (B, T) -> (B, length), zeros in front
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:

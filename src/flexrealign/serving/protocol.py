@@ -14,7 +14,9 @@ _LAM_HELP = "lam for the whole completion (any finite real; 0 = reference model,
 
 
 class LamArgs(BaseModel):
-    """The lam fields; exactly one of lam, lam_turns (chat only) or the lam_think/lam_answer pair may be set."""
+    """The lam and thinking fields; exactly one of lam, lam_turns (chat only) or the lam_think/lam_answer pair
+    may be set. The thinking limits and reasoning_effort combine with any of them (an explicit lam wins over
+    the effort's lam)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -26,7 +28,21 @@ class LamArgs(BaseModel):
     )
     lam_think: float | None = Field(None, description="lam until lam_marker appears in the output")
     lam_answer: float | None = Field(None, description="lam after lam_marker")
-    lam_marker: str | None = Field(None, min_length=1, description="ends the thinking stage (</think>)")
+    lam_marker: str | None = Field(
+        None, min_length=1, description="overrides the tokenizer's think-end marker (default: its </think>)"
+    )
+    thinking_token_budget: int | None = Field(
+        None, ge=0, description="vLLM's name: at most this many thinking tokens, then the end marker is forced"
+    )
+    min_thinking_tokens: int | None = Field(
+        None, ge=0, description="EOS and the think-end marker are banned until this many thinking tokens"
+    )
+    thinking_closing: str | None = Field(
+        None, min_length=1, description="text forced before the end marker when the budget runs out"
+    )
+    reasoning_effort: str | None = Field(
+        None, description="OpenAI's name: an effort of this model's calibration (see /v1/models)"
+    )
 
 
 class StreamOptions(BaseModel):
@@ -113,7 +129,6 @@ class ChatCompletionRequest(_Common):
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
-    reasoning_effort: str | None = None
     verbosity: str | None = None
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None

@@ -65,7 +65,7 @@ def fused_teacher_weight(
     for name in teacher_parts(lam):
         if given[name] is None:
             raise ValueError(f"lam={lam} needs the {name} model's head weight")
-        w = given[name].float()  # (V, D)
+        w = given[name].to(torch.promote_types(given[name].dtype, torch.float32))  # (V, D) fp32 or fp64
         parts.append(w if scale[name] == 1.0 else w * scale[name])
     return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0].contiguous()  # (V, K)
 
@@ -79,8 +79,13 @@ def fused_teacher_hidden(
     for name in teacher_parts(lam):
         if given[name] is None:
             raise ValueError(f"lam={lam} needs the {name} model's hidden states")
-        parts.append(given[name].float())
+        parts.append(given[name].to(torch.promote_types(given[name].dtype, torch.float32)))
     return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]  # (..., K)
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """fp32, or fp64 when an input is fp64 (exact checks such as torch.autograd.gradcheck)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -142,21 +147,20 @@ def _divergence_and_grads(
     h_s, w_s, h_t, w_t, divergence: str, beta: float, chunk_size: int, need_h: bool, need_w: bool
 ):
     """Sum of the per-token divergence and, where asked, its gradients w.r.t. h_s (N, D) and w_s (V, D)."""
-    # Exact fp32 math even inside the Trainer's bf16 autocast.
+    # Exact fp32 math even inside the Trainer's bf16 autocast (fp64 for fp64 inputs, e.g. gradcheck).
+    dtype = compute_dtype(h_s, w_s)
     with torch.autocast(h_s.device.type, enabled=False):
-        w32 = w_s.float()  # (V, D); no copy when already fp32
-        total = torch.zeros((), dtype=torch.float32, device=h_s.device)
-        grad_h = torch.zeros(h_s.shape, dtype=torch.float32, device=h_s.device) if need_h else None
-        grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_w else None
+        w32 = w_s.to(dtype)  # (V, D); no copy when already in that dtype
+        total = torch.zeros((), dtype=dtype, device=h_s.device)
+        grad_h = torch.zeros(h_s.shape, dtype=dtype, device=h_s.device) if need_h else None
+        grad_w = torch.zeros(w_s.shape, dtype=dtype, device=w_s.device) if need_w else None
         rows = min(chunk_size, h_s.shape[0])
-        work = tuple(
-            torch.empty((rows, w_s.shape[0]), dtype=torch.float32, device=h_s.device) for _ in range(3)
-        )
+        work = tuple(torch.empty((rows, w_s.shape[0]), dtype=dtype, device=h_s.device) for _ in range(3))
         for start in range(0, h_s.shape[0], chunk_size):
             sl = slice(start, start + chunk_size)
-            h = h_s[sl].float()  # (n, D)
+            h = h_s[sl].to(dtype)  # (n, D)
             per_token, grad_z = _chunk(
-                h, w32, h_t[sl], w_t, work, divergence, beta, need_h or need_w
+                h, w32, h_t[sl].to(dtype), w_t.to(dtype), work, divergence, beta, need_h or need_w
             )  # (n,), (n, V)
             total += per_token.sum()
             if grad_h is not None:
@@ -167,7 +171,12 @@ def _divergence_and_grads(
 
 
 class _ChunkedDivergence(torch.autograd.Function):
-    """Sum over tokens of the divergence; gradients to the student hidden states and head weight only."""
+    """Sum over tokens of the divergence; gradients to the student hidden states and head weight only.
+
+    The gradients are computed in the forward and saved for backward, so backward can run again with
+    `retain_graph=True` (gradcheck does) and autograd frees them after the last backward. Higher-order
+    gradients (`create_graph=True` through this loss) are not supported: RuntimeError.
+    """
 
     @staticmethod
     def forward(ctx, h_s, w_s, h_t, w_t, divergence: str, beta: float, chunk_size: int):
@@ -175,15 +184,18 @@ class _ChunkedDivergence(torch.autograd.Function):
         total, grad_h, grad_w = _divergence_and_grads(
             h_s, w_s, h_t, w_t, divergence, beta, chunk_size, need_h, need_w
         )
-        # Intermediates, not inputs or outputs: kept on ctx rather than through save_for_backward.
-        ctx.grads = (grad_h, grad_w)
+        ctx.save_for_backward(grad_h, grad_w)  # intermediates: freed by autograd unless the graph is retained
         ctx.dtypes = (h_s.dtype, w_s.dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.grads
-        ctx.grads = None
+        if torch.is_grad_enabled():  # backward(create_graph=True): a gradient of this gradient is wanted
+            raise RuntimeError(
+                "TrRa's loss supports first-order gradients (backward, also repeated with retain_graph=True, "
+                "and torch.autograd.gradcheck) but not create_graph=True: its gradient is precomputed"
+            )
+        grad_h, grad_w = ctx.saved_tensors
         h_dtype, w_dtype = ctx.dtypes
         out_h = (grad_h * grad_out).to(h_dtype) if grad_h is not None else None
         out_w = (grad_w * grad_out).to(w_dtype) if grad_w is not None else None
@@ -238,8 +250,9 @@ def divergence_sum(
         chunk_size,
     )
     w_s = student_weight[: num_tokens or None]  # (V', D): padded rows get exactly zero gradient
-    h_t = teacher_hidden.detach().float()  # (N, K)
-    w_t = teacher_weight[: num_tokens or None].detach().float()  # (V', K)
+    dtype = compute_dtype(student_hidden, student_weight)
+    h_t = teacher_hidden.detach().to(dtype)  # (N, K)
+    w_t = teacher_weight[: num_tokens or None].detach().to(dtype)  # (V', K)
     args = (divergence, float(jsd_beta), int(chunk_size))
     if torch.is_grad_enabled() and (student_hidden.requires_grad or student_weight.requires_grad):
         return _ChunkedDivergence.apply(student_hidden, w_s, h_t, w_t, *args)

@@ -82,6 +82,7 @@ class InRaEngineConfig:
     @staticmethod
     def verify_and_update_config(vllm_config: VllmConfig) -> None:
         model_config = vllm_config.model_config
+        record_served_model(model_config)
         procs = list(model_config.logits_processors or [])
         if not any(is_inra_logits_processor(p) for p in procs):
             model_config.logits_processors = [*procs, LOGITS_PROCESSOR_FQCN]
@@ -95,6 +96,18 @@ class InRaEngineConfig:
     @staticmethod
     def verify_and_update_model_config(model_config: Any) -> None:
         return None
+
+
+def record_served_model(model_config: Any) -> None:
+    """Load the checkpoint's reasoning_effort calibration and note its tokenizer, for request validation."""
+    from flexrealign.calibration import load_calibration
+    from flexrealign.vllm_plugin.requests import set_served_model
+
+    calibration = load_calibration(getattr(model_config, "model", None))  # None: a Hub name, no calibration
+    tokenizer = getattr(model_config, "tokenizer", None)
+    set_served_model(calibration, tokenizer, bool(getattr(model_config, "trust_remote_code", False)))
+    if calibration is not None:
+        logger.info("InRa: reasoning_effort %s", {k: e.to_json() for k, e in calibration.efforts.items()})
 
 
 def is_inra_logits_processor(proc: object) -> bool:

@@ -13,13 +13,21 @@ first V columns (the aligned half):
 allowed_token_ids (a V-wide mask over a 2V-wide row) and prompt_logprobs (computed outside the sampler,
 without processors) cannot work and are refused per request in `validate_params`.
 
+Thinking (`flexrealign.thinking`, the same state machine as `generate` and `flexrealign serve`): a request
+with lam_think/lam_answer, a thinking budget, a minimum or a reasoning_effort (see `requests.py`) gets a
+ThinkingState built from its prompt ids when it joins the batch. `update_state` feeds it the request's new
+output ids (vLLM hands the processor a live reference to that list) and rebuilds the per-row lam and the
+force/ban index tensors only when something changed; `apply` stays a few tensor ops: fuse, keep bans, and
+force or ban tokens through the logits (as vLLM's own thinking-budget processor does).
+
 Rows past the tokenizer's vocabulary (Qwen checkpoints have 151,936 rows for about 151,669 tokens) decode to
 nothing; they are set to -inf after fusion, at every lam, as `generate` and the server do.
 """
 
 from __future__ import annotations
 
-import math
+import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,33 +36,29 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from flexrealign.fusion import fuse_logits, mask_untokenized
-from flexrealign.vllm_plugin import LAM_KEY
+from flexrealign.generation import LamSchedule, row_thinking
+from flexrealign.thinking import ThinkingState
+from flexrealign.vllm_plugin.config import record_served_model
+from flexrealign.vllm_plugin.requests import DEFAULT_LAM, check_markers, dial_request
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
     from vllm.config import VllmConfig
 
-DEFAULT_LAM = 1.0  # as flexrealign.generate: a request without lam gets the aligned model
+logger = logging.getLogger(__name__)
 
 
 def request_lam(params: SamplingParams) -> float:
-    """The lam of one request: `extra_args["lam"]`, any finite real number; VLLMValidationError otherwise.
-
-    vLLM turns that error into HTTP 400 (the request is refused before it reaches the engine).
-    """
-    lam = (params.extra_args or {}).get(LAM_KEY, DEFAULT_LAM)
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-        raise VLLMValidationError(
-            f"InRa: extra_args / vllm_xargs '{LAM_KEY}' must be a finite number, got {lam!r}",
-            parameter=f"vllm_xargs.{LAM_KEY}",
-            value=lam,
-        )
-    return float(lam)
+    """The lam a request starts with (its thinking-stage lam under a schedule); VLLMValidationError (HTTP 400)
+    for bad dial values."""
+    spec = dial_request(params.extra_args).lam
+    return spec.lams[0] if isinstance(spec, LamSchedule) else float(spec)
 
 
 def check_request(params: SamplingParams) -> None:
-    """Refuse per request what cannot be served with the 2V-wide logits (see the module docstring)."""
-    request_lam(params)
+    """Refuse per request what cannot be served with the 2V-wide logits (see the module docstring), and dial
+    values that are wrong or that this checkpoint cannot honour (no think marker, no calibration)."""
+    check_markers(dial_request(params.extra_args))
     if params.allowed_token_ids:
         raise VLLMValidationError(
             "InRa models do not support allowed_token_ids; use logit_bias or bad_words instead",
@@ -75,8 +79,34 @@ def tokenizer_size(vllm_config: VllmConfig) -> int | None:
     return None if tokenizer is None else len(tokenizer)
 
 
+@dataclass
+class _Row:
+    """One request's dial state: its lam, its thinking machine (if any) and how much output it has seen."""
+
+    lam: float
+    thinking: ThinkingState | None = None
+    output: list[int] = field(default_factory=list)  # vLLM's live list of the request's output ids
+    seen: int = 0
+
+    def advance(self) -> bool:
+        """Feed the machine the output ids produced since the last step; True when the lam, the forced token
+        or the banned tokens changed (only then are the device tensors rebuilt)."""
+        t = self.thinking
+        if t is None or not t.thinking:
+            return False
+        before = (t.forced, t.banned)
+        for token in self.output[self.seen :]:
+            if token < 0:  # a placeholder of a token not known yet (async scheduling)
+                break
+            t.push(token)
+            self.seen += 1
+        changed = t.lam != self.lam or (t.forced, t.banned) != before
+        self.lam = t.lam
+        return changed
+
+
 class InRaLogitsProcessor(LogitsProcessor):
-    """Fuses [aligned | ref] (B, 2V) into (B, V) per row with that request's lam."""
+    """Fuses [aligned | ref] (B, 2V) into (B, V) per row with that request's lam, and runs its thinking state."""
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -86,25 +116,88 @@ class InRaLogitsProcessor(LogitsProcessor):
         self.vocab_size: int = vllm_config.model_config.get_vocab_size()
         self.num_tokens = tokenizer_size(vllm_config)  # rows at or past it have no token
         self.device = device
-        self.lams: dict[int, float] = {}  # persistent-batch row -> lam
+        self.model_config = vllm_config.model_config
+        if hasattr(self.model_config, "model"):  # the engine process: the config hook ran in the frontend
+            record_served_model(self.model_config)
+        self.rows: dict[int, _Row] = {}  # persistent-batch row -> dial state
         self.biases: dict[int, dict[int, float]] = {}  # row -> logit_bias, to complete after fusion
-        self._lam_rows: torch.Tensor | None = None  # (B,) built lazily after each batch change
+        self._tokenizer = None
+        self._eos: set[int] | None = None
+        self._lam_rows: torch.Tensor | None = None  # (B,) rebuilt after a batch change or a stage switch
+        self._force: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, tokens) forced next step
+        self._ban: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, tokens) banned next step
 
     def is_argmax_invariant(self) -> bool:
         return False  # fusion changes which token is the most likely, so greedy decoding needs it too
 
+    # ------------------------------------------------------------------------------------------- state
+    def _tokenizer_and_eos(self) -> tuple[object, set[int]]:
+        if self._tokenizer is None:
+            from vllm.tokenizers.registry import cached_tokenizer_from_config
+
+            self._tokenizer = cached_tokenizer_from_config(self.model_config)
+            eos = getattr(self.model_config.hf_config, "eos_token_id", None)
+            self._eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+            if getattr(self._tokenizer, "eos_token_id", None) is not None:
+                self._eos.add(self._tokenizer.eos_token_id)
+        return self._tokenizer, self._eos  # type: ignore[return-value]
+
+    def _new_row(self, params: SamplingParams, prompt: list[int] | None, output: list[int]) -> _Row:
+        dial = dial_request(params.extra_args)
+        lam = dial.lam.lams[0] if isinstance(dial.lam, LamSchedule) else float(dial.lam)
+        if not dial.needs_state:
+            return _Row(lam)
+        tok, eos = self._tokenizer_and_eos()
+        try:
+            state = row_thinking(
+                tok, dial.lam, dial.limits, prompt or [], set() if params.ignore_eos else eos
+            )
+        except ValueError:  # validate_params refuses these first; never take the engine down for one request
+            logger.exception("InRa: cannot build the thinking state of a request; it runs at lam %s", lam)
+            return _Row(lam)
+        if state is not None and max((*state.plan.markers.end, *state.plan.closing)) >= self.vocab_size:
+            logger.error(
+                "InRa: think-marker ids beyond the model's %d logits; thinking control off", self.vocab_size
+            )
+            return _Row(lam)
+        row = _Row(state.lam if state is not None else lam, state, output)
+        row.advance()  # a request can join with output already (preemption, resumed)
+        return row
+
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        process_dict_updates(self.lams, batch_update, lambda params, _p, _o: request_lam(params))
+        process_dict_updates(self.rows, batch_update, self._new_row)
         process_dict_updates(self.biases, batch_update, lambda params, _p, _o: params.logit_bias or None)
-        if batch_update is not None:
-            self._lam_rows = None  # rows were added, removed or moved
+        changed = batch_update is not None
+        for row in self.rows.values():
+            changed |= row.advance()
+        if changed:
+            self._refresh(batch_update.batch_size if batch_update is not None else None)
+
+    def _refresh(self, batch: int | None) -> None:
+        """Per-row lam and the force/ban index tensors, from the rows' states (host lists, one copy each)."""
+        size = batch if batch is not None else (self._lam_rows.shape[0] if self._lam_rows is not None else 0)
+        size = max([size, *(i + 1 for i in self.rows)])
+        lams = [DEFAULT_LAM] * size
+        force, ban = ([], []), ([], [])
+        for i, row in self.rows.items():
+            lams[i] = row.lam
+            t = row.thinking
+            if t is None or not t.thinking:
+                continue
+            if t.forced is not None:
+                force[0].append(i), force[1].append(t.forced)
+            for b in t.banned:
+                ban[0].append(i), ban[1].append(b)
+        self._lam_rows = torch.tensor(lams, dtype=torch.float32).to(self.device, non_blocking=True)  # (B,)
+        self._force = tuple(torch.tensor(x, device=self.device) for x in force) if force[0] else None  # type: ignore[assignment]
+        self._ban = tuple(torch.tensor(x, device=self.device) for x in ban) if ban[0] else None  # type: ignore[assignment]
 
     def _lam_tensor(self, batch: int) -> torch.Tensor:
-        if self._lam_rows is None or self._lam_rows.shape[0] != batch:
-            lams = [self.lams.get(i, DEFAULT_LAM) for i in range(batch)]
-            self._lam_rows = torch.tensor(lams, dtype=torch.float32).to(self.device)  # (B,)
-        return self._lam_rows
+        if self._lam_rows is None or self._lam_rows.shape[0] < batch:
+            self._refresh(batch)
+        return self._lam_rows[:batch]  # type: ignore[index]
 
+    # ------------------------------------------------------------------------------------------- apply
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         V = self.vocab_size
         if logits.dim() != 2 or logits.shape[1] != 2 * V:
@@ -119,4 +212,10 @@ class InRaLogitsProcessor(LogitsProcessor):
                 tokens = torch.tensor(list(bias), dtype=torch.long, device=fused.device)  # (K,)
                 values = torch.tensor(list(bias.values()), dtype=torch.float32, device=fused.device)  # (K,)
                 fused[row, tokens] += (1.0 - lam[row]) * values
+        if self._ban is not None:
+            fused[self._ban] = float("-inf")  # minimum not reached: EOS and the end marker
+        if self._force is not None:
+            rows, tokens = self._force
+            fused[rows] = float("-inf")  # budget spent: only the closing text / end marker token remains
+            fused[rows, tokens] = 0.0
         return fused

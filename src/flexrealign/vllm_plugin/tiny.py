@@ -19,6 +19,7 @@ from flexrealign.inra import InRaModel
 from flexrealign.tiny import tiny_model
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, as tiny_config's pad/bos/eos
+THINK_TOKENS = ("<think>", "</think>")  # so that the thinking dial has markers to work with
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
@@ -33,14 +34,14 @@ _WORDS_TEXT = (
 def bpe_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with exactly `vocab_size` ids, trained in code on a fixed synthetic text.
 
+    The think markers `<think>` / `</think>` are added tokens (not special), as in Qwen's tokenizers.
     Byte-level with vocab + merges, as the Qwen2 tokenizer class that AutoTokenizer insists on for qwen2
     checkpoints can rebuild it; every string encodes (all 256 bytes are tokens) and every id decodes. The
     small text yields a few hundred merges; larger vocabularies are filled up with `<extra_i>` tokens.
     """
-    if vocab_size < len(SPECIAL_TOKENS) + 256:
-        raise ValueError(
-            f"bpe_tokenizer: vocab_size must be >= {len(SPECIAL_TOKENS) + 256}, got {vocab_size}"
-        )
+    smallest = len(SPECIAL_TOKENS) + len(THINK_TOKENS) + 256
+    if vocab_size < smallest:
+        raise ValueError(f"bpe_tokenizer: vocab_size must be >= {smallest}, got {vocab_size}")
     rng, words = random.Random(0), _WORDS_TEXT.split()
     corpus = [
         " ".join(rng.choice(words) for _ in range(12)) + f", {rng.randint(0, 999)}." for _ in range(2000)
@@ -49,12 +50,13 @@ def bpe_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(THINK_TOKENS),
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer)
+    tok.add_tokens(list(THINK_TOKENS))  # added, not special, as in Qwen's tokenizers
     tok.add_tokens([f"<extra_{i}>" for i in range(vocab_size - tok.get_vocab_size())])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

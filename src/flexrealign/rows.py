@@ -1,0 +1,212 @@
+"""The state of one sequence being decoded, shared by `generate` and the server's engine: its lam spec (a
+number or a think/answer `LamSchedule`), its hard thinking limits, the text it has produced (stop strings,
+incremental detokenization) and its thinking state machine (`flexrealign.thinking`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from flexrealign.fusion import as_lam_tensor
+from flexrealign.stopping import StopStream
+from flexrealign.thinking import MissingThinkMarker, ThinkingState, thinking_plan
+
+
+@dataclass(frozen=True)
+class LamSchedule:
+    """A think/answer lam schedule: `lams[0]` while thinking, `lams[1]` once the think-end marker was generated.
+
+    The stage is decided from token ids by `flexrealign.thinking`: the markers come from the tokenizer
+    (`<think>` / `</think>`, special or not), and a prompt that already closed the think block starts in the
+    answer stage. `markers=(text,)` overrides the end marker (encoded by the tokenizer; several tokens are
+    matched as a sequence). `LamSchedule.think_answer(-0.5, 1.0)` thinks at lam = -0.5, answers at lam = 1.
+    """
+
+    lams: tuple[float, ...]
+    markers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lams", tuple(float(x) for x in self.lams))
+        object.__setattr__(self, "markers", tuple(self.markers))
+        as_lam_tensor(list(self.lams), len(self.lams))  # finite check
+        if len(self.lams) != 2 or len(self.markers) > 1 or any(not m for m in self.markers):
+            raise ValueError(
+                f"LamSchedule takes two lams (think, answer) and at most one non-empty end marker, got {self}"
+            )
+
+    @classmethod
+    def think_answer(cls, think: float, answer: float, marker: str | None = None) -> LamSchedule:
+        return cls((think, answer), () if marker is None else (marker,))
+
+    @property
+    def marker(self) -> str | None:
+        """The end-marker override, or None for the tokenizer's own."""
+        return self.markers[0] if self.markers else None
+
+
+@dataclass(frozen=True)
+class ThinkingLimits:
+    """Hard thinking limits of one request (vLLM's names): at most `thinking_token_budget` thinking tokens,
+    at least `min_thinking_tokens`; `closing` is text forced before the end marker when the budget runs
+    out (e.g. "Time is up; answering now."). `marker` overrides the tokenizer's think-end marker."""
+
+    thinking_token_budget: int | None = None
+    min_thinking_tokens: int = 0
+    closing: str | None = None
+    marker: str | None = None
+
+    def __post_init__(self) -> None:
+        b, m = self.thinking_token_budget, self.min_thinking_tokens
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 0):
+            raise ValueError(f"thinking_token_budget must be an int >= 0 or None, got {b!r}")
+        if not isinstance(m, int) or isinstance(m, bool) or m < 0:
+            raise ValueError(f"min_thinking_tokens must be an int >= 0, got {m!r}")
+        if b is not None and m > b:
+            raise ValueError(f"min_thinking_tokens ({m}) is above thinking_token_budget ({b})")
+        if self.closing is not None and b is None:
+            raise ValueError(
+                "a thinking closing text is forced when the budget runs out: give thinking_token_budget"
+            )
+
+    @property
+    def active(self) -> bool:
+        return self.thinking_token_budget is not None or self.min_thinking_tokens > 0
+
+
+LamSpec = float | LamSchedule
+
+
+class IncrementalDetokenizer:
+    """Text deltas from a growing list of token ids, holding back incomplete UTF-8 (as vLLM and TGI do)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        return self.flush(final=False)
+
+    def flush(self, final: bool = True) -> str:
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset :])
+        if len(text) <= len(prefix) or (text.endswith("\ufffd") and not final):
+            return ""  # a multi-byte character is still incomplete
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        return text[len(prefix) :]
+
+
+class RowState:
+    """One sequence being decoded: its tokens, text, thinking stage (lam) and finish reason.
+
+    Stop strings follow `flexrealign.stopping`: `push` and `finish` return only text that no stop string can
+    take back, so the deltas they return always add up to `text`, the final text.
+    """
+
+    def __init__(
+        self,
+        spec: LamSpec,
+        tokenizer: PreTrainedTokenizerBase,
+        stop: Sequence[str],
+        eos: set[int],
+        thinking: ThinkingState | None = None,
+    ) -> None:
+        self.base_lam = 0.0 if isinstance(spec, LamSchedule) else float(spec)
+        self.thinking = thinking
+        self.stops = StopStream(stop)
+        self.eos = eos
+        self.detok = IncrementalDetokenizer(tokenizer)
+        self.ids: list[int] = []
+        self.lam_changed = False  # set when a token switched the stage; the decode loop clears it
+        self.finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.stops.text
+
+    @property
+    def lam(self) -> float:
+        return self.thinking.lam if self.thinking is not None else self.base_lam
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return self.thinking.spent if self.thinking is not None else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def push(self, token: int) -> str:
+        """Append a sampled token; returns the new text that may be streamed (maybe empty: EOS, incomplete
+        bytes, or text that may start a stop string)."""
+        self.ids.append(token)
+        if self.thinking is not None and self.thinking.push(token):
+            self.lam_changed = True
+        if token in self.eos:
+            return self.finish("stop")
+        self.detok.ids.append(token)
+        return self._append_text(self.detok.flush(final=False))
+
+    def finish(self, reason: str) -> str:
+        """End the row (no-op if it has ended); returns the text held back until now."""
+        if self.finish_reason is not None:
+            return ""
+        tail = self._append_text(self.detok.flush(final=True))
+        self.finish_reason = self.finish_reason or reason
+        return tail + self.stops.flush()
+
+    def _append_text(self, delta: str) -> str:
+        out = self.stops.add(delta)
+        if self.stops.matched is not None:
+            self.finish_reason = "stop"
+        return out
+
+
+def row_thinking(
+    tokenizer: PreTrainedTokenizerBase,
+    spec: LamSpec,
+    limits: ThinkingLimits,
+    prompt_ids: Sequence[int],
+    eos: set[int],
+) -> ThinkingState | None:
+    """The row's thinking state machine (`flexrealign.thinking`), built once when the request enters.
+
+    A LamSchedule or active limits need the tokenizer's think markers (MissingThinkMarker, a ValueError,
+    names the missing one); otherwise the machine only counts reasoning tokens, and None without markers.
+    """
+    needed = isinstance(spec, LamSchedule) or limits.active
+    lams = spec.lams if isinstance(spec, LamSchedule) else (float(spec), float(spec))
+    marker = (spec.marker if isinstance(spec, LamSchedule) else None) or limits.marker
+    try:
+        plan = thinking_plan(
+            tokenizer, *lams, budget=limits.thinking_token_budget, min_tokens=limits.min_thinking_tokens,
+            closing=limits.closing, end_marker=marker, eos=eos,
+        )  # fmt: skip
+    except MissingThinkMarker:
+        if needed:
+            raise
+        return None
+    return ThinkingState(plan, prompt_ids)
+
+
+def thinking_constraints(rows: Sequence[RowState]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(rows, tokens) to force and (rows, tokens) to ban at the next step, from each row's thinking state."""
+    force_rows, force_ids, ban_rows, ban_ids = [], [], [], []
+    for i, r in enumerate(rows):
+        t = r.thinking
+        if t is None or not t.thinking or r.finished:
+            continue
+        if t.forced is not None:
+            force_rows.append(i)
+            force_ids.append(t.forced)
+        for b in t.banned:
+            ban_rows.append(i)
+            ban_ids.append(b)
+    return force_rows, force_ids, ban_rows, ban_ids

@@ -1,0 +1,53 @@
+"""`flexrealign generate --prompt` on a chat tokenizer renders the prompt as one user message (like --messages);
+--raw sends the text as it is; the thinking flags reach `generate`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flexrealign.cli import main
+from helpers import qwen3_inra, qwen3_tokenizer
+
+PROMPT = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    tok = qwen3_tokenizer()
+    path = tmp_path_factory.mktemp("qwen_inra")
+    qwen3_inra(tok).save_pretrained(path, tokenizer=tok)
+    return path
+
+
+def records(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def run(ckpt, *args: str) -> int:
+    return main(
+        ["generate", "--model", str(ckpt), "--lam", "0.5", "--max-new-tokens", "8", "--json-output", *args]
+    )
+
+
+def test_prompt_uses_the_chat_template(ckpt, tmp_path, capsys):
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps([{"role": "user", "content": PROMPT}]))
+    assert run(ckpt, "--prompt", PROMPT) == 0
+    (as_prompt,) = records(capsys)
+    assert run(ckpt, "--messages", str(chat)) == 0
+    (as_messages,) = records(capsys)
+    assert run(ckpt, "--prompt", PROMPT, "--raw") == 0
+    (raw,) = records(capsys)
+    assert as_prompt["text"] == as_messages["text"] and as_prompt["prompt"] == PROMPT
+    assert raw["text"] != as_prompt["text"]  # the raw text conditions the model differently
+
+
+def test_thinking_flags(ckpt, capsys):
+    assert run(ckpt, "--prompt", PROMPT, "--thinking-token-budget", "3", "--max-new-tokens", "8") == 0
+    (rec,) = records(capsys)
+    assert rec["reasoning_tokens"] == 3 and "</think>" in rec["text"]
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "chat template" in capsys.readouterr().out

@@ -1,0 +1,96 @@
+"""The thinking dial over HTTP: budgets (body and vllm_xargs), usage.reasoning_tokens, and reasoning_effort
+mapped through a calibration (explicit lam wins; no calibration is a 400 that says how to calibrate)."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+import torch
+
+from flexrealign.calibration import Calibration, CurvePoint, choose_efforts
+from flexrealign.generation import LamSchedule, generate
+from flexrealign.serving import Engine, create_app
+from flexrealign.serving.server import BackgroundServer
+from helpers import qwen3_inra, qwen3_tokenizer
+
+MODEL = "qwen-tiny"
+CHAT = [{"role": "user", "content": "What is 2 + 2?"}]
+N = 12
+CURVE = [CurvePoint(-0.5, 90.0, 99.0, 70.0, 8), CurvePoint(0.0, 60.0, 70.0, 66.0, 8),
+         CurvePoint(1.0, 30.0, 40.0, 65.0, 8), CurvePoint(2.0, 10.0, 20.0, 40.0, 8)]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def served():
+    """(calibrated client, uncalibrated client, model, tokenizer): one engine behind two apps."""
+    tok = qwen3_tokenizer()
+    model = qwen3_inra(tok)
+    engine = Engine(model, tok).start()
+    calibration = Calibration(CURVE, choose_efforts(CURVE, can_skip_thinking=True))
+    with (
+        BackgroundServer(create_app(engine, MODEL, calibration=calibration)) as a,
+        BackgroundServer(create_app(engine, MODEL)) as b,
+    ):
+        clients = [
+            openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=120) for s in (a, b)
+        ]
+        yield *clients, model, tok
+    engine.stop()
+
+
+def chat(client, **extra):
+    return client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=N, temperature=0, extra_body=extra
+    )
+
+
+def test_budget_in_body_and_in_vllm_xargs(served):
+    client, _, model, tok = served
+    want = generate(model, tok, [CHAT], lam=LamSchedule.think_answer(-0.5, 1.5), max_new_tokens=N,
+                    thinking_token_budget=5, thinking_closing="Time is up.")  # fmt: skip
+    top = chat(
+        client, lam_think=-0.5, lam_answer=1.5, thinking_token_budget=5, thinking_closing="Time is up."
+    )
+    xargs = chat(client, vllm_xargs={"lam_think": -0.5, "lam_answer": 1.5, "thinking_token_budget": 5,
+                                     "thinking_closing": "Time is up."})  # fmt: skip
+    for r in (top, xargs):
+        assert r.choices[0].message.content == want.texts[0]
+        assert r.usage.completion_tokens_details.reasoning_tokens == want.reasoning_tokens[0] == 5
+        assert r.model_extra["lam"] == {"think": -0.5, "answer": 1.5, "marker": "</think>"}
+    with pytest.raises(openai.BadRequestError, match="above thinking_token_budget"):
+        chat(client, thinking_token_budget=2, min_thinking_tokens=3)
+
+
+def test_reasoning_effort_picks_the_calibrated_lam(served):
+    client, _, model, tok = served
+    efforts = client.models.list().data[0].model_extra["reasoning_efforts"]
+    assert set(efforts) == {"none", "low", "medium", "high"} and efforts["low"] == {"lam": 1.0}
+    r = chat(client, reasoning_effort="low")
+    assert r.model_extra["lam"] == 1.0
+    assert r.choices[0].message.content == generate(model, tok, [CHAT], lam=1.0, max_new_tokens=N).texts[0]
+    assert chat(client, reasoning_effort="low", lam=-0.5).model_extra["lam"] == -0.5  # explicit lam wins
+    none = chat(client, reasoning_effort="none")  # renders with enable_thinking=False: no thinking at all
+    assert none.model_extra["lam"] == 2.0 and none.usage.completion_tokens_details.reasoning_tokens == 0
+    want = generate(
+        model, tok, [CHAT], lam=2.0, max_new_tokens=N, chat_template_kwargs={"enable_thinking": False}
+    )
+    assert none.choices[0].message.content == want.texts[0]
+    with pytest.raises(openai.BadRequestError, match="offers: none, low, medium, high"):
+        chat(client, reasoning_effort="xhigh")
+
+
+def test_reasoning_effort_without_calibration_is_a_400(served):
+    _, bare, _, _ = served
+    with pytest.raises(openai.BadRequestError, match="flexrealign calibrate --model") as err:
+        chat(bare, reasoning_effort="high")
+    assert err.value.body["param"] == "reasoning_effort"
+    assert bare.models.list().data[0].model_extra["reasoning_efforts"] == {}
+    assert bare.models.retrieve(MODEL).model_extra["reasoning_efforts"] == {}
