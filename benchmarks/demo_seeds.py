@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+from flexrealign.testbed.malloc import keep_freed_memory
 from flexrealign.testbed.recipe import TRRA_ITER, RecipeConfig, RecipeResult, run_recipe, trra_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +106,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench-demo-seeds")
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "demo_seeds.json"))
     a = ap.parse_args()
+    keep_freed_memory()  # as `flexrealign demo` does
     base_cfg = dataclasses.replace(RecipeConfig.quick() if a.quick else RecipeConfig(), kaiming_ablation=True)
     report: dict = {"config": base_cfg.to_dict(), "seeds": a.seeds, "variants": {}, "seconds": {}}
     results: dict[str, dict[int, RecipeResult]] = {}

@@ -69,11 +69,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--keep-freed-memory", action="store_true", help="raise glibc's mmap/trim thresholds")
     ap.add_argument(
         "--json",
         default=str(Path(__file__).resolve().parents[1] / "benchmarks/results/trainer_overhead.json"),
     )
     a = ap.parse_args()
+    if a.keep_freed_memory:
+        from flexrealign.testbed.malloc import keep_freed_memory
+
+        print(f"keep_freed_memory: {keep_freed_memory()}")
     from trl import SFTConfig, SFTTrainer
 
     from flexrealign.trra import TrRaConfig, TrRaTrainer

@@ -13,15 +13,21 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 NEW, OLD = "cache", "past_key_values"
 
 
+# What this transformers' own functions take: the answer for a callee that hides its keywords in **kwargs
+# (a subclass or wrapper whose forward passes them on to the model's).
+DEFAULT_CACHE_KW = NEW if NEW in inspect.signature(create_causal_mask).parameters else OLD
+
+
 @functools.cache
 def _cache_kw(fn: Callable) -> str:
     params = inspect.signature(fn).parameters  # follows functools.wraps (transformers' deprecation shims)
-    return NEW if NEW in params else OLD
+    return NEW if NEW in params else OLD if OLD in params else DEFAULT_CACHE_KW
 
 
 def cache_kw(fn: Callable) -> str:

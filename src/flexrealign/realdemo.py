@@ -126,7 +126,8 @@ def run_stages(base: Path, out: Path, source: Path, cfg: RealDemoConfig, timings
         "trra", "--ref_model", str(base), "--aligned_model", str(paths["aligned"]), "--lam", str(cfg.trra_lam),
         "--dataset_name", str(short), "--output_dir", str(paths["trra"]), "--max_steps", str(cfg.trra_steps),
         "--per_device_train_batch_size", "4", "--learning_rate", "5e-5", "--max_length", "384",
-        "--logging_steps", "2", "--report_to", "none", "--save_strategy", "no"]))  # fmt: skip
+        "--logging_steps", "2", "--report_to", "none", "--save_strategy", "no", "--bf16", "false",
+        *([] if torch.cuda.is_available() else ["--use_cpu", "true"])]))  # fmt: skip
     stage("trra-eval", paths["trra_eval"] / "results.md", lambda: _cli(
         _eval_args(cfg, heldout, paths["trra_eval"], 1, 0.0)
         + ["--model", f"trra_lam{cfg.trra_lam:g}={paths['trra'] / 'model'}"]))  # fmt: skip

@@ -108,6 +108,9 @@ def run(argv: list[str]) -> int:
     from flexrealign.testbed.report import reading
 
     quiet_hf_progress()
+    from flexrealign.testbed.malloc import keep_freed_memory
+
+    keep_freed_memory()  # the demo is its own process: keep freed tensors' memory instead of re-faulting it
     cfg = RecipeConfig.quick() if args.quick else RecipeConfig()
     out = Path(args.out).resolve()
     print(
