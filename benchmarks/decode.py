@@ -90,6 +90,12 @@ class FixedTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return " ".join(map(str, ids))
 
+    def get_added_vocab(self) -> dict[str, int]:
+        return {}  # no think markers: generate's thinking control finds none and stays off
+
+    def get_vocab(self) -> dict[str, int]:
+        return {}
+
 
 def make_prompts(shape: str, batch: int, prompt_len: int) -> list[str]:
     gen = torch.Generator().manual_seed(1)
