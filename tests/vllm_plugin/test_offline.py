@@ -129,7 +129,10 @@ def test_logprobs_are_the_fused_distribution(engine):
         for t, step in enumerate(out.outputs[0].logprobs):
             assert set(want[t].topk(5).indices.tolist()) <= set(step), f"lam={lam} step {t}: top-5 ids differ"
             for token, lp in step.items():
-                assert lp.logprob == pytest.approx(want[t, token].item(), abs=1e-4), (lam, t, token)
+                # fp32 rounding in either path's logits is scaled by |lam| + |1 - lam| in the fused ones (3 at
+                # lam = 2); vLLM's GEMMs (stacked paths, its own thread count) round differently from torch's
+                tol = 1e-4 * (abs(lam) + abs(1 - lam))
+                assert lp.logprob == pytest.approx(want[t, token].item(), abs=tol), (lam, t, token)
 
 
 def test_adapter_runs_once_per_token(engine):
