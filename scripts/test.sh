@@ -15,11 +15,11 @@ export TOKENIZERS_PARALLELISM=false
 version() { "$1/bin/python" -c "import transformers; print(transformers.__version__)"; }
 set +e
 echo "== all tests, transformers $(version .venv)"
-.venv/bin/python -m pytest -q --timeout 1200 "$@"
+.venv/bin/python -m pytest -q --timeout 1200 --durations=15 "$@"
 rc=$?  # pytest's 5 means "no tests collected": a run that tested nothing must not pass
 if [ "${FLEXREALIGN_SKIP_LATEST:-0}" != 1 ]; then
   echo "== the tests without vLLM, newest transformers $(version .venv-latest)"
-  .venv-latest/bin/python -m pytest -q --timeout 1200 -m "not vllm" "$@"
+  .venv-latest/bin/python -m pytest -q --timeout 1200 --durations=15 -m "not vllm" "$@"
   latest=$?
   [ $latest = 5 ] && latest=0  # e.g. -k vllm: nothing left to run here
   [ $rc = 0 ] && rc=$latest
