@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import torch
 from servertools import LAMS, PROMPTS, References, chat_tokenizer, stories_inra
 
 from flexrealign.serving import Engine, create_app
@@ -19,15 +18,6 @@ from helpers import expected_cut, scripted_model
 MODEL = "stories-inra"
 N = 8  # new tokens per request
 LIMIT = 128  # the server's max_tokens limit (long enough for the disconnect test to catch a live row)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared CPU: extra intra-op threads only spin against other processes (6x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

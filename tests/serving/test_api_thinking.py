@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import openai
 import pytest
-import torch
 
 from flexrealign.calibration import Calibration, CurvePoint, choose_efforts
 from flexrealign.generation import LamSchedule, generate
@@ -18,14 +17,6 @@ CHAT = [{"role": "user", "content": "What is 2 + 2?"}]
 N = 12
 CURVE = [CurvePoint(-0.5, 90.0, 99.0, 70.0, 8), CurvePoint(0.0, 60.0, 70.0, 66.0, 8),
          CurvePoint(1.0, 30.0, 40.0, 65.0, 8), CurvePoint(2.0, 10.0, 20.0, 40.0, 8)]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

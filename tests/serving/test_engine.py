@@ -21,15 +21,6 @@ from flexrealign.tiny import tiny_model
 N = 10  # new tokens per request: enough to span several merges, short enough for a loaded CPU
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared CPU: extra intra-op threads only spin against other processes (6x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def inra(stories260k) -> InRaModel:
     return stories_inra(stories260k)

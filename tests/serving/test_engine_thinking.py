@@ -6,7 +6,6 @@ from __future__ import annotations
 import queue
 
 import pytest
-import torch
 
 from flexrealign.generation import LamSchedule, ThinkingLimits, generate
 from flexrealign.serving.engine import Engine, Event, InvalidRequest, SamplingParams
@@ -18,14 +17,6 @@ CHATS = [
 ]
 CLOSING = "Time is up."
 N = 14
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
