@@ -1,7 +1,8 @@
 """A short TrRa run for test_trra_ddp / test_trra_fsdp: under `accelerate launch` (2 processes) or imported (1).
 
     python ddp_run.py MODELS_DIR OUT_DIR PER_DEVICE_BATCH
-writes OUT_DIR/losses.json ({step: loss}) and OUT_DIR/model (the trained student).
+writes OUT_DIR/losses.json ({step: loss}, the distributed type, each rank's share of the student's parameters) and
+OUT_DIR/model (the trained student).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from trra_helpers import make_rows, trra_config
 
+from flexrealign.distributed import all_processes, parameter_share
 from flexrealign.trra import TrRaTrainer
 from flexrealign.trra.iterate import save_model
 
@@ -24,6 +26,7 @@ def main(models_dir: Path, out: Path, per_device: int) -> None:
     trainer = TrRaTrainer(args=config, train_dataset=make_rows(64))
     assert trainer.args.world_size * per_device == GLOBAL_BATCH, "the runs must share one global batch"
     trainer.train()
+    shards = all_processes(parameter_share(trainer.model_wrapped))
     save_model(trainer, out / "model")
     if trainer.accelerator.is_main_process:
         losses = {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
@@ -32,6 +35,7 @@ def main(models_dir: Path, out: Path, per_device: int) -> None:
                 {
                     "world_size": trainer.args.world_size,
                     "distributed_type": str(trainer.accelerator.distributed_type),
+                    "shards": shards,
                     "losses": losses,
                 }
             )

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from trl import SFTTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
+from flexrealign.distributed import fsdp_on_cpu
 from flexrealign.trra.config import TrRaConfig
 from flexrealign.trra.data import CompletionCollator, completion_positions, is_tokenized, prepare_dataset
 from flexrealign.trra.loss import (
@@ -145,6 +146,10 @@ class TrRaTrainer(SFTTrainer):
         self._setup_teachers(teachers, cache)
 
     # ------------------------------------------------------------------------------------------- construction
+    def create_accelerator_and_postprocess(self) -> None:
+        with fsdp_on_cpu():  # an FSDP launch on CPU processes really shards (accelerate alone runs it as DDP)
+            super().create_accelerator_and_postprocess()
+
     @staticmethod
     def _load_tokenizer(names: dict[str, str | None], args: TrRaConfig) -> PreTrainedTokenizerBase:
         name = names[REF] or names["student"]
