@@ -205,16 +205,30 @@ class InRaModel(FusedCausalLM):
         return {ALIGNED: h_aligned, REF: h_ref}
 
     # ----------------------------------------------------------------------------------------------- saving
-    def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict of the lam = 1 model: adapter layers first, then the original layers (no copies)."""
+    def _state_parts(self, state_dict: dict[str, torch.Tensor] | None) -> tuple[dict, dict]:
+        """(base state, adapter state): of this model's tensors, or split from `state_dict` ('base.*', 'adapter.*')."""
+        if state_dict is None:
+            return self.base.state_dict(), self.adapter.state_dict()
+        base, adapter = (
+            {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            for prefix in ("base.", "adapter.")
+        )
+        return base, adapter
+
+    def merged_state_dict(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The state dict of the lam = 1 model: adapter layers first, then the original layers (no copies).
+
+        `state_dict`: this model's full state dict to use instead of its own tensors (e.g. gathered from FSDP).
+        """
+        base, adapter = self._state_parts(state_dict)
         n = len(self.adapter)
         state = {}
-        for key, value in self.base.state_dict().items():
+        for key, value in base.items():
             if key.startswith("model.layers."):
                 idx, rest = key[len("model.layers.") :].split(".", 1)
                 key = f"model.layers.{int(idx) + n}.{rest}"
             state[key] = value
-        for key, value in self.adapter.state_dict().items():
+        for key, value in adapter.items():
             state[f"model.layers.{key}"] = value
         if getattr(self.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied to the embeddings; safetensors refuses shared storage
@@ -223,24 +237,34 @@ class InRaModel(FusedCausalLM):
     def _meta(self) -> dict:
         return {"init": self.adapter_config.init, "base_model": str(self.config.name_or_path or "")}
 
-    def save_pretrained(self, save_directory: str | os.PathLike, tokenizer=None) -> None:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        tokenizer=None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """Write a standard HF checkpoint with L + n layers (the lam = 1 model) and the 'inra' config entry.
 
         Plain `AutoModelForCausalLM.from_pretrained` loads it as the fully aligned model; `InRaModel.from_pretrained`
         loads it as the two-path model. Written atomically: a crash leaves any previous folder intact.
+        `state_dict` (this model's full state dict, e.g. gathered from FSDP shards) is written instead of the
+        tensors held here.
         """
         cfg = merged_model_config(self.config, len(self.adapter), self._meta())
         cfg.architectures = cfg.architectures or [type(self.base).__name__]  # as HF's save_pretrained writes
         with atomic_dir(save_directory) as tmp:
-            save_state_dict(self.merged_state_dict(), tmp)
+            save_state_dict(self.merged_state_dict(state_dict), tmp)
             cfg.save_pretrained(tmp)
             if getattr(self.base, "generation_config", None) is not None:
                 self.base.generation_config.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
 
-    def save_adapter(self, save_directory: str | os.PathLike) -> None:
-        """Write only the adapter (safetensors + `inra_config.json` recording the base model)."""
+    def save_adapter(
+        self, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Write only the adapter (safetensors + `inra_config.json` recording the base model); `state_dict` as in
+        `save_pretrained`."""
         meta = self._meta() | {
             "adapter_layers": len(self.adapter),
             "model_type": self.config.model_type,
@@ -249,7 +273,9 @@ class InRaModel(FusedCausalLM):
         }
         with atomic_dir(save_directory) as tmp:
             save_state_dict(
-                {f"layers.{k}": v for k, v in self.adapter.state_dict().items()}, tmp, ADAPTER_WEIGHTS_PREFIX
+                {f"layers.{k}": v for k, v in self._state_parts(state_dict)[1].items()},
+                tmp,
+                ADAPTER_WEIGHTS_PREFIX,
             )
             write_json(tmp / ADAPTER_CONFIG_NAME, meta)
 

@@ -23,6 +23,7 @@ from transformers import (
 
 from flexrealign.adapter import AdapterConfig
 from flexrealign.checkpoint import wrap_load_errors
+from flexrealign.distributed import fsdp_on_cpu
 from flexrealign.fusion import REF
 from flexrealign.inra import InRaModel
 from flexrealign.inra_train.config import InRaTrainConfig
@@ -106,7 +107,10 @@ def make_sft_trainer(
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(**trainer_kwargs(config))
-    return SFTTrainer(model=InRaPathView(model), args=args, train_dataset=dataset, processing_class=tokenizer)
+    with fsdp_on_cpu():  # after the config, which rebuilds accelerate's process state
+        return SFTTrainer(
+            model=InRaPathView(model), args=args, train_dataset=dataset, processing_class=tokenizer
+        )
 
 
 def make_dpo_trainer(
@@ -116,13 +120,14 @@ def make_dpo_trainer(
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(**trainer_kwargs(config), beta=config.beta)
-    return DPOTrainer(
-        model=InRaPathView(model),
-        ref_model=InRaPathView(model, REF),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
+    with fsdp_on_cpu():
+        return DPOTrainer(
+            model=InRaPathView(model),
+            ref_model=InRaPathView(model, REF),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
 
 
 def make_trra_trainer(
@@ -185,12 +190,30 @@ def train_inra(
     # One dtype per checkpoint: the fp32 master weights of a bf16 run go back to the base's dtype here.
     model.adapter.to(model.base.dtype)
     model.eval()
+    state = gathered_state(trainer) if config.output_dir else None  # collective: every process gathers
     if config.output_dir and trainer.is_world_process_zero():
-        save_inra(model, config.output_dir, tokenizer)
+        save_inra(model, config.output_dir, tokenizer, state)
     return InRaTrainResult(model, dict(output.metrics), list(trainer.state.log_history))
 
 
-def save_inra(model: InRaModel, output_dir: str | Path, tokenizer: PreTrainedTokenizerBase | None) -> None:
-    """The merged InRa checkpoint in `output_dir` and the adapter alone in `output_dir/adapter` (both atomic)."""
-    model.save_pretrained(output_dir, tokenizer=tokenizer)
-    model.save_adapter(Path(output_dir) / ADAPTER_SUBDIR)
+def gathered_state(trainer: Trainer) -> dict[str, torch.Tensor] | None:
+    """The InRaModel's full state dict gathered from FSDP shards, or None when the model is not sharded.
+
+    Every process must call it (it all-gathers); the main process receives the tensors, the others nothing.
+    """
+    if not trainer.is_fsdp_enabled:
+        return None
+    full = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # keys of the view: "inra.base.*", ...
+    return {k[len("inra.") :]: v for k, v in full.items() if k.startswith("inra.")}
+
+
+def save_inra(
+    model: InRaModel,
+    output_dir: str | Path,
+    tokenizer: PreTrainedTokenizerBase | None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """The merged InRa checkpoint in `output_dir` and the adapter alone in `output_dir/adapter` (both atomic);
+    `state_dict` (the model's full state, e.g. gathered from FSDP shards) is written instead of its own tensors."""
+    model.save_pretrained(output_dir, tokenizer=tokenizer, state_dict=state_dict)
+    model.save_adapter(Path(output_dir) / ADAPTER_SUBDIR, state_dict=state_dict)

@@ -71,6 +71,11 @@ class InRaPathView(nn.Module):
         return self.backbone
 
     @property
+    def _no_split_modules(self) -> list[str] | None:
+        # FSDP's transformer wrap policy shards per decoder layer class, read from here (adapter layers included).
+        return self.inra.base._no_split_modules
+
+    @property
     def lam(self) -> float:
         return PATH_LAM[self.path]
 
