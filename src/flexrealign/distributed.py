@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import torch
 import torch.distributed as dist
 from accelerate import PartialState
 from accelerate.state import is_initialized
@@ -26,7 +27,7 @@ T = TypeVar("T")
 
 
 def fsdp_requested() -> bool:
-    """True when the launcher (or TrainingArguments' `fsdp=`) asked for FSDP."""
+    """True when `accelerate launch` was given an FSDP config (it exports ACCELERATE_USE_FSDP=true)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
@@ -36,7 +37,8 @@ def fsdp_on_cpu() -> Iterator[None]:
 
     AcceleratorState picks FSDP from the process type it copies from PartialState when it is first built; for
     that moment the CPU processes are presented as MULTI_GPU (they keep their CPU device and gloo group), and it
-    then records FSDP in both states, as it does on GPUs. Outside that case (GPUs, DDP, one process, an Accelerator already built) this does nothing.
+    then records FSDP in both states, as it does on GPUs. Outside that case (GPUs, DDP, one process, an
+    Accelerator already built) this does nothing.
     """
     if not PartialState._shared_state:  # no process state yet (TrainingArguments builds it): nothing to type
         yield
@@ -59,17 +61,26 @@ def fsdp_on_cpu() -> Iterator[None]:
             state.distributed_type = DistributedType.MULTI_CPU
 
 
-def parameter_share(model: nn.Module) -> dict[str, int]:
-    """This process's share of `model`'s parameters, to check that a run really is sharded.
+def _local_numel(p: torch.Tensor) -> int:
+    if isinstance(p, DTensor):  # FSDP2: this process's shard
+        return p.to_local().numel()
+    if hasattr(p, "ds_tensor"):  # ZeRO-3: this process's partition, plus the full tensor while it is gathered
+        return p.ds_tensor.numel() + p.data.numel()
+    return p.numel()
 
-    Returns {"local_numel": elements stored here, "full_numel": elements of the whole model, "dtensors": how many
-    parameters are DTensors (FSDP2 shards), "tensors": how many parameters}. Unsharded, local equals full.
+
+def parameter_share(model: nn.Module) -> dict[str, int]:
+    """This process's share of `model`'s parameters, to check that a run really is sharded (FSDP2 or ZeRO-3).
+
+    Returns {"local_numel": elements stored by this process, "full_numel": elements of the whole model, "sharded":
+    how many parameters are sharded (FSDP2 DTensors or ZeRO-3 partitions), "tensors": how many parameters}.
+    Unsharded, local equals full.
     """
     params = list(model.parameters())
     return {
-        "local_numel": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params),
-        "full_numel": sum(p.numel() for p in params),
-        "dtensors": sum(isinstance(p, DTensor) for p in params),
+        "local_numel": sum(_local_numel(p) for p in params),
+        "full_numel": sum(getattr(p, "ds_numel", p.numel()) for p in params),
+        "sharded": sum(isinstance(p, DTensor) or hasattr(p, "ds_tensor") for p in params),
         "tensors": len(params),
     }
 

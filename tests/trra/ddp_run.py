@@ -1,4 +1,4 @@
-"""A short TrRa run for test_trra_ddp / test_trra_fsdp: under `accelerate launch` (2 processes) or imported (1).
+"""A short TrRa run for test_trra_distributed: under `accelerate launch` (2 processes) or imported (1).
 
     python ddp_run.py MODELS_DIR OUT_DIR PER_DEVICE_BATCH
 writes OUT_DIR/losses.json ({step: loss}, the distributed type, each rank's share of the student's parameters) and

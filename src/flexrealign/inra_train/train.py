@@ -197,13 +197,14 @@ def train_inra(
 
 
 def gathered_state(trainer: Trainer) -> dict[str, torch.Tensor] | None:
-    """The InRaModel's full state dict gathered from FSDP shards, or None when the model is not sharded.
+    """The InRaModel's full state dict gathered from FSDP or DeepSpeed shards; None under DDP or one process.
 
-    Every process must call it (it all-gathers); the main process receives the tensors, the others nothing.
+    Every process must call it (it all-gathers); the main process receives the tensors.
     """
-    if not trainer.is_fsdp_enabled:
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
         return None
-    full = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # keys of the view: "inra.base.*", ...
+    # Keys of the view ("inra.base.*", ...); ZeRO-3 returns None on the other processes.
+    full = trainer.accelerator.get_state_dict(trainer.model_wrapped) or {}
     return {k[len("inra.") :]: v for k, v in full.items() if k.startswith("inra.")}
 
 
@@ -214,6 +215,6 @@ def save_inra(
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """The merged InRa checkpoint in `output_dir` and the adapter alone in `output_dir/adapter` (both atomic);
-    `state_dict` (the model's full state, e.g. gathered from FSDP shards) is written instead of its own tensors."""
+    `state_dict` (the model's full state, e.g. gathered from shards) is written instead of its own tensors."""
     model.save_pretrained(output_dir, tokenizer=tokenizer, state_dict=state_dict)
     model.save_adapter(Path(output_dir) / ADAPTER_SUBDIR, state_dict=state_dict)

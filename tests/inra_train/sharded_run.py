@@ -1,6 +1,6 @@
-"""A short adapter-only InRa run for test_inra_train_fsdp: under `accelerate launch` (2 processes) or imported (1).
+"""A short adapter-only InRa run for test_inra_train_sharded: under `accelerate launch` (2 processes) or imported (1).
 
-    python fsdp_run.py BASE DATA OUT PER_DEVICE METHOD [ALIGNED]
+    python sharded_run.py BASE DATA OUT PER_DEVICE METHOD [ALIGNED]
 trains by METHOD (sft or trra, toward ALIGNED), saves the InRa checkpoint to OUT and writes OUT/run.json: the
 distributed type, the losses per step, and each process's share of the base and of the adapter.
 """
