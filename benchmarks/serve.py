@@ -163,7 +163,10 @@ def run_dial(url: str, args: argparse.Namespace) -> list[dict]:
 
 def dial_summary(rows: list[dict]) -> dict:
     """Median throughput of each mix and their ratio (dial / plain)."""
-    med = {m: float(np.median([r["throughput_tok_s"] for r in rows if r["requests_mix"] == m])) for m in ("plain", "dial")}
+    med = {
+        m: float(np.median([r["throughput_tok_s"] for r in rows if r["requests_mix"] == m]))
+        for m in ("plain", "dial")
+    }
     return {"plain_tok_s": round(med["plain"], 2), "dial_tok_s": round(med["dial"], 2),
             "dial_vs_plain": round(med["dial"] / med["plain"], 3)}  # fmt: skip
 
@@ -234,8 +237,10 @@ def main() -> None:
     if rows:
         print("\n" + table(rows))
     summary = dial_summary(dial)
-    print(f"\nthinking dial at 16 clients (median of {args.repeats}): plain lam {summary['plain_tok_s']} tok/s, "
-          f"dial mix {summary['dial_tok_s']} tok/s -> {summary['dial_vs_plain']}x (target >= 0.9x)")
+    print(
+        f"\nthinking dial at 16 clients (median of {args.repeats}): plain lam {summary['plain_tok_s']} tok/s, "
+        f"dial mix {summary['dial_tok_s']} tok/s -> {summary['dial_vs_plain']}x (target >= 0.9x)"
+    )
     meta = {
         "benchmark": "serve", "model": shape, "max_tokens": args.max_tokens, "threads": args.threads,
         "mixed_lams": MIXED_LAMS, "cpu_count": os.cpu_count(), "platform": platform.platform(),

@@ -73,7 +73,8 @@ def test_lam_schedule_switches_at_the_marker(stories, inra):
     j, marker = next(
         (j, m)
         for j in range(3, 30)
-        if (m := tok.decode([first[j]]).strip()) and marker_ids(tok, m) == (first[j],)
+        if (m := tok.decode([first[j]]).strip())
+        and marker_ids(tok, m) == (first[j],)
         and first[j] not in prompt + first[:j]
     )  # a token the lam = 0 text produces early, not in the prompt
     sched = generate(
@@ -169,7 +170,9 @@ def test_a_seeded_sample_does_not_depend_on_batching(stories, inra):
     for size in (1, 3):
         assert generate(inra, tok, prompts, seed=3, batch_size=size, **kw).token_ids == whole
     own = generate(inra, tok, prompts, seed=[5, 6, 7, 8], batch_size=3, **kw).token_ids
-    assert [generate(inra, tok, prompts[i], seed=[s], **kw).token_ids[0] for i, s in enumerate([5, 6, 7, 8])] == own
+    assert [
+        generate(inra, tok, prompts[i], seed=[s], **kw).token_ids[0] for i, s in enumerate([5, 6, 7, 8])
+    ] == own
     assert generate(inra, tok, prompts[::-1], seed=[8, 7, 6, 5], **kw).token_ids == own[::-1]
     assert len({tuple(x) for x in whole}) == len(prompts)
     with pytest.raises(ValueError, match="one int per prompt"):

@@ -46,7 +46,9 @@ def test_stop_stream_holds_for_any_text_stops_and_split():
     rng = random.Random(0)
     for _ in range(3000):
         text = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 24)))
-        stops = ["".join(rng.choice("abc ") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
+        stops = [
+            "".join(rng.choice("abc ") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))
+        ]
         cuts = sorted(rng.sample(range(len(text) + 1), rng.randint(0, len(text) + 1)))
         pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
         streamed, final = run_stream(pieces, stops)
@@ -104,5 +106,7 @@ def test_engine_events_equal_final_text(answering, stops):
                 deltas.append(event.delta)
                 if event.output is not None:
                     break
-            full = ANSWER if max_tokens == 30 else tok.decode(tok.encode(ANSWER, add_special_tokens=False)[:9])
+            full = (
+                ANSWER if max_tokens == 30 else tok.decode(tok.encode(ANSWER, add_special_tokens=False)[:9])
+            )
             assert "".join(deltas) == event.output.text == expected_cut(full, stops)

@@ -37,7 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "evaluate models on math benchmarks over a sweep of lam"),
     "lm-eval": ("lmeval", "lm-evaluation-harness with the `flexrealign` model (any checkpoint at any lam)"),
     "serve": ("serve", "an OpenAI-compatible HTTP server with per-request lam"),
-    "calibrate": ("calibrate", "measure thinking tokens and Pass@1 per lam; write the reasoning_effort table"),
+    "calibrate": (
+        "calibrate",
+        "measure thinking tokens and Pass@1 per lam; write the reasoning_effort table",
+    ),
 }
 
 

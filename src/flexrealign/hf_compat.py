@@ -47,3 +47,19 @@ OUTPUT_CACHE_FIELD = NEW if NEW in CausalLMOutputWithPast.__dataclass_fields__ e
 def output_cache(output: Any) -> Any:
     """The KV cache a Hugging Face model output carries, under either field name."""
     return getattr(output, OUTPUT_CACHE_FIELD, None)
+
+
+def _training_arguments_fields() -> set[str]:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+@functools.cache
+def checkpointing_field() -> str:
+    """The TrainingArguments field that switches activation (gradient) checkpointing: transformers 5.24 renamed
+    `gradient_checkpointing` to `activation_checkpointing` and warns on the old name."""
+    fields = _training_arguments_fields()
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"

@@ -107,12 +107,35 @@ def run_stages(base: Path, out: Path, source: Path, cfg: RealDemoConfig, timings
     stage("shortest", short, lambda: _cli(["data", "shortest", "--generations", str(paths["samples"] / "generations.jsonl"),
                                            "--problems", str(train), "--output", str(short), "--template", TEMPLATE,
                                            "--accept", cfg.accept]))  # fmt: skip
-    stage("inra-train", paths["inra"] / "config.json", lambda: _cli([
-        "inra-train", "--method", "sft", "--base_model", str(base), "--dataset", str(short),
-        "--output_dir", str(paths["inra"]), "--learning_rate", str(cfg.learning_rate),
-        "--num_train_epochs", str(cfg.epochs), "--per_device_train_batch_size", "4",
-        "--max_length", "384", "--logging_steps", "2",
-        "--warmup_ratio", "0"]))  # fmt: skip  (a handful of steps: warm-up would spend them at a low lr)
+    stage(
+        "inra-train",
+        paths["inra"] / "config.json",
+        lambda: _cli(
+            [
+                "inra-train",
+                "--method",
+                "sft",
+                "--base_model",
+                str(base),
+                "--dataset",
+                str(short),
+                "--output_dir",
+                str(paths["inra"]),
+                "--learning_rate",
+                str(cfg.learning_rate),
+                "--num_train_epochs",
+                str(cfg.epochs),
+                "--per_device_train_batch_size",
+                "4",
+                "--max_length",
+                "384",
+                "--logging_steps",
+                "2",
+                "--warmup_ratio",
+                "0",
+            ]
+        ),
+    )  # fmt: skip  (a handful of steps: warm-up would spend them at a low lr)
     stage("sweep", paths["sweep"] / "results.md", lambda: _cli(
         _eval_args(cfg, heldout, paths["sweep"], 1, 0.0)
         + ["--model", f"smollm2={base}", f"inra={paths['inra']}", "--lam", *map(str, cfg.lams),

@@ -32,7 +32,9 @@ def test_all_effects_reproduced_and_kaiming_not_measured() -> None:
 def test_each_effect_can_fail() -> None:
     assert verdicts(paper_rows(**{"trra-lam5": (93, 36)}))["trra_tokens_fall"] is False
     assert verdicts(paper_rows(**{"trra-lam0.5": (82.9, 55)}))["trra_accuracy_kept"] is False
-    assert verdicts(paper_rows(**{"trra-lam0.5": (83.0, 55)}))["trra_accuracy_kept"] is True  # 2 points allowed
+    assert (
+        verdicts(paper_rows(**{"trra-lam0.5": (83.0, 55)}))["trra_accuracy_kept"] is True
+    )  # 2 points allowed
     assert verdicts(paper_rows(**{"trra-iter": (92, 35)}))["trra_iter_shorter"] is False
     rows = paper_rows()
     rows[-5] = row("inra", 85, 80, lam=-0.5)  # thinks longer but scores the same as lam = 0
@@ -48,11 +50,27 @@ def test_kaiming_ablation_and_task_checks() -> None:
     assert verdicts(rows)["kaiming_worse"] is True
     recs = [
         {"model": "reference", "lam": None, "problem_id": "p0", "correct": True, "text": "<think>\n0+A1=1\n"},
-        {"model": "reference", "lam": None, "problem_id": "p1", "correct": False, "text": "<think>\n</think>\n"},
-        {"model": "aligned", "lam": None, "problem_id": "p1", "correct": False, "text": "<think>\n</think>\n"},
+        {
+            "model": "reference",
+            "lam": None,
+            "problem_id": "p1",
+            "correct": False,
+            "text": "<think>\n</think>\n",
+        },
+        {
+            "model": "aligned",
+            "lam": None,
+            "problem_id": "p1",
+            "correct": False,
+            "text": "<think>\n</think>\n",
+        },
         {"model": "inra", "lam": 1.0, "problem_id": "p2", "correct": True, "text": "<think>\n</think>\n"},
     ]
     hard = hard_pass_at_1(recs, {"p0": 6, "p1": 5, "p2": 2}, min_terms=5)
     assert hard == {"reference": (50.0, 2, 50.0), "aligned": (0.0, 1, 100.0)}
     checks = {e.key: e.holds for e in task_checks(rows, hard)}
-    assert checks == {"reference_below_ceiling": True, "aligned_thinks_less": True, "aligned_not_better_on_hard": True}
+    assert checks == {
+        "reference_below_ceiling": True,
+        "aligned_thinks_less": True,
+        "aligned_not_better_on_hard": True,
+    }

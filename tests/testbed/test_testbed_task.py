@@ -57,7 +57,7 @@ def test_long_traces_take_every_step_and_are_longest() -> None:
         assert len(p.direct) <= len(p.short)
     long_mean = sum(len(p.long) for p in make_problems(500, 5)) / 500
     short_mean = sum(len(p.short) for p in make_problems(500, 5)) / 500
-    assert short_mean < 0.7 * long_mean
+    assert short_mean < 0.9 * long_mean  # the aligned style thinks less, leaving fusion room to extrapolate
 
 
 def test_check_trace_rejects_wrong_steps_and_answers() -> None:
@@ -98,7 +98,7 @@ def test_both_styles_guess_equally_and_the_long_one_is_more_careful() -> None:
     for style in ("long", "short"):
         assert share[(style, GUESS)] == pytest.approx(cfg.guess_prob, abs=0.025)
         assert share[(style, CAREFUL)] == pytest.approx(getattr(cfg, style).careful, abs=0.025)
-    assert share[("long", CAREFUL)] > share[("short", CAREFUL)] + 0.3
+    assert share[("long", CAREFUL)] > share[("short", CAREFUL)] + 0.2
 
 
 def test_bad_task_configs_are_refused() -> None:

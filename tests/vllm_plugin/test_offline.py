@@ -286,7 +286,9 @@ def test_reasoning_effort(engine):
         return
     params = [greedy(0.0, extra_args=x) for x in ({"reasoning_effort": "low"}, {"lam": 1.0},
                                                    {"reasoning_effort": "low", "lam": -1.0}, {"lam": -1.0})]  # fmt: skip
-    low, lam1, explicit, lam_neg = (list(o.outputs[0].token_ids) for o in llm.generate([PROMPTS[0]] * 4, params, use_tqdm=False))
+    low, lam1, explicit, lam_neg = (
+        list(o.outputs[0].token_ids) for o in llm.generate([PROMPTS[0]] * 4, params, use_tqdm=False)
+    )
     assert low == lam1 and explicit == lam_neg and low != lam_neg  # the recorded lam; explicit lam wins
     with pytest.raises(VLLMValidationError, match="offers: none, low, medium, high"):
         llm.generate([PROMPTS[0]], [greedy(0.0, extra_args={"reasoning_effort": "xhigh"})], use_tqdm=False)

@@ -230,7 +230,9 @@ def test_dial_requests_are_checked_before_the_engine(stories260k, tmp_path):
             InRaLogitsProcessor.validate_params(SamplingParams(extra_args={"thinking_token_budget": 3}))
         with pytest.raises(VLLMValidationError, match="flexrealign calibrate --model"):
             InRaLogitsProcessor.validate_params(SamplingParams(extra_args={"reasoning_effort": "low"}))
-        InRaLogitsProcessor.validate_params(SamplingParams(extra_args={"lam": 0.5}))  # plain lam needs no marker
+        InRaLogitsProcessor.validate_params(
+            SamplingParams(extra_args={"lam": 0.5})
+        )  # plain lam needs no marker
     finally:
         set_served_model(None, None, False)
 
@@ -246,7 +248,11 @@ def test_processor_forces_the_budget_and_switches_lam():
     end = tok.convert_tokens_to_ids("</think>")
     output: list[int] = []
     extra = {"lam_think": 0.0, "lam_answer": 1.0, "thinking_token_budget": 2, "min_thinking_tokens": 1}
-    proc.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, SamplingParams(extra_args=extra), [5, 6], output)], moved=[]))
+    proc.update_state(
+        BatchUpdate(
+            batch_size=1, removed=[], added=[(0, SamplingParams(extra_args=extra), [5, 6], output)], moved=[]
+        )
+    )
     V = len(tok)
     steps = []
     for _ in range(4):

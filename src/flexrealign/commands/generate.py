@@ -53,7 +53,9 @@ class GenerateArgs:
     lam_answer: float | None = field(default=None, metadata={"help": "lam after the think marker."})
     think_marker: str | None = field(
         default=None,
-        metadata={"help": "Overrides the tokenizer's think-end marker (default: its </think> or equivalent)."},
+        metadata={
+            "help": "Overrides the tokenizer's think-end marker (default: its </think> or equivalent)."
+        },
     )
     thinking_token_budget: int | None = field(
         default=None,
@@ -61,7 +63,8 @@ class GenerateArgs:
                   "marker are forced, and the answer follows at --lam-answer."},
     )  # fmt: skip
     min_thinking_tokens: int = field(
-        default=0, metadata={"help": "EOS and the think-end marker are banned until this many thinking tokens."}
+        default=0,
+        metadata={"help": "EOS and the think-end marker are banned until this many thinking tokens."},
     )
     thinking_closing: str | None = field(
         default=None,
@@ -155,7 +158,9 @@ def run(argv: list[str]) -> int:
     for setting in settings:
         stream_live = not args.json_output and len(prompts) == 1
         try:
-            out = generate(model, tok, prompts, **setting, **sampling, stream=_printer() if stream_live else None)
+            out = generate(
+                model, tok, prompts, **setting, **sampling, stream=_printer() if stream_live else None
+            )
         except ValueError as e:  # e.g. a budget for a tokenizer without think markers
             return fail(str(e))
         _report(args, args.prompt or prompts, setting, out, streamed=stream_live)

@@ -281,7 +281,9 @@ def make_records(job: Job, part: Sequence, problems: Sequence[Problem], out: Gen
     """One JSONL record per generation, graded against the problem's answer."""
     recs = []
     thinking = out.reasoning_tokens or [None] * len(part)  # engines that do not count thinking give None
-    for (i, s), text, n, reason, t in zip(part, out.texts, out.num_tokens, out.finish_reasons, thinking, strict=True):
+    for (i, s), text, n, reason, t in zip(
+        part, out.texts, out.num_tokens, out.finish_reasons, thinking, strict=True
+    ):
         p = problems[i]
         recs.append(
             {

@@ -25,6 +25,7 @@ from flexrealign.adapter import AdapterConfig
 from flexrealign.checkpoint import wrap_load_errors
 from flexrealign.distributed import fsdp_on_cpu
 from flexrealign.fusion import REF
+from flexrealign.hf_compat import checkpointing_field
 from flexrealign.inra import InRaModel
 from flexrealign.inra_train.config import InRaTrainConfig
 from flexrealign.inra_train.lora import add_lora_, merge_lora_
@@ -91,7 +92,7 @@ def trainer_kwargs(config: InRaTrainConfig) -> dict:
         max_length=config.max_length,
         warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         bf16=config.bf16,  # explicit: TRL turns bf16 on when it is left unset
-        gradient_checkpointing=config.gradient_checkpointing,
+        **{checkpointing_field(): config.gradient_checkpointing},
         use_cpu=config.use_cpu,
         logging_steps=config.logging_steps,
         seed=config.seed,

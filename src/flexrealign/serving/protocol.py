@@ -32,7 +32,9 @@ class LamArgs(BaseModel):
         None, min_length=1, description="overrides the tokenizer's think-end marker (default: its </think>)"
     )
     thinking_token_budget: int | None = Field(
-        None, ge=0, description="vLLM's name: at most this many thinking tokens, then the end marker is forced"
+        None,
+        ge=0,
+        description="vLLM's name: at most this many thinking tokens, then the end marker is forced",
     )
     min_thinking_tokens: int | None = Field(
         None, ge=0, description="EOS and the think-end marker are banned until this many thinking tokens"

@@ -20,6 +20,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
+from flexrealign.hf_compat import checkpointing_field
 from flexrealign.inra import InRaModel
 from flexrealign.tiny import tiny_config
 
@@ -42,7 +43,9 @@ def trainer_fields(steps: int, batch_size: int, lr: float, seed: int, show: bool
         seed=seed,
         data_seed=seed,
         bf16=False,  # explicit: TRL turns bf16 on when it is left unset
-        gradient_checkpointing=False,  # TRL's default recomputes every layer: pure cost for a model this small
+        # TRL's default recomputes every layer: pure cost for a model this small (the field's name depends on
+        # the transformers version)
+        **{checkpointing_field(): False},
         use_cpu=not torch.cuda.is_available(),
         save_strategy="no",
         report_to=[],

@@ -6,9 +6,14 @@ lookup of its label) rather than by counting positions, which tiny models learn 
 Every trace is in the R1 format `<think>\\n...\\n</think>\\n\\boxed{N}` and follows one of three modes, chosen
 at the first thinking token:
 
-- careful: restate the terms ("A7 B3 C9 D4"), one running-sum step per term ("3+C9=2": running sum 3 plus
-  term C (9) is 2 mod 10), then verify passes that redo the steps. Slow and right.
+- careful: restate the problem ("A7+B3+C9+D4", a verbatim copy), one running-sum step per term ("3+C9=2":
+  running sum 3 plus term C (9) is 2 mod 10), then one verify pass that redoes the steps. Slow and right.
 - concise: the steps once, sometimes one verify pass. Right as well: every step is an easy local computation.
+
+A trace never holds more than two passes: measured on the 2-layer testbed model, a third pass slipped in about a
+third of the samples (a step then finds its term among four copies of the label), and a restatement written in
+another format ("A7 B3 C9") was miscopied in about four in ten careful samples. Both made the slow-thinking
+reference *less* accurate than the concise model, the opposite of the setting the paper studies.
 - guess: the answer with an empty think block. Cheap, but a tiny model cannot sum many digits in one token,
   so a guess is right about as often as chance (10%) on hard problems (large k). Thinking is what makes hard
   problems solvable: that is the difficulty knob (`min_terms`, `max_terms`).
@@ -50,8 +55,11 @@ class TraceStyle:
                 raise ValueError(f"{name} must be non-negative weights with a positive sum, got {probs}")
 
 
-LONG_STYLE = TraceStyle(careful=0.65, careful_verify=(0.0, 0.5, 0.5), concise_verify=(0.6, 0.4))
-SHORT_STYLE = TraceStyle(careful=0.25, careful_verify=(0.0, 0.8, 0.2), concise_verify=(0.9, 0.1))
+# Shares of all traces (guess_prob 0.2 is shared): the reference is careful in 60% of them, the aligned model in
+# 36%. Chosen so that the aligned model still leaves some careful mass and some verify passes: fusion at lam = 2
+# then has room left to shorten, and lam = 5 or a TrRa-iter round shorten further (see the module docstring).
+LONG_STYLE = TraceStyle(careful=0.6, careful_verify=(0.0, 1.0), concise_verify=(0.5, 0.5))
+SHORT_STYLE = TraceStyle(careful=0.36, careful_verify=(0.0, 1.0), concise_verify=(0.75, 0.25))
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,7 @@ class TaskConfig:
 
     min_terms: int = 2
     max_terms: int = 6
-    guess_prob: float = 0.25
+    guess_prob: float = 0.2
     long: TraceStyle = LONG_STYLE
     short: TraceStyle = SHORT_STYLE
 
@@ -111,8 +119,8 @@ def render(lines: list[str], answer: int) -> str:
 
 
 def restate(terms: tuple[int, ...]) -> str:
-    """The careful mode's first line: the labelled terms, "A7 B3 C9"."""
-    return " ".join(f"{label}{t}" for label, t in zip(LABELS, terms, strict=False))
+    """The careful mode's first line: the problem copied verbatim, "A7+B3+C9" (its first token marks the mode)."""
+    return question_text(terms)
 
 
 def thinking(terms: tuple[int, ...], verify_passes: int, careful: bool = False) -> list[str]:
