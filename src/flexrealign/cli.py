@@ -82,7 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"flexrealign {name}: not yet available in this version", file=sys.stderr)
         return 2
-    return int(module.run(rest) or 0)
+    try:
+        return int(module.run(rest) or 0)
+    finally:
+        if "torch.distributed" in sys.modules:  # e.g. under `accelerate launch`: end each process cleanly
+            from flexrealign.distributed import close_process_group
+
+            close_process_group()
 
 
 if __name__ == "__main__":

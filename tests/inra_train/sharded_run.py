@@ -13,7 +13,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from flexrealign.distributed import all_processes, parameter_share
+from flexrealign.distributed import all_processes, close_process_group, parameter_share
 from flexrealign.inra_train import InRaTrainConfig, train_inra
 
 STEPS = 3
@@ -48,3 +48,4 @@ def main(base: Path, data: Path, out: Path, per_device: int, method: str, aligne
 if __name__ == "__main__":
     args = sys.argv[1:]
     main(Path(args[0]), Path(args[1]), Path(args[2]), int(args[3]), args[4], *args[5:])
+    close_process_group()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trra_helpers import make_rows, trra_config
 
-from flexrealign.distributed import all_processes, parameter_share
+from flexrealign.distributed import all_processes, close_process_group, parameter_share
 from flexrealign.trra import TrRaTrainer
 from flexrealign.trra.iterate import save_model
 
@@ -44,3 +44,4 @@ def main(models_dir: Path, out: Path, per_device: int) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
+    close_process_group()
