@@ -82,13 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"flexrealign {name}: not yet available in this version", file=sys.stderr)
         return 2
-    try:
-        return int(module.run(rest) or 0)
-    finally:
-        if "torch.distributed" in sys.modules:  # e.g. under `accelerate launch`: end each process cleanly
-            from flexrealign.distributed import close_process_group
-
-            close_process_group()
+    return int(module.run(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ def close_process_group() -> None:
     """Destroy the default process group, if any, before the process ends.
 
     A gloo group left open can abort the interpreter at exit ("terminate called without an active exception",
-    seen once in 2-process FSDP2 runs on CPU after all the work was done), which the launcher reports as a failure.
+    seen once in a 2-process FSDP2 run on CPU after all its work was done), which the launcher reports as a
+    failure. The tests' launched scripts call this last.
     """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
