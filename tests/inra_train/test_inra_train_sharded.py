@@ -113,12 +113,12 @@ def test_sharded_base_and_adapter_match_one_process(
     one = json.loads((one_dir / "run.json").read_text())
     assert len(one["losses"]) == sharded_run.STEPS
     for step, loss in one["losses"].items():
-        assert two["losses"][step] == pytest.approx(loss, rel=1e-5)  # measured <= 1.9e-6 on losses 1.2 to 4.8
+        assert two["losses"][step] == pytest.approx(loss, rel=1e-5)  # measured <= 2.9e-6 on losses 1.2 to 4.1
     w1, w2 = (load_file(str(d / "adapter" / "inra_adapter.safetensors")) for d in (one_dir, tmp_path))
     assert w1.keys() == w2.keys()
     for name in w1:
         # Adam turns the tiny gradients of the zero-initialised adapter's MLP into full-size steps, so the float
-        # reduction order shows: measured <= 7.3e-5 (FSDP), 1.2e-4 (ZeRO-3) and 7.7e-5 (DDP) by TrRa, 1.2e-5 by
+        # reduction order shows: measured <= 7.3e-5 (FSDP), 1.2e-4 (ZeRO-3) and 7.7e-5 (DDP) by TrRa, 1.6e-5 by
         # SFT. Processes that trained apart (each on half the batch) differ by 1.2e-2: 5e-4 still catches that.
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=5e-4, msg=name)
     start, merged = (
