@@ -115,11 +115,14 @@ def test_calibrate_writes_a_curve_whose_tokens_fall_as_lam_rises(demo_out, tmp_p
     shutil.copytree(demo_out / "models" / "inra", ckpt)
     lams = ["-0.5", "0", "1", "1.5"]
     argv = ["--model", str(ckpt), "--benchmark", str(demo_out / "test.jsonl"), "--lam", *lams,
-            "--n-problems", "40", "--template", "{question}", "--max-new-tokens", "160", "--batch-size", "40"]  # fmt: skip
+            "--n-problems", "40", "--template", "{question}", "--max-new-tokens", "160", "--batch-size", "40",
+            # Sampled, not greedy: the careful mode is the argmax at lam 0 and -0.5 alike, so greedy decoding
+            # cannot show the shift in the mode *shares* that lam makes (seeded, so the curve is reproducible).
+            "--temperature", "1.0", "--n-samples", "2"]  # fmt: skip
     assert calibrate.run(argv) == 0
     data = json.loads((ckpt / CALIBRATION_FILE).read_text())
     curve = {p["lam"]: p["mean_thinking_tokens"] for p in data["curve"]}
-    assert sorted(curve) == [-0.5, 0.0, 1.0, 1.5] and all(p["samples"] == 40 for p in data["curve"])
+    assert sorted(curve) == [-0.5, 0.0, 1.0, 1.5] and all(p["samples"] == 80 for p in data["curve"])
     assert curve[-0.5] > curve[0.0] > curve[1.0] and curve[1.5] < curve[0.0]  # tokens fall as lam rises
     cal = load_calibration(ckpt)
     assert set(cal.efforts) == {"none", "low", "medium", "high"}
