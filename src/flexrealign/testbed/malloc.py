@@ -21,6 +21,8 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP))
+        # Both settings, each on its own: a glibc that refuses one must still get the other.
+        mmap_ok, trim_ok = libc.mallopt(M_MMAP_THRESHOLD, KEEP), libc.mallopt(M_TRIM_THRESHOLD, KEEP)
+        return bool(mmap_ok) and bool(trim_ok)
     except (OSError, AttributeError):
         return False
