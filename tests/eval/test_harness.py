@@ -227,3 +227,27 @@ def test_a_seeded_sample_depends_on_its_key_only(tmp_path, specs, monkeypatch) -
     evaluate(specs, problems(5), cfg, tmp_path / "bigger")  # other neighbours in every batch
     texts_of = texts(tmp_path / "bigger")
     assert {k: texts_of[k] for k in whole} == whole
+
+
+def test_plot_keeps_a_label_on_the_baseline_apart_from_one_on_the_same_point(tmp_path, monkeypatch) -> None:
+    """InRa at lam=0 is the reference itself: both points coincide, and their labels must not be drawn on top of
+    each other (the demo's plot had "reference" and "lam=0" printed in one place)."""
+    import matplotlib.axes
+
+    from flexrealign.eval.harness import Row, plot_accuracy_vs_tokens
+
+    offsets: dict[str, tuple] = {}
+    real = matplotlib.axes.Axes.annotate
+
+    def spy(self, text, xy, *args, **kwargs):
+        offsets[text] = kwargs.get("xytext")
+        return real(self, text, xy, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", spy)
+    rows = [
+        Row("reference", "ref", None, 10, 10, 80.0, 60.0, 0.0),
+        Row("inra", "InRa", 0.0, 10, 10, 80.0, 60.0, 0.0),
+    ]
+    out = plot_accuracy_vs_tokens(rows, tmp_path / "p.png", baseline="reference")
+    assert out.is_file() and out.stat().st_size > 0
+    assert offsets["reference"] != offsets["lam=0"]

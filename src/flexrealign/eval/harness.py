@@ -477,7 +477,8 @@ def plot_accuracy_vs_tokens(
         ax.plot(xs, ys, marker="o", label=family)
         for r, x, y in zip(members, xs, ys, strict=True):
             text = f"lam={_fmt_lam(r.lam)}" if r.lam is not None else r.model
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            below = r.name == baseline  # an InRa lam=0 point sits on the baseline: keep the two labels apart
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, -10 if below else 4), fontsize=7)
     if baseline is not None:
         base = find_row(rows, baseline)
         ax.axhline(base.pass_at_1, color="grey", linestyle="--", linewidth=0.8)
