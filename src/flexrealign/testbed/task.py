@@ -9,14 +9,14 @@ at the first thinking token:
 - careful: restate the problem ("A7+B3+C9+D4", a verbatim copy), one running-sum step per term ("3+C9=2":
   running sum 3 plus term C (9) is 2 mod 10), then one verify pass that redoes the steps. Slow and right.
 - concise: the steps once, sometimes one verify pass. Right as well: every step is an easy local computation.
+- guess: the answer with an empty think block. Cheap, but a tiny model cannot sum many digits in one token,
+  so a guess is right about as often as chance (10%) on hard problems (large k). Thinking is what makes hard
+  problems solvable: that is the difficulty knob (`min_terms`, `max_terms`).
 
 A trace never holds more than two passes: measured on the 2-layer testbed model, a third pass slipped in about a
 third of the samples (a step then finds its term among four copies of the label), and a restatement written in
 another format ("A7 B3 C9") was miscopied in about four in ten careful samples. Both made the slow-thinking
 reference *less* accurate than the concise model, the opposite of the setting the paper studies.
-- guess: the answer with an empty think block. Cheap, but a tiny model cannot sum many digits in one token,
-  so a guess is right about as often as chance (10%) on hard problems (large k). Thinking is what makes hard
-  problems solvable: that is the difficulty knob (`min_terms`, `max_terms`).
 
 The slow-thinking reference's data (`long`) is mostly careful; the aligned model's data (`short`) mostly
 concise. Both guess equally often (`guess_prob`): the aligned model thinks less, and is no more accurate.
