@@ -38,14 +38,6 @@ DIAL = (  # extra_args of the dial mix (as benchmarks/serve.py): every kind of t
     {"lam_think": 0.0, "lam_answer": 1.0},
     {"lam": 1.0, "thinking_token_budget": 0},
 )
-DIAL = (  # extra_args of the dial mix (as benchmarks/serve.py): every kind of thinking control, and plain lam
-    {"lam": 0.5},
-    {"lam_think": -1.0, "lam_answer": 1.0, "thinking_token_budget": 16, "thinking_closing": "the end"},
-    {"lam_think": 2.0, "lam_answer": 0.0, "min_thinking_tokens": 8},
-    {"lam": 0.5, "thinking_token_budget": 8},
-    {"lam_think": 0.0, "lam_answer": 1.0},
-    {"lam": 1.0, "thinking_token_budget": 0},
-)
 RESULTS = Path(__file__).parent / "results" / "vllm_inra.json"
 
 
