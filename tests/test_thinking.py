@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from flexrealign.thinking import (
     ANSWERING,
+    MARKER_PAIRS,
     THINKING,
     MissingThinkMarker,
     ThinkingPlan,
@@ -142,3 +143,15 @@ def test_missing_marker_is_named(stories260k):
         thinking_plan(
             AutoTokenizer.from_pretrained(shared_path("tokenizers", "qwen3")), 0, 1, budget=2, min_tokens=5
         )
+
+
+def test_missing_marker_is_looked_up_once(stories260k):
+    """Generation asks for every row's markers; a tokenizer without any must not rebuild its vocabulary per row."""
+    tok = copy.deepcopy(stories260k[1])  # a fresh object: nothing cached for it yet
+    calls = []
+    get_vocab = tok.get_vocab
+    tok.get_vocab = lambda: calls.append(1) or get_vocab()
+    for _ in range(3):
+        with pytest.raises(MissingThinkMarker):
+            think_markers(tok)
+    assert 0 < len(calls) <= len(MARKER_PAIRS)  # one per marker pair, the first time only (was that per row)
