@@ -133,6 +133,19 @@ def test_lam_on_a_plain_model_is_refused(tmp_path):
         FlexRealignLM(pretrained=str(tmp_path / "plain"), lam=0.5, device="cpu")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback applies on machines without CUDA")
+def test_lm_eval_default_device_falls_back_to_cpu(tmp_path):
+    """lm-eval's CLI passes device="cuda:0" when --device is not given; `--model hf` then runs on the CPU."""
+    from flexrealign.testbed.tokenizer import build_tokenizer
+    from flexrealign.tiny import tiny_model
+
+    tiny_model("llama").save_pretrained(tmp_path / "plain")
+    lm = FlexRealignLM(
+        pretrained=str(tmp_path / "plain"), device="cuda:0", dtype="float32", tokenizer=build_tokenizer()
+    )
+    assert lm.device.type == "cpu" and next(lm.model.parameters()).device.type == "cpu"
+
+
 @pytest.mark.parametrize(
     "kwargs, want",
     [

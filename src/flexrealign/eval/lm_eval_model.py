@@ -66,6 +66,14 @@ def load_for_eval(
     return model, lam
 
 
+def lm_eval_device(device: str | None) -> str:
+    """HFLM's rule for `device`: one this machine does not have by that name means auto (CUDA if present, else
+    CPU). lm-eval's command line passes "cuda:0" when --device is not given, and `--model hf` then runs on the
+    CPU of a machine without a GPU; so must we. An explicit "cuda" without CUDA still fails in torch."""
+    known = {"cpu", "cuda", "mps", "mps:0", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))}
+    return device if device in known else "auto"
+
+
 @register_model(MODEL_NAME)
 class FlexRealignLM(HFLM):
     """lm-eval's HF model with the flexrealign forward: fused logits at a fixed lam (see the module doc).
@@ -87,7 +95,7 @@ class FlexRealignLM(HFLM):
         tokenizer=None,
         **kwargs,
     ) -> None:
-        device = resolve_device(device or "auto")
+        device = resolve_device(lm_eval_device(device))
         model, self.lam = load_for_eval(
             str(pretrained), aligned, base, lam, dtype or "auto", device, trust_remote_code
         )
