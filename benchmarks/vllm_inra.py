@@ -1,4 +1,4 @@
-"""vLLM-InRa vs plain vLLM on the lam = 1 checkpoint: output tokens/s, KV-cache capacity, projection cost.
+"""vLLM-InRa vs plain vLLM on the lam = 1 checkpoint: output tokens/s, KV-cache capacity, and the matmul bound.
 
 Builds a random Qwen2-family InRa checkpoint (perturbed adapter) and its plain lam = 1 twin (the same folder
 without the `inra` entry, which plain vLLM serves as an ordinary L + n layer model). Both engines run at
@@ -9,16 +9,25 @@ request at lam = 1; at lam = 0; and the thinking dial (`DIAL`: budgets, minimums
 lam, whose target is >= 0.9x mixed lam). Every request generates exactly `--new-tokens` tokens (ignore_eos). Both
 engines get the same KV-cache memory, so their token capacities compare directly.
 
-`--projection-check` also times, on this machine, one projection over 2N stacked rows against two over N
-rows (the stacked forward's saving): if the CPU kernels cost the same per row either way, stacking cannot
-beat two passes, and the ratio is bounded by that measurement.
+Every run is also split into prefill and decode: the same variant's prompts (fresh ones, so the prefix cache
+does not hit) are run once more with max_tokens = 1, and (full - that) / (new tokens - 1) is the decode step.
+
+The matmul bound: stacking reads each weight once, but a matmul over 2N rows is cheaper than two over N rows
+only where the kernel is bound by memory, not by compute. So the benchmark times, inside plain vLLM's own
+worker (its oneDNN kernels and its CPU binding), one original layer's projections and the lm_head over N
+and 2N rows. A mixed-lam step must do at least those extra matmuls: the plain step plus them is the fastest
+any two-path forward with both paths' logits can be, and it bounds the attainable ratio (prefill, decode and
+end to end, from the plain engine's measured times). Attention, per path, and fusion come on top.
 
     python benchmarks/vllm_inra.py --enforce-eager --dtype float32   # hidden 1024, 8 layers, no compile
+
+Needs VLLM_ALLOW_INSECURE_SERIALIZATION=1 (set here) to ship the bound's timing function to vLLM's worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -63,7 +72,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every measurement")
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--no-prefix-caching", action="store_true", help="serve with prefix caching off")
-    p.add_argument("--projection-check", action="store_true", help="time 1 x (2N, D) vs 2 x (N, D) matmuls")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args()
 
@@ -147,32 +155,40 @@ def timed_generate(llm, prompts: list, params: list) -> tuple[int, float]:
     return tokens, seconds
 
 
-def tokens_per_s(llm, args: argparse.Namespace, c: int, lam: str | None, seed: int) -> float:
-    """Output tokens/s of `c` requests submitted together (c = 1: `--sequential-requests` in a row)."""
-    batches = [
-        requests(args, c, lam, offset=seed + 1000 * i)
-        for i in range(args.sequential_requests if c == 1 else 1)
-    ]
-    tokens, seconds = map(sum, zip(*(timed_generate(llm, *b) for b in batches), strict=True))
-    return tokens / seconds
+def run_variant(llm, args: argparse.Namespace, c: int, lam: str | None, seed: int) -> dict[str, float]:
+    """`c` requests submitted together (c = 1: `--sequential-requests` in a row): output tok/s, and the split
+    into prefill (per batch, s) and decode (ms per step), from a second run of fresh prompts at max_tokens 1."""
+    runs = args.sequential_requests if c == 1 else 1
+    tokens = full_s = first_s = 0.0
+    for i in range(runs):
+        n, s = timed_generate(llm, *requests(args, c, lam, offset=seed + 1000 * i))
+        prompts, params = requests(args, c, lam, offset=seed + 1000 * i + 500)  # new prompts: no cache hit
+        for p in params:
+            p.max_tokens = 1
+        tokens, full_s, first_s = tokens + n, full_s + s, first_s + timed_generate(llm, prompts, params)[1]
+    step_ms = 1000 * (full_s - first_s) / (runs * (args.new_tokens - 1))
+    return {"tok_s": tokens / full_s, "prefill_s": first_s / runs, "step_ms": step_ms}
 
 
 # plain vLLM; InRa with mixed lam, all at 1, all at 0; and the thinking-dial mix (DIAL; target >= 0.9x mixed)
 VARIANTS = (("plain", None), ("inra", "mixed"), ("inra", "1"), ("inra", "0"), ("inra", "dial"))
+METRICS = ("tok_s", "prefill_s", "step_ms")
 
 
-def measure(engines: dict, args: argparse.Namespace) -> dict[str, dict[int, list[float]]]:
-    """tok/s of every variant at every concurrency, `--repeats` times, the variants' order rotated."""
+def measure(engines: dict, args: argparse.Namespace) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """Every variant at every concurrency, `--repeats` times, the variants' order rotated."""
     for name, llm in engines.items():  # warm-up: first-call allocations and caches
         timed_generate(llm, *requests(args, 2, None if name == "plain" else "mixed", offset=10**6))
-    runs: dict[str, dict[int, list[float]]] = {_key(v): {c: [] for c in args.concurrency} for v in VARIANTS}
+    runs = {_key(v): {c: {m: [] for m in METRICS} for c in args.concurrency} for v in VARIANTS}
     for rep in range(args.repeats):
         for c in args.concurrency:
             order = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
             for engine, lam in order:
-                rate = tokens_per_s(engines[engine], args, c, lam, seed=10_000 * rep + 100 * c)
-                runs[_key((engine, lam))][c].append(round(rate, 2))
-                print(f"  rep {rep} c={c} {_key((engine, lam))}: {rate:.1f} tok/s", flush=True)
+                got = run_variant(engines[engine], args, c, lam, seed=10_000 * rep + 100 * c)
+                for m in METRICS:
+                    runs[_key((engine, lam))][c][m].append(round(got[m], 4))
+                print(f"  rep {rep} c={c} {_key((engine, lam))}: {got['tok_s']:.1f} tok/s, prefill "
+                      f"{got['prefill_s']:.3f} s, step {got['step_ms']:.1f} ms", flush=True)  # fmt: skip
     return runs
 
 
@@ -210,31 +226,108 @@ def kv_capacity(llm) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------------------- matmul bound
+def _matmul_ms(model, rows: list[int], reps: int = 21) -> dict[int, dict[str, float]]:
+    """Run in plain vLLM's worker: median ms of one decoder layer's projections and of the lm_head, per row
+    count. Self-contained (shipped to the worker by value)."""
+    import statistics
+    import time
+
+    import torch
+
+    layer = model.model.layers[-1]
+    projs = (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
+    dtype = next(model.parameters()).dtype
+
+    def median_ms(fn) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 1000 * statistics.median(times)
+
+    out = {}
+    with torch.inference_mode():
+        for n in rows:
+            xs = [torch.randn(n, p.input_size, dtype=dtype) for p in projs]  # (n, in) per projection
+            h = torch.randn(n, model.config.hidden_size, dtype=dtype)  # (n, D)
+            out[n] = {
+                "layer": median_ms(lambda xs=xs: [p(x) for p, x in zip(projs, xs, strict=True)]),
+                "lm_head": median_ms(lambda h=h: model.compute_logits(h)),
+            }
+    return out
+
+
+def matmul_bound(plain_llm, args: argparse.Namespace, runs: dict) -> list[dict]:
+    """Per concurrency c: the extra matmul time of a mixed step (prefill and decode) over a plain one, and the
+    ratios to plain it bounds. Plain: L + n layers over N rows and the lm_head over the c sampled rows. Mixed:
+    n adapter layers over N, L layers over 2N (stacked), the lm_head over 2c rows (both paths' logits)."""
+    L = args.num_layers
+    want = {r for c in args.concurrency for r in (c, 2 * c, c * args.prompt_len, 2 * c * args.prompt_len)}
+    ms = plain_llm.apply_model(functools.partial(_matmul_ms, rows=sorted(want)))[
+        0
+    ]  # picklable, unlike a lambda
+    T, rows = args.new_tokens, []
+    for c in args.concurrency:
+        N = c * args.prompt_len
+        extra_step = L * (ms[2 * c]["layer"] - ms[c]["layer"]) + ms[2 * c]["lm_head"] - ms[c]["lm_head"]
+        extra_prefill = L * (ms[2 * N]["layer"] - ms[N]["layer"]) + extra_step
+        S = statistics.median(runs["plain"][c]["step_ms"])  # plain decode step, ms
+        P = 1000 * statistics.median(runs["plain"][c]["prefill_s"])  # plain prefill, ms
+        rows.append(
+            {
+                "concurrency": c, "layer_ms": {"N": ms[c]["layer"], "2N": ms[2 * c]["layer"]},
+                "lm_head_ms": {"N": ms[c]["lm_head"], "2N": ms[2 * c]["lm_head"]},
+                "extra_step_ms": round(extra_step, 2), "extra_prefill_ms": round(extra_prefill, 1),
+                "bound_step": round(S / (S + extra_step), 3),
+                "bound_prefill": round(P / (P + extra_prefill), 3),
+                "bound_tok_s": round((P + (T - 1) * S) / (P + extra_prefill + (T - 1) * (S + extra_step)), 3),
+            }
+        )  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- report
 def summarize(runs: dict, concurrency: list[int]) -> list[dict]:
-    """Per concurrency and variant: median tok/s, and the ratio to plain (median, min, max over repeats)."""
+    """Per concurrency and variant: medians, and ratios to plain (median, min, max over repeats) of tok/s
+    (end to end), of the prefill speed and of the decode speed (plain time / variant time)."""
     rows = []
     for c in concurrency:
         plain = runs["plain"][c]
         for key, by_c in runs.items():
-            ratios = [x / p for x, p in zip(by_c[c], plain, strict=True)]  # same repeat: same conditions
-            rows.append(
-                {
-                    "concurrency": c, "variant": key, "median_tok_s": statistics.median(by_c[c]),
-                    "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
-                    "ratio_max": round(max(ratios), 3), "tok_s": by_c[c],
-                }
-            )  # fmt: skip
+            row = {"concurrency": c, "variant": key}
+            for m in METRICS:
+                mine = by_c[c][m]
+                ratios = [x / p if m == "tok_s" else p / x for x, p in zip(mine, plain[m], strict=True)]
+                row[m] = {"median": round(statistics.median(mine), 4), "runs": mine}
+                row[f"ratio_{m}"] = {
+                    "median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
+                    "max": round(max(ratios), 3),
+                }  # fmt: skip
+            rows.append(row)
     return rows
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{'c':>3} | {'variant':<12} | {'tok/s (median)':>14} | {'ratio to plain':>14} | {'spread':>13}")
-    print("-" * 68)
+    print(
+        f"\n{'c':>3} | {'variant':<15} | {'tok/s':>7} | {'ratio (min..max)':>17} | {'prefill':>7} | {'decode':>7}"
+    )
+    print("-" * 72)
     for r in result["rows"]:
-        spread = f"{r['ratio_min']:.2f}..{r['ratio_max']:.2f}"
+        t = r["ratio_tok_s"]
+        spread = f"{t['median']:.2f} ({t['min']:.2f}..{t['max']:.2f})"
         print(
-            f"{r['concurrency']:>3} | {r['variant']:<12} | {r['median_tok_s']:>14.1f} | "
-            f"{r['ratio_median']:>14.2f} | {spread:>13}"
+            f"{r['concurrency']:>3} | {r['variant']:<15} | {r['tok_s']['median']:>7.1f} | {spread:>17} | "
+            f"{r['ratio_prefill_s']['median']:>7.2f} | {r['ratio_step_ms']['median']:>7.2f}"
+        )
+    for b in result["bound"]:
+        print(
+            f"matmul bound c={b['concurrency']}: a mixed step needs +{b['extra_step_ms']} ms of matmuls (layer "
+            f"{b['layer_ms']['N']:.2f} -> {b['layer_ms']['2N']:.2f} ms, lm_head {b['lm_head_ms']['N']:.2f} -> "
+            f"{b['lm_head_ms']['2N']:.2f} ms), prefill +{b['extra_prefill_ms']} ms: mixed ratio <= "
+            f"{b['bound_tok_s']} (prefill <= {b['bound_prefill']}, decode <= {b['bound_step']})"
         )
     plain, inra = result["engines"]["plain"], result["engines"]["inra"]
     for key, label in (("kv_cache_tokens", "KV tokens"), ("kv_cache_tokens_logged", "KV (logged)")):
@@ -242,44 +335,11 @@ def print_table(result: dict) -> None:
         ratio = f"{kv_i / kv_p:.3f}" if kv_p and kv_i else "n/a"
         print(f"{label:>12}: plain {kv_p}, InRa {kv_i}, ratio {ratio}")
     print(f"  start-up s: plain {plain['startup_s']}, InRa {inra['startup_s']}")
-    for row in result.get("projection_check", []):
-        print(
-            f"  projection {row['name']} N={row['rows']}: 1 x 2N {row['stacked_ms']:.3f} ms, "
-            f"2 x N {row['two_ms']:.3f} ms, stacked / two = {row['ratio']:.2f}"
-        )
-
-
-def projection_check(args: argparse.Namespace) -> list[dict]:
-    """Median time of one (2N, D) @ (D, F) projection vs two (N, D) ones, for this model's projections."""
-    import torch
-
-    D, F, hd = args.hidden_size, args.intermediate_size, args.hidden_size // args.num_heads
-    shapes = {"qkv": (D, D + 2 * args.num_kv_heads * hd), "o": (D, D), "gate_up": (D, 2 * F), "down": (F, D)}
-    dtype, rows, linear = getattr(torch, args.dtype), [], torch.nn.functional.linear
-    for name, (d_in, d_out) in shapes.items():
-        w = torch.randn(d_out, d_in, dtype=dtype) * 0.02
-        for n in args.concurrency:
-            x = torch.randn(2 * n, d_in, dtype=dtype)
-            stacked = _median_ms(lambda x=x, w=w: linear(x, w))
-            two = _median_ms(lambda x=x, w=w, n=n: (linear(x[:n], w), linear(x[n:], w)))
-            rows.append(
-                {"name": name, "rows": n, "stacked_ms": stacked, "two_ms": two, "ratio": stacked / two}
-            )
-    return rows
-
-
-def _median_ms(fn, reps: int = 51) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
     args = parse_args()
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # apply_model ships `_matmul_ms` to the worker
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="vllm_inra_bench_") as tmp:
         plain_path, inra_path = build_checkpoints(args, Path(tmp))
@@ -288,6 +348,7 @@ def main() -> None:
             engines[name], startup = start_engine(path, args)
             info[name] = {"startup_s": startup, **kv_capacity(engines[name])}
         runs = measure(engines, args)
+        bound = matmul_bound(engines["plain"], args, runs)
         for llm in engines.values():
             llm.llm_engine.engine_core.shutdown()
         del engines
@@ -299,7 +360,7 @@ def main() -> None:
         "expected_kv_ratio": round((L + n) / (2 * L + n), 4),  # KV per token: L + n (plain) vs L + n + L
         "engines": info,
         "rows": summarize(runs, args.concurrency),
-        "projection_check": projection_check(args) if args.projection_check else [],
+        "bound": bound,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),

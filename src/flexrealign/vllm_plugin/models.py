@@ -228,12 +228,13 @@ class InRaCausalLMMixin(nn.Module):
         if self.inra_step_paths != BOTH_PATHS:
             logits = self.logits_processor(self.lm_head, hidden_states[:, : hidden_states.shape[1] // 2])
             return None if logits is None else torch.cat([logits, logits], dim=-1)  # (M, 2V)
-        aligned, ref = hidden_states.chunk(2, dim=-1)  # (M, D) each
-        logits = self.logits_processor(self.lm_head, torch.cat([aligned, ref]))  # (2M, V)
+        # (M, 2D) viewed as (2M, D) holds rows aligned_0, ref_0, aligned_1, ...: one lm_head call, and its
+        # (2M, V) output viewed as (M, 2V) is [aligned | ref] per row, with no copy either way.
+        rows = hidden_states.reshape(2 * hidden_states.shape[0], -1)  # (2M, D)
+        logits = self.logits_processor(self.lm_head, rows)  # (2M, V)
         if logits is None:
             return None  # a tensor-parallel rank that does not sample
-        aligned_logits, ref_logits = logits.chunk(2)  # (M, V) each
-        return torch.cat([aligned_logits, ref_logits], dim=-1)  # (M, 2V)
+        return logits.reshape(hidden_states.shape[0], -1)  # (M, 2V) [aligned | ref]
 
 
 # -------------------------------------------------------------------------- reference models, per family
