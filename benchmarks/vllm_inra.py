@@ -173,6 +173,9 @@ def run_variant(llm, args: argparse.Namespace, c: int, lam: str | None, seed: in
 # plain vLLM; InRa with mixed lam, all at 1, all at 0; and the thinking-dial mix (DIAL; target >= 0.9x mixed)
 VARIANTS = (("plain", None), ("inra", "mixed"), ("inra", "1"), ("inra", "0"), ("inra", "dial"))
 METRICS = ("tok_s", "prefill_s", "step_ms")
+# vLLM's workers spin (sched_yield) for 1 s after their last step before they sleep, and both engines' workers
+# are bound to the same core: a variant timed at once after the other engine's would share its core.
+IDLE_S = 1.5
 
 
 def measure(engines: dict, args: argparse.Namespace) -> dict[str, dict[int, dict[str, list[float]]]]:
@@ -184,6 +187,7 @@ def measure(engines: dict, args: argparse.Namespace) -> dict[str, dict[int, dict
         for c in args.concurrency:
             order = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
             for engine, lam in order:
+                time.sleep(IDLE_S)  # the other engine's worker busy-waits this long after its last step
                 got = run_variant(engines[engine], args, c, lam, seed=10_000 * rep + 100 * c)
                 for m in METRICS:
                     runs[_key((engine, lam))][c][m].append(round(got[m], 4))
