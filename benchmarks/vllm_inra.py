@@ -3,11 +3,12 @@
 Builds a random Qwen2-family InRa checkpoint (perturbed adapter) and its plain lam = 1 twin (the same folder
 without the `inra` entry, which plain vLLM serves as an ordinary L + n layer model). Both engines run at
 once, and every measurement is repeated with the variants interleaved (rotated order), so that the shared
-machine's drift hits them alike; the table gives medians and the spread (min..max) of the ratio to plain.
+machine's drift hits them alike, and after a pause (`IDLE_S`) in which the other engine's worker stops
+spinning; the table gives medians and the spread (min..max) of the ratio to plain.
 Variants at each concurrency: plain vLLM; InRa with lam cycling -1, 0, 0.5, 1, 2 ("mixed"); InRa with every
 request at lam = 1; at lam = 0; and the thinking dial (`DIAL`: budgets, minimums, think/answer schedules and
-lam, whose target is >= 0.9x mixed lam). Every request generates exactly `--new-tokens` tokens (ignore_eos). Both
-engines get the same KV-cache memory, so their token capacities compare directly.
+lam, whose target is >= 0.9x mixed lam). Every request generates exactly `--new-tokens` tokens
+(ignore_eos). Both engines get the same KV-cache memory, so their token capacities compare directly.
 
 Every run is also split into prefill and decode: the same variant's prompts (fresh ones, so the prefix cache
 does not hit) are run once more with max_tokens = 1, and (full - that) / (new tokens - 1) is the decode step.

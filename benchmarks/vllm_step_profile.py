@@ -3,7 +3,8 @@
 `vllm_inra.py` bounds a mixed-lam step by the extra matmuls alone. This script shows the rest: it wraps, in
 the worker of each engine (run one at a time, so neither shares its core with the other's idle worker), the
 model's `forward` and `compute_logits`, every `Attention` layer, and the InRa logits processor's `apply`
-(the fusion), then times decode steps (calls with more rows than a decode step has are prefill, not counted).
+(the fusion), then times decode steps (a step with more tokens than the largest concurrency is a prefill,
+not counted).
 
     python benchmarks/vllm_step_profile.py --enforce-eager --dtype float32   # the same flags as vllm_inra.py
 
@@ -76,7 +77,7 @@ def profile_engine(path: Path, args, lam: str | None) -> dict[int, dict[str, flo
     """Medians over `--repeats` runs per concurrency of the step and its parts, ms per decode step."""
     llm, _ = start_engine(path, args)
     timed_generate(llm, *requests(args, 2, lam, offset=10**6))  # warm-up
-    llm.apply_model(functools.partial(install_timers, max_rows=2 * max(args.concurrency)))
+    llm.apply_model(functools.partial(install_timers, max_rows=max(args.concurrency)))  # a decode step's rows
     out = {}
     for c in args.concurrency:
         runs = []
@@ -96,6 +97,10 @@ def profile_engine(path: Path, args, lam: str | None) -> dict[int, dict[str, flo
 
 def main() -> None:
     args = parse_args()
+    if args.prompt_len <= max(args.concurrency):
+        raise SystemExit(
+            "--prompt-len must exceed the largest --concurrency (that is how prefill steps are told apart)"
+        )
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # apply_model ships the timers to the worker
     with tempfile.TemporaryDirectory(prefix="vllm_step_profile_") as tmp:
         plain_path, inra_path = build_checkpoints(args, Path(tmp))
