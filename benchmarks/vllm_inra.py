@@ -271,14 +271,14 @@ def matmul_bound(plain_llm, args: argparse.Namespace, runs: dict) -> list[dict]:
     n adapter layers over N, L layers over 2N (stacked), the lm_head over 2c rows (both paths' logits)."""
     L = args.num_layers
     want = {r for c in args.concurrency for r in (c, 2 * c, c * args.prompt_len, 2 * c * args.prompt_len)}
-    ms = plain_llm.apply_model(functools.partial(_matmul_ms, rows=sorted(want)))[
-        0
-    ]  # picklable, unlike a lambda
+    timer = functools.partial(_matmul_ms, rows=sorted(want))  # picklable, unlike a lambda
+    ms = plain_llm.apply_model(timer)[0]
     T, rows = args.new_tokens, []
     for c in args.concurrency:
         N = c * args.prompt_len
-        extra_step = L * (ms[2 * c]["layer"] - ms[c]["layer"]) + ms[2 * c]["lm_head"] - ms[c]["lm_head"]
-        extra_prefill = L * (ms[2 * N]["layer"] - ms[N]["layer"]) + extra_step
+        extra_lm_head = ms[2 * c]["lm_head"] - ms[c]["lm_head"]  # prefill and decode sample c rows alike
+        extra_step = L * (ms[2 * c]["layer"] - ms[c]["layer"]) + extra_lm_head
+        extra_prefill = L * (ms[2 * N]["layer"] - ms[N]["layer"]) + extra_lm_head
         S = statistics.median(runs["plain"][c]["step_ms"])  # plain decode step, ms
         P = 1000 * statistics.median(runs["plain"][c]["prefill_s"])  # plain prefill, ms
         rows.append(
