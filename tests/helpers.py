@@ -67,6 +67,23 @@ def qwen3_tokenizer():
     return AutoTokenizer.from_pretrained(shared_path("tokenizers", "qwen3"))
 
 
+# Qwen3-Thinking-2507's generation prompt opens the think block itself (DeepSeek-R1's does too); the Qwen3
+# template in shared/ leaves opening it to the model, which a random test model never does.
+_QWEN3_PROMPT = "{{- '<|im_start|>assistant\\n' }}"
+_OPEN_THINKING = (
+    "{%- if not (enable_thinking is defined and enable_thinking is false) %}{{- '<think>\\n' }}{%- endif %}"
+)
+
+
+def qwen3_thinking_tokenizer():
+    """The real Qwen3 tokenizer with Qwen3-Thinking-2507's chat template: the prompt opens `<think>`, so the
+    model is thinking from its first token (`enable_thinking=False` still closes the block in the prompt)."""
+    tok = qwen3_tokenizer()
+    assert tok.chat_template.count(_QWEN3_PROMPT) == 1, "the Qwen3 template changed"
+    tok.chat_template = tok.chat_template.replace(_QWEN3_PROMPT, _QWEN3_PROMPT + _OPEN_THINKING)
+    return tok
+
+
 def qwen3_inra(tok, seed: int = 0) -> InRaModel:
     """A tiny random Qwen3-family InRa model over the full Qwen3 vocabulary, adapter perturbed so lam matters."""
     from flexrealign.tiny import tiny_model

@@ -15,7 +15,7 @@ import torch
 from flexrealign.generation import LamSchedule, encode_prompts, generate
 from flexrealign.thinking import MissingThinkMarker
 from flexrealign.tiny import tiny_model
-from helpers import qwen3_inra, qwen3_tokenizer
+from helpers import qwen3_inra, qwen3_thinking_tokenizer
 
 CHAT = [{"role": "user", "content": "What is 2 + 2?"}]
 OTHER = [{"role": "user", "content": "Name a colour."}]
@@ -25,7 +25,7 @@ N = 16
 
 @pytest.fixture(scope="module")
 def tok():
-    return qwen3_tokenizer()
+    return qwen3_thinking_tokenizer()
 
 
 def qwen_base(tok, seed: int = 0):

@@ -56,6 +56,11 @@ def run(state: ThinkingState, tokens: list[int]) -> list[float]:
     return lams
 
 
+def opened(tok) -> list[int]:
+    """A prompt that opens the think block, as DeepSeek-R1's and Qwen3-Thinking-2507's templates do."""
+    return prompt_ids(tok) + words(tok, "<think>\n")
+
+
 @pytest.mark.parametrize("special", [False, True])
 def test_switches_on_the_token_after_the_marker(qwen3, qwen3_special, special):
     tok = qwen3_special if special else qwen3
@@ -65,12 +70,12 @@ def test_switches_on_the_token_after_the_marker(qwen3, qwen3_special, special):
     )
     plan = ThinkingPlan(markers, lam_think=-0.5, lam_answer=1.5)
     thoughts, answer = words(tok, "<think>\nfour, surely"), words(tok, "\n\nThe answer is 4.")
-    state = ThinkingState(plan, prompt_ids(tok))
-    assert state.stage == THINKING
+    state = ThinkingState(plan, prompt_ids(tok))  # Qwen3: the model opens the block itself
+    assert state.stage == ANSWERING
     lams = run(state, thoughts + list(markers.end) + answer)
-    k = len(thoughts) + 1  # the marker itself is still decoded at the thinking lam
-    assert lams == [-0.5] * k + [1.5] * len(answer)
-    assert state.spent == len(thoughts) and state.stage == ANSWERING
+    k = len(thoughts)  # each marker is decoded at the lam of the stage it ends
+    assert lams == [1.5] + [-0.5] * k + [1.5] * len(answer)
+    assert state.spent == len(thoughts) - 1 and state.stage == ANSWERING  # `<think>` is no thought
 
 
 def test_multi_token_marker_is_matched_as_a_sequence(qwen3):
@@ -85,28 +90,31 @@ def test_multi_token_marker_is_matched_as_a_sequence(qwen3):
     assert state.spent == len(thoughts) - len(partial)
 
 
-def test_prompt_that_closed_thinking_starts_answering(qwen3):
+def test_initial_stage_follows_the_prompt(qwen3):
     markers = think_markers(qwen3)
     closed = prompt_ids(qwen3, enable_thinking=False)  # Qwen3: "...assistant\n<think>\n\n</think>\n\n"
     assert initial_stage(closed, markers) == ANSWERING
-    assert initial_stage(prompt_ids(qwen3), markers) == THINKING
+    assert initial_stage(opened(qwen3), markers) == THINKING
+    assert initial_stage(prompt_ids(qwen3), markers) == ANSWERING  # no block open: the model may open one
     state = ThinkingState(ThinkingPlan(markers, -1.0, 2.0, budget=3), closed)
     assert run(state, words(qwen3, "Four is the answer.")) == [2.0] * 5 and state.spent == 0
     assert state.forced is None  # no budget forcing in the answer stage
-    # an older turn's </think> far back does not close the new turn's thinking
+    # an older turn's closed block far back does not close the new turn's block, opened by the prompt
     history = [
         *CHAT,
         {"role": "assistant", "content": "<think>x</think>4"},
         {"role": "user", "content": "and 3+3?" * 9},
     ]
-    text = qwen3.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+    text = qwen3.apply_chat_template(history, tokenize=False, add_generation_prompt=True) + "<think>\n"
     assert initial_stage(qwen3(text, add_special_tokens=False)["input_ids"], markers) == THINKING
+    # a tokenizer that knows only an end marker cannot see a block open: the model thinks first
+    assert initial_stage(prompt_ids(qwen3), think_markers(qwen3, end="</reasoning>")) == THINKING
 
 
 @pytest.mark.parametrize("closing", [None, "Time is up; answering now."])
 def test_budget_forces_closing_text_then_marker_exactly_once(qwen3, closing):
     plan = thinking_plan(qwen3, 0.0, 1.0, budget=12, closing=closing, eos=[qwen3.eos_token_id])
-    state = ThinkingState(plan, prompt_ids(qwen3))
+    state = ThinkingState(plan, opened(qwen3))
     free = words(qwen3, " wait")[0]
     out: list[int] = []
     while state.thinking:
@@ -122,7 +130,7 @@ def test_budget_forces_closing_text_then_marker_exactly_once(qwen3, closing):
 def test_minimum_bans_eos_and_the_end_marker(qwen3):
     eos = qwen3.convert_tokens_to_ids("<|im_end|>")
     plan = thinking_plan(qwen3, 0.0, 1.0, min_tokens=3, eos=[eos])
-    state = ThinkingState(plan, prompt_ids(qwen3))
+    state = ThinkingState(plan, opened(qwen3))
     end = plan.markers.end[0]
     for _ in range(3):
         assert set(state.banned) == {eos, end}
@@ -133,6 +141,8 @@ def test_minimum_bans_eos_and_the_end_marker(qwen3):
     assert multi.banned == ()  # nothing completes the marker yet
     multi.push_many(prefix)
     assert multi.banned == (multi.plan.markers.end[-1],)  # would end thinking at len(prefix) < 4 tokens
+    idle = ThinkingState(plan, prompt_ids(qwen3))
+    assert idle.banned == ()  # the minimum holds inside a block; a reply that never opens one may end
 
 
 def test_missing_marker_is_named(stories260k):

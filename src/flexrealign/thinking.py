@@ -8,14 +8,19 @@ a prompt that already closed the think block must start in the answer stage):
 * the markers come from the tokenizer (`think_markers`): `<think>` / `</think>` and the other pairs in
   `MARKER_PAIRS`, whether special tokens or not; an override (`--think-marker`, API `lam_marker`) is encoded
   by the tokenizer and, when it is several tokens, matched as that sequence;
-* the initial stage comes from the rendered prompt (`initial_stage`);
-* `thinking_token_budget` caps the thinking tokens: when only the optional closing text still fits, the
-  closing text and then the end marker are forced, one token per step; the answer follows at the answer lam;
+* the initial stage comes from the rendered prompt (`initial_stage`): thinking when the prompt left a think
+  block open, answering otherwise; outside a block the model may open one (`<think>`), and may open another
+  after closing one ("</think> Wait, <think> ...");
+* `thinking_token_budget` caps the thinking tokens of all blocks together: when only the optional closing
+  text still fits, the closing text and then the end marker are forced, one token per step (if the model has
+  begun writing the end marker, only the rest of it); a block opened after the budget is spent is closed at
+  once; the answer follows at the answer lam;
 * `min_thinking_tokens` bans EOS and the token that would complete the end marker until that many thinking
-  tokens were produced.
+  tokens were produced (while a block is open).
 
-Counting: a thinking token is any token generated in the thinking stage except those of the end marker
-(the model's own `<think>`, its thoughts and the forced closing text count). `spent <= budget` always holds.
+Counting: a thinking token is a token generated while a think block is open, except those of the end marker
+(the thoughts and the forced closing text count; the markers, and whatever is written outside a block, do
+not). `spent <= budget` always holds.
 """
 
 from __future__ import annotations
@@ -121,13 +126,29 @@ def _last_index(ids: Sequence[int], seq: tuple[int, ...]) -> int:
 
 
 def initial_stage(prompt_ids: Sequence[int], markers: ThinkMarkers) -> str:
-    """ANSWERING when the rendered prompt already closed the think block (its last marker, within the final
-    PROMPT_TAIL tokens, is the end marker), else THINKING (the model thinks first)."""
+    """THINKING when the rendered prompt leaves a think block open, else ANSWERING.
+
+    A block is open when the prompt's last start marker comes after its last end marker (DeepSeek-R1's template
+    ends "<think>\\n"). A prompt that closed the block within its final PROMPT_TAIL tokens answers (Qwen3's
+    enable_thinking=False). Otherwise no block is open: with a known start marker the request waits, outside
+    any block, for the model to open one (Qwen3 writes `<think>` itself); a tokenizer that knows only an end
+    marker cannot see a block open, so the model is taken to think first.
+    """
     end = _last_index(prompt_ids, markers.end)
     start = _last_index(prompt_ids, markers.start)
+    if start > end:
+        return THINKING
     if end > start and len(prompt_ids) - end <= PROMPT_TAIL:
         return ANSWERING
-    return THINKING
+    return ANSWERING if markers.start else THINKING
+
+
+def _kept_prefix(seq: list[int], marker: tuple[int, ...]) -> int:
+    """Length of the longest suffix of `seq` that is a proper prefix of `marker` (a KMP state)."""
+    for k in range(min(len(seq), len(marker) - 1), 0, -1):
+        if tuple(seq[-k:]) == marker[:k]:
+            return k
+    return 0
 
 
 @dataclass(frozen=True)
@@ -155,6 +176,11 @@ class ThinkingPlan:
             raise ValueError(
                 f"min_thinking_tokens ({self.min_tokens}) is above thinking_token_budget ({self.budget})"
             )
+        end, closing = self.markers.end, self.closing
+        if any(closing[i : i + len(end)] == end for i in range(len(closing) - len(end) + 1)):
+            raise ValueError(
+                "the thinking closing text must not contain the think-end marker: it is forced after it"
+            )
         if self.budget is not None and len(self.closing) > self.budget:
             raise ValueError(
                 f"the closing text is {len(self.closing)} tokens, more than thinking_token_budget "
@@ -173,22 +199,34 @@ class ThinkingPlan:
 
 class ThinkingState:
     """One request's machine. Feed every generated token to `push`; before each step read `lam`,
-    `forced` (the token the step must produce, or None) and `banned` (tokens it must not produce)."""
+    `forced` (the token the step must produce, or None) and `banned` (tokens it must not produce).
 
-    __slots__ = ("plan", "stage", "spent", "generated", "_queue", "_recent")
+    Tokens count as thinking only inside an open block, and every block counts against one budget. The end
+    marker's tokens never count: a generated tail that may still become the end marker (`_partial`, a proper
+    prefix of it) is held apart until it completes the marker or turns out to be thought.
+    """
+
+    __slots__ = ("plan", "stage", "_thoughts", "_partial", "_opening", "_queue")
 
     def __init__(self, plan: ThinkingPlan, prompt_ids: Sequence[int]) -> None:
         self.plan = plan
         self.stage = initial_stage(prompt_ids, plan.markers)
-        self.spent = 0  # thinking tokens so far (end marker excluded)
-        self.generated = 0  # tokens pushed while thinking, end marker included
+        self._thoughts = 0  # thinking tokens that are surely not part of an end marker, over every block
+        self._partial: list[int] = []  # in a block: the tail that is a proper prefix of the end marker
+        self._opening: list[int] = []  # out of a block: the tail that is a proper prefix of the start marker
         self._queue: list[int] = []  # forced tokens still to come
-        self._recent: list[int] = []  # the last len(end) tokens, to match the end marker
         self._maybe_force()
 
     @property
     def thinking(self) -> bool:
         return self.stage == THINKING
+
+    @property
+    def spent(self) -> int:
+        """Thinking tokens so far (end markers excluded): a pending prefix of the end marker counts, unless the
+        rest of the marker is being forced after it (then it surely is the marker)."""
+        closing_it = self._queue and self._partial + self._queue == list(self.plan.markers.end)
+        return self._thoughts + (0 if closing_it else len(self._partial))
 
     @property
     def lam(self) -> float:
@@ -200,29 +238,45 @@ class ThinkingState:
 
     @property
     def banned(self) -> tuple[int, ...]:
-        """EOS and the end marker's completing token, while fewer than min_tokens were spent thinking."""
+        """While fewer than min_tokens were spent thinking in an open block: EOS, and the token that would
+        complete the end marker (only the marker's last token can, once the rest of it was generated)."""
         p, end = self.plan, self.plan.markers.end
-        if not self.thinking or self._queue or self.generated - (len(end) - 1) >= p.min_tokens:
+        if not self.thinking or self._queue:
             return ()
-        completes = len(end) == 1 or self._recent[-(len(end) - 1) :] == list(end[:-1])
         eos = tuple(p.eos) if self.spent < p.min_tokens else ()
+        completes = len(self._partial) == len(end) - 1 and self._thoughts < p.min_tokens
         return eos + ((end[-1],) if completes else ())
 
     def push(self, token: int) -> bool:
-        """Advance by one generated token; returns True when it changed the stage (lam may change)."""
+        """Advance by one generated token; returns True when it opened or closed a block (lam may change)."""
         if not self.thinking:
-            return False
+            return self._push_outside(token)
+        if self._queue:
+            # a forced token was produced as forced, or (never with our engines) the step ignored the force:
+            # then rebuild the close from what was really written
+            self._queue = self._queue[1:] if self._queue[0] == token else []
         end = self.plan.markers.end
-        self.generated += 1
-        self._recent = (self._recent + [token])[-len(end) :]
-        if self._queue and self._queue[0] == token:
-            self._queue.pop(0)
-        if tuple(self._recent) == end:
-            self.stage, self._queue = ANSWERING, []
-            self.spent = self.generated - len(end)
+        seq = [*self._partial, token]
+        if tuple(seq) == end:
+            self.stage, self._partial, self._queue = ANSWERING, [], []
             return True
-        self.spent = self.generated
+        keep = _kept_prefix(seq, end)
+        self._thoughts += len(seq) - keep
+        self._partial = seq[len(seq) - keep :]
         self._maybe_force()
+        return False
+
+    def _push_outside(self, token: int) -> bool:
+        start = self.plan.markers.start
+        if not start:
+            return False
+        seq = [*self._opening, token]
+        if tuple(seq) == start:
+            self.stage, self._opening = THINKING, []
+            self._maybe_force()
+            return True
+        keep = _kept_prefix(seq, start)
+        self._opening = seq[len(seq) - keep :]
         return False
 
     def push_many(self, tokens: Iterable[int]) -> bool:
@@ -232,16 +286,19 @@ class ThinkingState:
         return changed
 
     def _maybe_force(self) -> None:
-        """Queue the closing text and the end marker once only they still fit in the budget."""
+        """Queue the close once only it still fits in the budget: the closing text and the end marker when
+        the whole closing text fits, the end marker alone when less does (a later block), and the rest of the
+        end marker when the model had begun writing it (never a second, restarted marker)."""
         p = self.plan
-        if (
-            self.thinking
-            and not self._queue
-            and p.budget is not None
-            and self.spent >= p.budget - len(p.closing)
-        ):
-            self._queue = list(p.closing[max(0, self.spent - (p.budget - len(p.closing))) :])
-            self._queue += list(p.markers.end)
+        if not self.thinking or self._queue or p.budget is None:
+            return
+        room = p.budget - self.spent
+        if room > len(p.closing):
+            return
+        if self._partial:
+            self._queue = list(p.markers.end[len(self._partial) :])
+        else:
+            self._queue = (list(p.closing) if room == len(p.closing) else []) + list(p.markers.end)
 
 
 def thinking_plan(

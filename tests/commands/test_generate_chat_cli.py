@@ -8,14 +8,14 @@ import json
 import pytest
 
 from flexrealign.cli import main
-from helpers import qwen3_inra, qwen3_tokenizer
+from helpers import qwen3_inra, qwen3_thinking_tokenizer
 
 PROMPT = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    tok = qwen3_tokenizer()
+    tok = qwen3_thinking_tokenizer()
     path = tmp_path_factory.mktemp("qwen_inra")
     qwen3_inra(tok).save_pretrained(path, tokenizer=tok)
     return path

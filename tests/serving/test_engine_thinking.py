@@ -9,7 +9,7 @@ import pytest
 
 from flexrealign.generation import LamSchedule, ThinkingLimits, generate
 from flexrealign.serving.engine import Engine, Event, InvalidRequest, SamplingParams
-from helpers import qwen3_inra, qwen3_tokenizer
+from helpers import qwen3_inra, qwen3_thinking_tokenizer
 
 CHATS = [
     [{"role": "user", "content": "What is 2 + 2?"}],
@@ -21,7 +21,7 @@ N = 14
 
 @pytest.fixture(scope="module")
 def tok():
-    return qwen3_tokenizer()
+    return qwen3_thinking_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -252,7 +252,14 @@ THINKING = [  # extra_args of a mixed batch: schedules, budgets with and without
     {"lam_think": 2.0, "lam_answer": 0.0, "thinking_token_budget": 6, "min_thinking_tokens": 3},
     {"lam": 1.0, "thinking_token_budget": 0},
     {"lam_think": 0.5, "lam_answer": -1.0, "min_thinking_tokens": 4},
+    {"lam_think": -1.0, "lam_answer": 0.5, "thinking_token_budget": 2},  # its prompt opens no block
 ]
+
+
+def thinking_prompts() -> list[str]:
+    """The prompt of each THINKING request: all but the last open the think block (as DeepSeek-R1's template
+    does); the last leaves it to the model, which never opens one, so it must be neither counted nor cut."""
+    return [PROMPTS[i % 2] + ("<think>" if i < len(THINKING) - 1 else "") for i in range(len(THINKING))]
 
 
 def flexrealign_dial(path, prompt: str, extra: dict) -> tuple[list[int], int]:
@@ -271,15 +278,31 @@ def flexrealign_dial(path, prompt: str, extra: dict) -> tuple[list[int], int]:
 def test_thinking_dial_matches_flexrealign_greedy(engine):
     """Schedules, budgets and minimums run in the logits processor, per row, with flexrealign's tokens."""
     path, llm = engine
-    prompts = [PROMPTS[i % 2] for i in range(len(THINKING))]
+    prompts = thinking_prompts()
     outs = llm.generate(prompts, [greedy(0.0, extra_args=x) for x in THINKING], use_tqdm=False)
     end = llm.get_tokenizer().convert_tokens_to_ids("</think>")
     for prompt, extra, out in zip(prompts, THINKING, outs, strict=True):
         got = list(out.outputs[0].token_ids)
         want, spent = flexrealign_dial(path, prompt, extra)
         assert got == want, f"{extra}: vLLM {got} != flexrealign {want}"
-        if "thinking_token_budget" in extra:
+        if not prompt.endswith("<think>"):  # no block: nothing counted, nothing forced, all at the answer lam
+            assert spent == 0 and end not in got and got == flexrealign_dial(path, prompt, {"lam": 0.5})[0]
+        elif "thinking_token_budget" in extra:
             assert got.index(end) == spent == extra["thinking_token_budget"]  # forced once, at the budget
+
+
+def test_minimum_bans_the_request_stop_tokens(engine):
+    """Issue 21, kind 3: below min_thinking_tokens every token that would end the request is banned, the
+    request's stop_token_ids too (vLLM's own min_tokens bans all of them)."""
+    path, llm = engine
+    prompt = PROMPTS[0] + "<think>"
+    first = flexrealign_dial(path, prompt, {"lam": 1.0})[0][0]  # what the model writes first, unconstrained
+    params = [
+        greedy(1.0, extra_args={"lam": 1.0, "min_thinking_tokens": m}, stop_token_ids=[first]) for m in (0, 4)
+    ]
+    free, held = (list(o.outputs[0].token_ids) for o in llm.generate([prompt] * 2, params, use_tqdm=False))
+    assert free == [first]  # the stop token ends the request at once without a minimum
+    assert first not in held[:4] and len(held) > 4, held
 
 
 def test_reasoning_effort(engine):

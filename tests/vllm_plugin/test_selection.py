@@ -237,22 +237,28 @@ def test_dial_requests_are_checked_before_the_engine(stories260k, tmp_path):
         set_served_model(None, None, False)
 
 
-def test_processor_forces_the_budget_and_switches_lam():
-    """Budget 2 with lam 0 -> 1: two free tokens, then `</think>` forced, then the answer lam."""
+def _dial_processor(extra: dict, prompt_open: bool, **params):
+    """(processor, tokenizer, the request's live output list) for one request of `extra` on a 300-token model;
+    its prompt opens the think block when `prompt_open`. EOS 2 and generation_config EOS [2, 7] as vLLM sets them."""
     from flexrealign.vllm_plugin.tiny import bpe_tokenizer
 
     tok = bpe_tokenizer(300)
     proc = processor()
     proc.vocab_size = len(tok)
-    proc._tokenizer, proc._eos = tok, {2}
-    end = tok.convert_tokens_to_ids("</think>")
+    proc._tok = tok
+    sp = SamplingParams(extra_args=extra, **params)
+    sp.update_from_generation_config({"eos_token_id": [2, 7]}, eos_token_id=2)
+    prompt = [5, 6] + ([tok.convert_tokens_to_ids("<think>")] if prompt_open else [])
     output: list[int] = []
+    proc.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, sp, prompt, output)], moved=[]))
+    return proc, tok, output
+
+
+def test_processor_forces_the_budget_and_switches_lam():
+    """Budget 2 with lam 0 -> 1: two free tokens, then `</think>` forced, then the answer lam."""
     extra = {"lam_think": 0.0, "lam_answer": 1.0, "thinking_token_budget": 2, "min_thinking_tokens": 1}
-    proc.update_state(
-        BatchUpdate(
-            batch_size=1, removed=[], added=[(0, SamplingParams(extra_args=extra), [5, 6], output)], moved=[]
-        )
-    )
+    proc, tok, output = _dial_processor(extra, prompt_open=True, stop_token_ids=[9])
+    end = tok.convert_tokens_to_ids("</think>")
     V = len(tok)
     steps = []
     for _ in range(4):
@@ -263,11 +269,42 @@ def test_processor_forces_the_budget_and_switches_lam():
         output.append(token)
         proc.update_state(None)
     out0 = steps[0][0]
-    assert torch.isneginf(out0[0, 2]) and torch.isneginf(out0[0, end])  # minimum: no EOS, no end marker
-    assert torch.equal(steps[1][0][0, 3:end], steps[1][1][0, V + 3 : V + end])  # lam 0
+    # the minimum bans every token that ends the request: EOS, the generation_config's EOS list and the
+    # request's stop_token_ids (vLLM ends a request on any of them), and the end marker
+    assert all(torch.isneginf(out0[0, t]) for t in (2, 7, 9, end))
+    assert torch.isfinite(out0[0, 3:7]).all()
+    assert torch.equal(steps[1][0][0, 10:end], steps[1][1][0, V + 10 : V + end])  # lam 0
     assert output[2] == end and torch.isfinite(steps[2][0]).sum() == 1  # forced through the logits
     out3, logits3 = steps[3]
     assert torch.equal(out3, logits3[:, :V])  # the answer at lam 1: the aligned half
+
+
+def test_processor_follows_every_think_block():
+    """Issue 21, kind 1 in the plugin: a reply that does not open a block is not cut and thinks at the answer
+    lam; a block the model opens later, and a second one, count against the same budget."""
+    extra = {"lam_think": 0.0, "lam_answer": 1.0, "thinking_token_budget": 3}
+    proc, tok, output = _dial_processor(extra, prompt_open=False)
+    start, end = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
+    V = len(tok)
+
+    def step(token: int | None) -> torch.Tensor:
+        """One step: the fused row the sampler sees, then `token` (the forced one when None) appended."""
+        logits = torch.randn(1, 2 * V)
+        out = proc.apply(logits.clone())
+        output.append(int(out.argmax()) if token is None else token)
+        proc.update_state(None)
+        return out
+
+    # an answer with no block: never forced, decoded at the answer lam
+    for t in (20, 21, 22, 23):
+        assert torch.isfinite(step(t)).sum() == V
+    assert proc.rows[0].thinking.spent == 0
+    step(start)  # the model opens a block: two thoughts, then it closes it itself
+    step(30), step(31), step(end), step(40), step(start)  # " Wait" and a second block: one thought still fits
+    assert proc.rows[0].thinking.thinking and proc.rows[0].lam == 0.0
+    step(32)
+    forced = step(None)
+    assert output[-1] == end and torch.isfinite(forced).sum() == 1 and proc.rows[0].thinking.spent == 3
 
 
 # ---------------------------------------------------------------------------------- path skipping

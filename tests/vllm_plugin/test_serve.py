@@ -154,10 +154,10 @@ def test_bad_lam_is_a_400(server):
 
 def test_thinking_dial_over_http(server):
     """Budgets and schedules in vllm_xargs, concurrently, give flexrealign's greedy tokens."""
-    from test_offline import THINKING, flexrealign_dial
+    from test_offline import THINKING, flexrealign_dial, thinking_prompts
 
     path, client = server
-    jobs = [(PROMPTS[i % 2], extra) for i, extra in enumerate(THINKING)]
+    jobs = list(zip(thinking_prompts(), THINKING, strict=True))
 
     def send(job):
         prompt, extra = job

@@ -103,6 +103,17 @@ def check_request(params: SamplingParams) -> None:
         )
 
 
+def stop_token_ids(params: SamplingParams) -> set[int]:
+    """Every token that ends this request, as vLLM's scheduler decides (`check_stop`): its EOS (None under
+    ignore_eos) and its stop_token_ids, which vLLM fills with the generation_config's EOS list
+    (`SamplingParams.update_from_generation_config`: 151643 and 151645 on Qwen3) and the request's own.
+    min_thinking_tokens bans them all, as vLLM's own min_tokens processor bans `all_stop_token_ids`."""
+    ids = set(params.stop_token_ids or ())
+    if params.eos_token_id is not None:
+        ids.add(params.eos_token_id)
+    return ids
+
+
 def tokenizer_size(vllm_config: VllmConfig) -> int | None:
     """How many vocabulary rows have a token: the length of the engine's tokenizer (None without one)."""
     from vllm.tokenizers import cached_tokenizer_from_config
@@ -124,8 +135,8 @@ class _Row:
         """Feed the machine the output ids produced since the last step; True when the lam, the forced token
         or the banned tokens changed (only then are the device tensors rebuilt)."""
         t = self.thinking
-        if t is None or not t.thinking:
-            return False
+        if t is None or len(self.output) == self.seen:
+            return False  # outside a block the machine still reads every token: the model may open one
         before = (t.forced, t.banned)
         for token in self.output[self.seen :]:
             if token < 0:  # a placeholder of a token not known yet (async scheduling)
@@ -153,8 +164,7 @@ class InRaLogitsProcessor(LogitsProcessor):
             record_served_model(self.model_config)
         self.rows: dict[int, _Row] = {}  # persistent-batch row -> dial state
         self.biases: dict[int, dict[int, float]] = {}  # row -> logit_bias, to complete after fusion
-        self._tokenizer = None
-        self._eos: set[int] | None = None
+        self._tok = None  # the engine's tokenizer, for think markers (loaded on the first dial request)
         self._lam_rows: torch.Tensor | None = None  # (B,) rebuilt after a batch change or a stage switch
         self._force: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, tokens) forced next step
         self._ban: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, tokens) banned next step
@@ -167,26 +177,21 @@ class InRaLogitsProcessor(LogitsProcessor):
         return False  # fusion changes which token is the most likely, so greedy decoding needs it too
 
     # ------------------------------------------------------------------------------------------- state
-    def _tokenizer_and_eos(self) -> tuple[object, set[int]]:
-        if self._tokenizer is None:
+    def _tokenizer(self):
+        if self._tok is None:
             from vllm.tokenizers.registry import cached_tokenizer_from_config
 
-            self._tokenizer = cached_tokenizer_from_config(self.model_config)
-            eos = getattr(self.model_config.hf_config, "eos_token_id", None)
-            self._eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-            if getattr(self._tokenizer, "eos_token_id", None) is not None:
-                self._eos.add(self._tokenizer.eos_token_id)
-        return self._tokenizer, self._eos  # type: ignore[return-value]
+            self._tok = cached_tokenizer_from_config(self.model_config)
+        return self._tok
 
     def _new_row(self, params: SamplingParams, prompt: list[int] | None, output: list[int]) -> _Row:
         dial = dial_request(params.extra_args)
         lam = dial.lam.lams[0] if isinstance(dial.lam, LamSchedule) else float(dial.lam)
         if not dial.needs_state:
             return _Row(lam)
-        tok, eos = self._tokenizer_and_eos()
         try:
             state = row_thinking(
-                tok, dial.lam, dial.limits, prompt or [], set() if params.ignore_eos else eos
+                self._tokenizer(), dial.lam, dial.limits, prompt or [], stop_token_ids(params)
             )
         except ValueError:  # validate_params refuses these first; never take the engine down for one request
             logger.exception("InRa: cannot build the thinking state of a request; it runs at lam %s", lam)
