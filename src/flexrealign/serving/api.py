@@ -1,9 +1,11 @@
 """The OpenAI-compatible HTTP API over an `Engine`: /v1/models, /v1/completions, /v1/chat/completions, /health.
 
 Every request carries its own lam (`lam`, or for chats `lam_turns` or `lam_think`/`lam_answer`), validated
-against the server's bounds. Errors use OpenAI's body, {"error": {"message", "type", "param", "code"}}:
-400 for malformed JSON and values this server refuses, 401 for a missing or wrong API key, 404 for an
-unknown model or route, 422 for bodies that do not fit the schema, 503 when the engine is down.
+against the server's bounds. A chat is served only when its template renders every message into the prompt
+(`serving.audit.audit_rendering`). Errors use OpenAI's body, {"error": {"message", "type", "param", "code"}}:
+400 for every invalid request (malformed JSON, a body that does not fit the schema, values or messages this
+server refuses), as OpenAI and vLLM answer them; 401 for a missing or wrong API key, 404 for an unknown model
+or route, 503 when the engine is down.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from flexrealign.calibration import Calibration
 from flexrealign.generation import LamSpec
+from flexrealign.serving.audit import Refused, audit_rendering
 from flexrealign.serving.engine import (
     Engine,
     Event,
@@ -146,13 +149,33 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     template_kwargs = ((effort.chat_template_kwargs if effort else None) or {}) | (
         body.chat_template_kwargs or {}
     )
-    try:
-        ids = engine.encode(messages, template_kwargs)
-    except InvalidRequest as e:
-        raise APIError(400, str(e), param="messages") from e
+    ids = chat_prompt(engine, messages, template_kwargs)
     lam = resolve_lam(args, messages, cfg, engine.is_fused, effort)
     params = sampling(body, body.max_completion_tokens, len(ids), cfg, engine, thinking_limits(args, effort))
     return await _serve(request, engine, ids, lam, params, body, _CHAT)
+
+
+def chat_prompt(engine: Engine, messages: list[dict], template_kwargs: dict) -> list[int]:
+    """The prompt ids of a chat, once the chat template is seen to render every message (`audit_rendering`).
+
+    Args:
+        engine: the engine whose tokenizer and chat_template_kwargs render the chat.
+        messages: `{"role", "content"}` dicts with string content.
+        template_kwargs: the request's chat template arguments, over the engine's.
+
+    Returns:
+        The token ids the engine will condition on.
+
+    Raises:
+        APIError: 400 naming the first message the template drops or refuses, or a chat it cannot encode.
+    """
+    try:
+        audit_rendering(engine.tokenizer, messages, (engine.chat_template_kwargs or {}) | template_kwargs)
+        return engine.encode(messages, template_kwargs)
+    except Refused as e:
+        raise APIError(400, e.message, param=e.param, code=e.code) from e
+    except InvalidRequest as e:
+        raise APIError(400, str(e), param="messages") from e
 
 
 # ---------------------------------------------------------------------------------------------- responses

@@ -10,16 +10,30 @@ roles alike. Three kinds of field:
   prompt_cache_key, prompt_cache_retention, parallel_tool_calls without tools, service_tier auto/default);
 * everything else is refused unless its value asks for nothing (None, false, 0, the default): the
   `LIMITS` tables below. A field outside the schema is refused as unknown, so a typo is never ignored.
-Message roles system, developer, user and assistant with text content are rendered by the chat template;
-tool and function messages, tool calls, names, audio and non-text content parts are refused.
+Messages: roles system, developer, user and assistant with text content are accepted by the schema; tool
+and function messages, other roles, tool calls, names, audio and non-text content parts are refused. That the
+chat template renders each accepted message is checked on what it produced (`audit_rendering`):
+* the chat is rendered once more with each message's content replaced by a unique sentinel (digits, which
+  survive trimming and case changes); a message whose sentinel is not in that prompt is one the template has
+  no branch for (Qwen3 has none for "developer"): refused with a 400 naming its index and role;
+* each message's own text must be in the real prompt, with runs of whitespace collapsed (templates trim
+  content); otherwise it is refused with a 400 naming its index, role and content;
+* a template that raises (`raise_exception`) is a 400 naming the first message it refuses.
+Allowed on purpose: an assistant message's text up to its last `</think>` is its thinking, and reasoning
+templates (Qwen3, DeepSeek-R1) leave the thinking of earlier turns out of the prompt, as the model was
+trained; only the answer after `</think>` must reach the prompt. A message with empty content has no text to
+lose, but still needs its sentinel in the prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from jinja2.exceptions import TemplateError
 from pydantic import BaseModel
+from transformers import PreTrainedTokenizerBase
 
 from flexrealign.serving.protocol import ChatCompletionRequest, CompletionRequest, LamArgs
 
@@ -123,3 +137,115 @@ def _refuse_unknown(model: BaseModel, prefix: str) -> None:
             hint = f"; the lam and thinking fields are {', '.join(sorted(LamArgs.model_fields))}"
         raise Refused(f"unknown field {prefix + key!r}: this server does not implement it{hint}",
                       prefix + key, "unknown_field")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- what the template renders
+THINK_END = "</think>"  # reasoning templates drop an earlier assistant turn's text up to this marker
+
+
+def audit_rendering(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], template_kwargs: dict
+) -> None:
+    """Raise Refused for the first message the chat template leaves out of the prompt (module docstring).
+
+    Args:
+        tokenizer: the served tokenizer; without a chat template nothing is checked (encoding refuses).
+        messages: the chat as the template gets it, `{"role", "content"}` dicts with string content.
+        template_kwargs: the keyword arguments the prompt is rendered with (enable_thinking, ...).
+
+    Raises:
+        Refused: naming `messages[i].role` (the template renders nothing of that message, or raises on it) or
+            `messages[i].content` (the template renders the message without its text).
+    """
+    if tokenizer.chat_template is None:
+        return
+    prompt = _render_or_refuse(tokenizer, messages, template_kwargs)
+    tags = _sentinels(len(messages))
+    try:
+        probe = render_chat(tokenizer, [m | {"content": t} for m, t in zip(messages, tags, strict=True)],
+                            template_kwargs)  # fmt: skip
+    except (TemplateError, TypeError, ValueError):
+        probe = None  # a template that refuses sentinel content: the content check below still holds
+    if probe is not None:
+        _refuse_unrendered(messages, [t in probe for t in tags])
+    flat = _squeeze(prompt)
+    for i, message in enumerate(messages):
+        if _squeeze(required_text(message)) not in flat:
+            raise Refused(f"messages[{i}] (role {message['role']!r}): its content "
+                          f"{message['content']!r:.80} does not reach the prompt: the model's chat "
+                          "template drops or rewrites it", f"messages[{i}].content",
+                          "message_not_rendered")  # fmt: skip
+
+
+def _refuse_unrendered(messages: Sequence[dict], rendered: list[bool]) -> None:
+    """Refused for the first message whose sentinel the template left out, with the roles it did render."""
+    shown = sorted({m["role"] for m, r in zip(messages, rendered, strict=True) if r})
+    for i, (message, seen) in enumerate(zip(messages, rendered, strict=True)):
+        if not seen:
+            role = message["role"]
+            hint = f"; the roles it rendered in this chat are {', '.join(shown)}" if shown else ""
+            raise Refused(f"messages[{i}] (role {role!r}) does not reach the prompt: the model's chat "
+                          f"template renders nothing of a {role!r} message at this place{hint}",
+                          f"messages[{i}].role", "message_not_rendered")  # fmt: skip
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], template_kwargs: dict) -> str:
+    """The prompt text the chat template makes of `messages`, as `prompts.encode_prompts` renders it.
+
+    Raises:
+        jinja2.exceptions.TemplateError: the template refuses the conversation.
+        TypeError, ValueError: apply_chat_template refuses the arguments (tokenize=..., continue_final_message).
+    """
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=True, **template_kwargs
+    )
+    return str(text)
+
+
+def required_text(message: dict) -> str:
+    """What of a message must reach the prompt: its content, or an assistant turn's answer after </think>."""
+    content = message.get("content") or ""
+    if message.get("role") == "assistant" and THINK_END in content:
+        return content.rsplit(THINK_END, 1)[1]
+    return content
+
+
+def _render_or_refuse(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], kwargs: dict) -> str:
+    """The rendered prompt; a template that raises names the first message whose prefix it refuses."""
+    try:
+        return render_chat(tokenizer, messages, kwargs)
+    except (TypeError, ValueError) as e:  # arguments apply_chat_template refuses (tokenize, ...)
+        raise Refused(f"the chat cannot be rendered with the chat template arguments {sorted(kwargs)}: {e}",
+                      "chat_template_kwargs", "invalid_value") from e  # fmt: skip
+    except TemplateError as e:
+        if _refuses(tokenizer, [{"role": "user", "content": "Hi"}], kwargs):  # broken whatever it is given
+            if "chat_template" not in kwargs:
+                raise  # the server's own template: a 500, not the request's fault
+            raise Refused(
+                f"chat_template_kwargs.chat_template: {e}", "chat_template_kwargs.chat_template"
+            ) from e
+        i = next((k for k in range(len(messages)) if _refuses(tokenizer, messages[: k + 1], kwargs)), None)
+        if i is None:
+            why = f"the model's chat template refuses this conversation: {e}"
+            raise Refused(why, "messages", "template_error") from e
+        raise Refused(f"messages[{i}] (role {messages[i]['role']!r}): the model's chat template refuses "
+                      f"the conversation from this message on: {e}", f"messages[{i}].role",
+                      "template_error") from e  # fmt: skip
+
+
+def _refuses(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], kwargs: dict) -> bool:
+    try:
+        render_chat(tokenizer, messages, kwargs)
+    except (TemplateError, TypeError, ValueError):
+        return True
+    return False
+
+
+def _sentinels(n: int) -> list[str]:
+    """n distinct strings of 24 random digits: no template text has them; trim, upper and lower keep them."""
+    base = f"{secrets.randbelow(10**18):018d}"
+    return [f"{base}{i:06d}" for i in range(n)]
+
+
+def _squeeze(text: str) -> str:
+    return " ".join(text.split())

@@ -40,19 +40,82 @@ def error_response(e: APIError) -> JSONResponse:
     return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
 
 
-def _validation_error(exc: RequestValidationError) -> APIError:
+# how pydantic names the members of a union field in an error's `loc`: str, int, list[str], dict[str,any], ...
+_UNION_TAGS = ("str", "int", "float", "bool")
+
+
+def validation_error(exc: RequestValidationError, content_type: str = "application/json") -> APIError:
+    """The 400 for a body that FastAPI could not parse or validate, as OpenAI and vLLM answer it (a 422 would
+    be the `openai` client's UnprocessableEntityError, not its BadRequestError).
+
+    Args:
+        exc: the validation error; its first error is reported.
+        content_type: the request's Content-Type, named when the body is not a JSON object.
+
+    Returns:
+        An APIError(400) whose `param` names the field (`max_tokens`, `messages[0].content[1].type`); `param`
+        is None when the body as a whole is missing, not JSON or not an object.
+    """
     errors = exc.errors()
-    first = errors[0] if errors else {}
+    first = errors[0] if errors else {"type": "missing", "loc": ("body",)}
     if first.get("type") == "json_invalid":
-        return APIError(400, f"malformed JSON body: {first.get('ctx', {}).get('error', 'cannot parse')}")
-    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-    param = loc[0] if loc else None
-    same_field = [e for e in errors if [str(x) for x in e.get("loc", ()) if x != "body"][:1] == loc[:1]]
-    if len(same_field) > 1:  # a union field: pydantic reports one error per accepted type
-        message = f"{param}: {first.get('input')!r:.60} matches none of the accepted types"
-    else:
-        message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid value')}"
-    return APIError(422, message, param=param, code="invalid_value")
+        reason = first.get("ctx", {}).get("error", "cannot parse")
+        return APIError(400, f"malformed JSON body: {reason}", code="invalid_json")
+    path = _field_path(first["loc"])
+    if not path:
+        return APIError(400, _body_message(first, content_type), code="invalid_body")
+    if len(path) < len(first["loc"]) - 1:  # a union: each member it tried reported an error
+        return _union_error(path, errors)
+    param = field_param(path)
+    return APIError(400, f"{param}: {first.get('msg', 'invalid value')}{_got(first)}", param, "invalid_value")
+
+
+def field_param(path: list[str | int]) -> str:
+    """`messages[0].content` for ["messages", 0, "content"]: how every 400 of this server spells `param`."""
+    text = ""
+    for x in path:
+        text += f"[{x}]" if isinstance(x, int) else f".{x}" if text else str(x)
+    return text
+
+
+def _field_path(loc: tuple | list) -> list[str | int]:
+    """The field names and list indices of an error's location, up to the first union member tag."""
+    path: list[str | int] = []
+    for x in list(loc)[1:] if loc and loc[0] == "body" else loc:
+        if _is_union_tag(x):
+            break
+        path.append(x)
+    return path
+
+
+def _union_error(path: list[str | int], errors: list[dict]) -> APIError:
+    """A value that fits no member of a union field; when a single member got past the type check (a list of
+    content parts, one of them bad), its own error is the useful one."""
+    param = field_param(path)
+    group = [e for e in errors if _field_path(e["loc"]) == path]
+    deeper = [e for e in group if len(e["loc"]) > len(path) + 2]
+    if len({e["loc"][len(path) + 1] for e in deeper}) == 1:  # one member only got past the type check
+        where = field_param([x for x in deeper[0]["loc"][1:] if not _is_union_tag(x)])
+        return APIError(400, f"{where}: {deeper[0].get('msg')}{_got(deeper[0])}", where, "invalid_value")
+    tags = ", ".join(dict.fromkeys(str(e["loc"][len(path) + 1]) for e in group))
+    message = f"{param}: {group[0].get('input')!r:.60} is none of the accepted types ({tags})"
+    return APIError(400, message, param, "invalid_value")
+
+
+def _is_union_tag(x: str | int) -> bool:
+    return isinstance(x, str) and ("[" in x or x in _UNION_TAGS)
+
+
+def _body_message(error: dict, content_type: str) -> str:
+    if error.get("type") == "missing":
+        return "the request body is missing: send a JSON object with Content-Type: application/json"
+    if "json" not in content_type.lower():
+        return f"the request body must be JSON sent with Content-Type: application/json, not {content_type!r}"
+    return f"the request body must be a JSON object, got {error.get('input')!r:.60}"
+
+
+def _got(error: dict) -> str:
+    return "" if error.get("type") == "missing" else f", got {error.get('input')!r:.60}"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -62,8 +125,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid(_: Request, e: Exception) -> JSONResponse:
         return error_response(APIError(400, str(e), param=e.param, code=e.code))  # type: ignore[attr-defined]
 
-    async def validation(_: Request, e: Exception) -> JSONResponse:
-        return error_response(_validation_error(e))  # type: ignore[arg-type]
+    async def validation(request: Request, e: Exception) -> JSONResponse:
+        content_type = request.headers.get("content-type", "none")
+        return error_response(validation_error(e, content_type))  # type: ignore[arg-type]
 
     async def http(_: Request, e: Exception) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)  # type: ignore[attr-defined]
