@@ -58,7 +58,6 @@ def test_on_policy_loss_equals_an_independent_kl_on_the_sampled_tokens(
         train_dataset=rows,
     )
     data = next(iter(trainer.get_train_dataloader()))
-    trainer.model.train()
     batches, count = trainer.get_batch_samples(iter([data]), 1, torch.device("cpu"))
     batch = batches[0]
     # Prompts are kept; completions are the student's own samples (the same seed gives the same tokens).
@@ -67,7 +66,10 @@ def test_on_policy_loss_equals_an_independent_kl_on_the_sampled_tokens(
     seed = trainer.args.seed  # step 0, micro-batch 0, process 0
     prompts = [data["input_ids"][i, : before[i]].tolist() for i in range(len(before))]
     tok = trainer.processing_class
-    sampled = sample_completions(trainer.model, prompts, tok.pad_token_id, tok.eos_token_id, 0.8, 12, seed)
+    sampled = sample_completions(
+        trainer.model, prompts, tok.pad_token_id, tok.eos_token_id, 0.8, 12, seed, num_tokens=len(tok)
+    )
+    assert all(t < len(tok) for c in sampled for t in c)  # the loss's vocabulary, not the head's padding rows
     for i, completion in enumerate(sampled):
         labels = batch["labels"][i]
         assert labels[labels != IGNORE].tolist() == completion

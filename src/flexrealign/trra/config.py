@@ -97,7 +97,9 @@ class TrRaConfig(SFTConfig):
             "help": "On-policy share, as TRL GKD's lmbda: each row of a batch has its completion sampled from the "
             "current student with this probability (then scored by the fused teacher on those tokens). 0 is the "
             "paper's off-policy TrRa; a share > 0 counters exposure bias at lam > 1 (the student is trained on "
-            "its own states, e.g. after closing its think block early)."
+            "its own states, e.g. after closing its think block early). Sampling is set by temperature and "
+            "max_new_tokens alone (pure sampling, stopping at the tokenizer's EOS, seeded by seed and step); the "
+            "student's generation_config is not read."
         },
     )
     temperature: float = field(

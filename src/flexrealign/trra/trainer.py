@@ -33,7 +33,13 @@ from flexrealign.trra.models import (
     load_model,
     load_tokenizer,
 )
-from flexrealign.trra.on_policy import pick_rows, prompt_lengths, sample_completions, with_completions
+from flexrealign.trra.on_policy import (
+    on_policy_seed,
+    pick_rows,
+    prompt_lengths,
+    sample_completions,
+    with_completions,
+)
 from flexrealign.trra.teacher_cache import TeacherCache
 
 ModelLike = PreTrainedModel | str | None
@@ -116,9 +122,10 @@ class TrRaTrainer(SFTTrainer):
         }
         tokenizer = processing_class or self._load_tokenizer(names, args)
         student, teachers, cache = self._load_models(model, ref_model, aligned_model, names, args)
-        if args.lmbda > 0 and not callable(getattr(student, "generate", None)):
+        if args.lmbda > 0 and not isinstance(student, PreTrainedModel):
             raise ValueError(
-                f"on-policy TrRa (lmbda > 0) samples with the student's generate(); a {type(student).__name__} has none"
+                "on-policy TrRa (lmbda > 0) samples from the student's logits as a Hugging Face causal LM (a "
+                f"PreTrainedModel with a KV cache); a {type(student).__name__} is not one: set lmbda=0"
             )
         self._num_tokens = self._check_vocab(student, teachers, cache, tokenizer, names, args)
         if tokenizer.pad_token is None:
@@ -340,23 +347,42 @@ class TrRaTrainer(SFTTrainer):
         return fused_teacher_hidden(parts.get(ALIGNED), parts.get(REF), self.args.lam)
 
     # ------------------------------------------------------------------------------------------------ on-policy
-    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
-        """The step's micro-batches, a share `lmbda` of whose rows take completions sampled from the student;
-        the loss's token count is taken after, so it counts the tokens actually trained on."""
+    def get_batch_samples(
+        self, epoch_iterator: Any, num_batches: int, device: torch.device
+    ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor | int | None]:
+        """The step's micro-batches, a share `lmbda` of whose rows take completions sampled from the student.
+
+        Called by the training loop only (evaluation never samples). Which rows are on-policy, and what they
+        sample, depends on (seed, step, micro-batch, process) alone (`on_policy_batch`): not on the model's mode,
+        on how often anything ran before, or on the global RNG, so the first step of a run samples like any other
+        and a resumed run samples what the uninterrupted run sampled. The loss's token count is taken after, so
+        it counts the tokens actually trained on.
+
+        Args:
+            epoch_iterator: the training loop's iterator over collated micro-batches.
+            num_batches: micro-batches in this optimizer step (the gradient accumulation steps, or fewer).
+            device: where the token count goes.
+
+        Returns:
+            (micro-batches, token count or None), as `Trainer.get_batch_samples`.
+        """
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.args.lmbda <= 0 or not self.model.training:
+        if self.args.lmbda <= 0:
             return batches, num_items
         batches = [self.on_policy_batch(b, k) for k, b in enumerate(batches)]
         return batches, self._get_num_items_in_batch(batches, device)
 
     def on_policy_batch(self, batch: dict[str, torch.Tensor], micro: int = 0) -> dict[str, torch.Tensor]:
-        """`batch` with the completions of a seeded `lmbda` share of its rows sampled from the current student."""
-        seed = (
-            self.args.seed
-            + 1_000_003 * self.state.global_step
-            + 7919 * micro
-            + self.accelerator.process_index
-        )
+        """`batch` with the completions of a seeded `lmbda` share of its rows sampled from the current student.
+
+        Args:
+            batch: a collated, right-padded micro-batch of the optimizer step `self.state.global_step`.
+            micro: its index within the step.
+
+        Returns:
+            A copy of `batch` whose picked rows keep their prompts and carry the student's completions.
+        """
+        seed = on_policy_seed(self.args.seed, self.state.global_step, micro, self.accelerator.process_index)
         rows = pick_rows(len(batch["input_ids"]), self.args.lmbda, seed)
         if not rows:
             return batch
@@ -366,7 +392,7 @@ class TrRaTrainer(SFTTrainer):
         student = self.accelerator.unwrap_model(self.model)
         completions = sample_completions(
             student, prompts, tok.pad_token_id, tok.eos_token_id, self.args.temperature, self.args.max_new_tokens,
-            seed,
+            seed, num_tokens=self._num_tokens,
         )  # fmt: skip
         return with_completions(batch, rows, completions, tok.pad_token_id)
 
