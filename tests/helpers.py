@@ -90,3 +90,42 @@ def qwen3_inra(tok, seed: int = 0) -> InRaModel:
 
     base = tiny_model("qwen3", seed=seed, vocab_size=len(tok), hidden_size=32, num_layers=2)
     return perturb_adapter(InRaModel.from_base(base), scale=0.5, seed=3).eval()
+
+
+# Measured: the ZeRO-3 TrRa adapter's largest relative update gap is 0.44% (while its elements differ by up to
+# 9.2e-4, a third of a step); one process trained on half the batch differs by 150%. 5% sits between both.
+SAME_UPDATES_REL = 0.05
+
+
+def identity_adapter(base: str | os.PathLike, out: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The adapter InRa training starts from on the base checkpoint `base`, as `inra_adapter.safetensors` keys."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    InRaModel.from_base(AutoModelForCausalLM.from_pretrained(base)).save_adapter(out)
+    return load_file(str(Path(out) / "inra_adapter.safetensors"))
+
+
+def assert_same_updates(
+    got: dict[str, torch.Tensor],
+    want: dict[str, torch.Tensor],
+    start: dict[str, torch.Tensor],
+    rel: float = SAME_UPDATES_REL,
+) -> None:
+    """Two trainings from `start` that differ only in the order of their float sums (more processes, sharded
+    reductions, other kernels) reached the same weights.
+
+    Adam divides each element's gradient by its own running magnitude, so an element whose gradient is near
+    zero takes a full-size step (about lr) in a direction that the sums' rounding can flip: element-wise such
+    runs can differ by two whole steps, in a few elements, in any run. So compare each tensor's update
+    delta = w - start as a whole: ||delta_got - delta_want|| <= rel * ||delta_want||. Runs that trained on
+    other batches differ there by tens of percent.
+    """
+    assert got.keys() == want.keys() <= start.keys()
+    for name in want:
+        d_got, d_want = got[name].double() - start[name].double(), want[name].double() - start[name].double()
+        scale = float(d_want.norm())
+        gap = float((d_got - d_want).norm())
+        assert gap <= rel * scale or gap == 0.0, (
+            f"{name}: update differs by {gap:.3g} of {scale:.3g} (> {rel})"
+        )

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from flexrealign.llama2c import convert_llama2c
-from helpers import shared_path
+from helpers import assert_same_updates, identity_adapter, shared_path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -115,12 +115,10 @@ def test_sharded_base_and_adapter_match_one_process(
     for step, loss in one["losses"].items():
         assert two["losses"][step] == pytest.approx(loss, rel=1e-5)  # measured <= 2.9e-6 on losses 1.2 to 4.1
     w1, w2 = (load_file(str(d / "adapter" / "inra_adapter.safetensors")) for d in (one_dir, tmp_path))
-    assert w1.keys() == w2.keys()
-    for name in w1:
-        # Adam turns the tiny gradients of the zero-initialised adapter's MLP into full-size steps, so the float
-        # reduction order shows: measured <= 7.3e-5 (FSDP), 1.2e-4 (ZeRO-3) and 7.7e-5 (DDP) by TrRa, 1.6e-5 by
-        # SFT. Processes that trained apart (each on half the batch) differ by 1.2e-2: 5e-4 still catches that.
-        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=5e-4, msg=name)
+    # Element-wise, Adam turns the rounding of the reduced sums into whole steps for the zero-initialised adapter's
+    # near-zero gradients (ZeRO-3 TrRa: 9.2e-4 here, every run, against steps of 3e-3), so compare each tensor's
+    # update as a whole: measured <= 0.44% apart, while processes that trained apart differ by 150%.
+    assert_same_updates(w2, w1, identity_adapter(inputs["base"], tmp_path / "start"))
     start, merged = (
         load_file(str(inputs["base"] / "model.safetensors")),
         load_file(str(tmp_path / "model.safetensors")),

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import ddp_run
 import pytest
-import torch
 from safetensors.torch import load_file
+
+from helpers import assert_same_updates
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -38,7 +39,7 @@ def _two_processes(config: str, models_dir: Path, out: Path) -> dict:
     return json.loads((out / "losses.json").read_text())
 
 
-def _assert_same_training(one_dir: Path, two_dir: Path, two: dict) -> None:
+def _assert_same_training(one_dir: Path, two_dir: Path, two: dict, start: Path) -> None:
     one = json.loads((one_dir / "losses.json").read_text())
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert len(one["losses"]) == ddp_run.STEPS
@@ -46,18 +47,17 @@ def _assert_same_training(one_dir: Path, two_dir: Path, two: dict) -> None:
         # measured: DDP, FSDP and ZeRO-3 within 2e-8 of losses ~2e-3 (rel 1e-5); a step moves them by >= 1e-4
         assert two["losses"][step] == pytest.approx(loss, rel=1e-5, abs=1e-7)
     w1, w2 = (load_file(str(d / "model" / "model.safetensors")) for d in (one_dir, two_dir))
-    assert w1.keys() == w2.keys()
-    for name in w1:
-        # Float sums reduced in another order (gloo all-reduce / reduce-scatter) differ in the last bits: measured
-        # <= 2.9e-7 after 6 Adam steps of lr 3e-3 for all three, so 1e-6 still catches any real difference (one update).
-        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-6, msg=name)
+    # Float sums reduced in another order (gloo all-reduce / reduce-scatter) differ in the last bits (measured
+    # <= 2.9e-7 element-wise after 6 Adam steps of lr 3e-3), but Adam can turn that into a whole step for an
+    # element whose gradient is near zero: compare each tensor's update as a whole
+    assert_same_updates(w2, w1, load_file(str(start / "model.safetensors")))
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path: Path, model_dirs: dict, one_process: Path) -> None:
     two = _two_processes("ddp_cpu.yaml", model_dirs["ref"].parent, tmp_path)
     assert two["distributed_type"] == "DistributedType.MULTI_CPU"
-    _assert_same_training(one_process, tmp_path, two)
+    _assert_same_training(one_process, tmp_path, two, model_dirs["ref"])
 
 
 def _assert_sharded(two: dict) -> None:
@@ -73,7 +73,7 @@ def test_fsdp_two_processes_shard_the_student_and_match_one(
     two = _two_processes("fsdp_cpu.yaml", model_dirs["ref"].parent, tmp_path)
     assert two["distributed_type"] == "DistributedType.FSDP"  # accelerate alone would run this as MULTI_CPU
     _assert_sharded(two)
-    _assert_same_training(one_process, tmp_path, two)
+    _assert_same_training(one_process, tmp_path, two, model_dirs["ref"])
 
 
 @pytest.mark.slow
@@ -86,4 +86,4 @@ def test_zero3_two_processes_shard_the_student_and_match_one(
     two = _two_processes("deepspeed_zero3_cpu.yaml", model_dirs["ref"].parent, tmp_path)
     assert two["distributed_type"] == "DistributedType.DEEPSPEED"
     _assert_sharded(two)
-    _assert_same_training(one_process, tmp_path, two)
+    _assert_same_training(one_process, tmp_path, two, model_dirs["ref"])
