@@ -107,12 +107,18 @@ def fuse_paths(logits: dict[str, torch.Tensor], lam: torch.Tensor) -> torch.Tens
     return _finite_or_neginf(logits[path])  # the same non-finite rule as fuse_logits
 
 
-def mask_untokenized(logits: torch.Tensor, num_tokens: int | None) -> torch.Tensor:
-    """Set logits of vocabulary rows past the tokenizer to -inf, in place, so they are never sampled.
+def mask_untokenized(
+    logits: torch.Tensor, num_tokens: int | None, suppressed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Set logits of vocabulary rows past the tokenizer, and of the `suppressed` ids, to -inf, in place, so
+    they are never sampled.
 
     Qwen-family models pad the embedding matrix (e.g. 151,936 rows for ~151,665 tokens); those rows decode
-    to nothing and must not be produced.
+    to nothing and must not be produced. `suppressed` (K,) lists rows inside the tokenizer that have no real
+    token either (`prompts.suppressed_ids`).
     """
     if num_tokens is not None and logits.shape[-1] > num_tokens:
         logits[..., num_tokens:] = float("-inf")
+    if suppressed is not None:
+        logits[..., suppressed] = float("-inf")
     return logits

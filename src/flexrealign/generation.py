@@ -23,6 +23,7 @@ from flexrealign.prompts import (  # noqa: F401  (re-exported: generation's publ
     lam_for_next_turn,
     left_pad,
     pad_token_id,
+    suppressed_ids,
 )
 from flexrealign.rows import (  # noqa: F401  (re-exported)
     IncrementalDetokenizer,
@@ -177,9 +178,10 @@ def _generate_batch(
     paths = needed_paths(torch.tensor(all_lams)) if dual else ()
     cache = model.new_cache(paths) if dual else DynamicCache(config=model.config)
     lam = torch.tensor([r.lam for r in rows], device=model.device)  # (B,) rebuilt only when a stage changes
+    suppressed = suppressed_ids(model, model.device)  # (K,) rows without a token inside the tokenizer
     for _ in range(job.max_new_tokens):
         logits = mask_untokenized(
-            next_logits(model, x, mask, pos, cache, lam, paths), len(tokenizer)
+            next_logits(model, x, mask, pos, cache, lam, paths), len(tokenizer), suppressed
         )  # (B, V)
         force_rows, force_ids, ban_rows, ban_ids = thinking_constraints(rows)
         logits = constrain(logits, (force_rows, force_ids), (ban_rows, ban_ids))

@@ -75,6 +75,13 @@ def eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[i
     return ids
 
 
+def suppressed_ids(model: torch.nn.Module, device: torch.device) -> torch.Tensor | None:
+    """(K,) ids of `generation_config.suppress_tokens`, which are never sampled (as Hugging Face `generate`
+    honours them): a GGUF vocabulary's placeholders inside the tokenizer (`gguf_convert`). None when empty."""
+    found = getattr(getattr(_hf_model(model), "generation_config", None), "suppress_tokens", None) or []
+    return torch.tensor(sorted(set(found)), dtype=torch.long, device=device) if found else None
+
+
 def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
     for attr in ("base", "ref_model"):
         if hasattr(model, attr):

@@ -35,6 +35,7 @@ from flexrealign.generation import (
     pad_token_id,
     thinking_constraints,
 )
+from flexrealign.prompts import suppressed_ids
 from flexrealign.sampling import constrain, row_generators, sample_next
 from flexrealign.serving.batch import Batch, Row
 from flexrealign.serving.kvcache import is_mergeable, new_cache
@@ -78,6 +79,7 @@ class Engine:
         self._eos = eos_ids(model, tokenizer)
         self._pad_id = pad_token_id(tokenizer)
         self._vocab = len(tokenizer)  # rows past the tokenizer (padded embeddings) are never sampled
+        self._suppressed = suppressed_ids(model, self.device)  # nor are these (a GGUF vocabulary's holes)
         self._mergeable = is_mergeable(new_cache(model, needed_paths(torch.tensor([0.5]))))
         self._cv = threading.Condition()
         self._pending: deque[RequestHandle] = deque()
@@ -259,7 +261,7 @@ class Engine:
         return RowState(h.lam if h.lam is not None else 0.0, self.tokenizer, h.params.stop, eos, h.thinking)
 
     def _sample(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-        logits = mask_untokenized(logits, self._vocab)  # (B, V)
+        logits = mask_untokenized(logits, self._vocab, self._suppressed)  # (B, V)
         force_rows, force_ids, ban_rows, ban_ids = thinking_constraints([r.state for r in batch.rows])
         logits = constrain(logits, (force_rows, force_ids), (ban_rows, ban_ids))  # budgets, minimums
         nxt = sample_next(logits, *batch.sampling, batch.generators())  # (B,)
