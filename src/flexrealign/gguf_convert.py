@@ -23,8 +23,8 @@ model never can (llama.cpp #4331, #6938). So the tokenizer is rebuilt without th
   those rows (the weights keep them) lie past it, masked at every lam;
 * a placeholder with a real token after it (a hole in the original vocabulary) keeps its id, so every later
   id still matches its row, but becomes a special token `<|unused_{i}|>`: decoding skips it, and the model's
-  `generation_config.suppress_tokens` lists it (Hugging Face `generate` never samples it; flexrealign's own
-  samplers mask only rows past the tokenizer, so there it can be drawn, and decodes to nothing). No Llama,
+  `generation_config.suppress_tokens` lists it (neither Hugging Face `generate` nor flexrealign's `generate`
+  and server ever sample it: `prompts.suppressed_ids`). No Llama,
   Qwen2/3 or Mistral vocabulary has such holes. Tokens the original vocabulary does hold, such as Gemma's
   `<unused0>` (CONTROL) or a real `<|PAD_TOKEN|>`, stay as they are.
 """
