@@ -10,7 +10,7 @@ from flexrealign.calibration import Calibration, CurvePoint, choose_efforts
 from flexrealign.generation import LamSchedule, generate
 from flexrealign.serving import Engine, create_app
 from flexrealign.serving.server import BackgroundServer
-from helpers import qwen3_inra, qwen3_tokenizer
+from helpers import qwen3_inra, qwen3_thinking_tokenizer
 
 MODEL = "qwen-tiny"
 CHAT = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -22,7 +22,7 @@ CURVE = [CurvePoint(-0.5, 90.0, 99.0, 70.0, 8), CurvePoint(0.0, 60.0, 70.0, 66.0
 @pytest.fixture(scope="module")
 def served():
     """(calibrated client, uncalibrated client, model, tokenizer): one engine behind two apps."""
-    tok = qwen3_tokenizer()
+    tok = qwen3_thinking_tokenizer()
     model = qwen3_inra(tok)
     engine = Engine(model, tok).start()
     calibration = Calibration(CURVE, choose_efforts(CURVE, can_skip_thinking=True))

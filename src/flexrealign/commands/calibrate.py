@@ -2,8 +2,9 @@
 
 Runs the evaluation harness (resumable: generations go to --work-dir) on the first --n-problems of a
 benchmark at each --lam, then writes the curve and an effort table (none/low/medium/high) into the
-checkpoint as flexrealign_calibration.json, atomically. `flexrealign serve` and the vLLM plugin read it to
-map a request's `reasoning_effort` to a lam (and budget).
+checkpoint as flexrealign_calibration.json, atomically, and reads it back through the same checks as
+`flexrealign serve` and the vLLM plugin, which map a request's `reasoning_effort` to the fields of its entry
+(a lam, a budget; see docs/thinking.md for the keys an edited entry may take).
 
 Example: flexrealign calibrate --model ckpt/ --benchmark math500 --lam -0.5 0 0.5 1 1.5 --n-problems 50
 """
@@ -90,19 +91,29 @@ def calibrate(args: CalibrateArgs) -> Path:
 
 
 def run(argv: list[str]) -> int:
+    """`flexrealign calibrate`: measure, write the file, then load it back as the server and the vLLM plugin
+    will (every value checked) and print it.
+
+    Args:
+        argv: the command's flags.
+
+    Returns:
+        The exit status: 0, or 2 with the error on stderr.
+    """
+    from flexrealign.calibration import load_calibration
     from flexrealign.commands._args import fail, parse
 
     (args,) = parse([CalibrateArgs], argv, "calibrate", __doc__.splitlines()[0])
     try:
         path = calibrate(args)
+        cal = load_calibration(path.parent)
     except (ValueError, FileNotFoundError, OSError) as e:
         return fail(str(e))
-    import json
-
-    data = json.loads(path.read_text())
+    if cal is None:
+        return fail(f"{path} is missing right after it was written")
     print(f"{'lam':>6} {'thinking tokens':>16} {'pass@1':>7}")
-    for p in data["curve"]:
-        print(f"{p['lam']:>6g} {p['mean_thinking_tokens']:>16.1f} {p['pass_at_1']:>7.1f}")
-    print("efforts: " + ", ".join(f"{k}={v}" for k, v in data["efforts"].items()))
+    for p in cal.curve:
+        print(f"{p.lam:>6g} {p.mean_thinking_tokens:>16.1f} {p.pass_at_1:>7.1f}")
+    print("efforts: " + ", ".join(f"{k}={e.to_json()}" for k, e in cal.efforts.items()))
     print(f"wrote {path}")
     return 0

@@ -3,19 +3,22 @@ turned into what the engine takes (a LamSpec, ThinkingLimits, SamplingParams).""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from flexrealign.calibration import CALIBRATE_HINT, Calibration, Effort
+from flexrealign.calibration import CALIBRATE_HINT, Calibration, Effort, blame, expand_effort, limit_conflict
 from flexrealign.generation import LamSchedule, LamSpec, ThinkingLimits, lam_for_next_turn
 from flexrealign.serving.audit import Refused, audit_request
 from flexrealign.serving.engine import Engine, SamplingParams
 from flexrealign.serving.errors import APIError
 from flexrealign.serving.protocol import ChatCompletionRequest, CompletionRequest, LamArgs
+from flexrealign.thinking import MissingThinkMarker, thinking_plan
 
 LAM_FIELDS = frozenset(LamArgs.model_fields)
+log = logging.getLogger("flexrealign.serve")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,21 @@ class ServerConfig:
             raise ValueError(f"lam_default {self.lam_default} is outside [lam_min, lam_max] = [{lo}, {hi}]")
         if self.max_tokens_limit < 1:
             raise ValueError(f"max_tokens_limit must be >= 1, got {self.max_tokens_limit}")
+        for name, key, value in self.efforts_out_of_range():
+            log.warning("reasoning_effort %r has %s=%s, outside this server's lam range [%s, %s]: requests "
+                        "for it get a 400, as explicit %s does", name, key, value, lo, hi, key)  # fmt: skip
+
+    def efforts_out_of_range(self) -> list[tuple[str, str, float]]:
+        """(effort, field, lam) for each lam of the calibration outside [lam_min, lam_max]."""
+        lo, hi = self.lam_min, self.lam_max
+        efforts = self.calibration.efforts if self.calibration is not None else {}
+        lams = [
+            (name, key, getattr(e, key))
+            for name, e in efforts.items()
+            for key in ("lam", "lam_think", "lam_answer")
+        ]
+        return [(name, key, v) for name, key, v in lams if v is not None
+                and ((lo is not None and v < lo) or (hi is not None and v > hi))]  # fmt: skip
 
 
 def check_model(name: str, cfg: ServerConfig) -> None:
@@ -71,19 +89,45 @@ def resolve_lam(
     args: LamArgs, messages: list[dict] | None, cfg: ServerConfig, fused: bool, effort: Effort | None = None
 ) -> LamSpec | None:
     """The lam (or think/answer LamSchedule) for this request: from the body (an explicit lam wins), else the
-    reasoning_effort's calibrated lam, else the server default."""
+    reasoning_effort's lam fields, else the server default. The effort's fields go through the same checks as
+    the body's (the server's lam range included); an error about them names reasoning_effort.
+
+    Args:
+        args: the request's lam and thinking fields.
+        messages: the chat (for lam_turns), None for completions.
+        cfg: the server's bounds.
+        fused: whether the model has two paths (lam applies).
+        effort: the calibrated effort the request names (resolve_effort), or None.
+
+    Returns:
+        A float or LamSchedule; None for a single-path model.
+
+    Raises:
+        APIError: 400 for a lam the server refuses.
+    """
+    dial, taken = effort_dial(args, effort)
+    try:
+        return _lam_spec(dial, messages, cfg, fused, taken)
+    except APIError as e:
+        raise _blamed(e, dial, taken) from None
+
+
+def _lam_spec(
+    args: LamArgs, messages: list[dict] | None, cfg: ServerConfig, fused: bool, taken: frozenset[str]
+) -> LamSpec | None:
     given = [
         k
         for k in ("lam", "lam_turns", "lam_think", "lam_answer", "lam_marker")
         if getattr(args, k) is not None
     ]
+    first = blame(given, taken) or (given[0] if given else None)  # what the client sent, when it sent any
     if not fused:
         if given:
-            raise APIError(400, "this model has a single path: lam applies to InRa and DeRa models", given[0])
+            raise APIError(400, "this model has a single path: lam applies to InRa and DeRa models", first)
         return None
     modes = {"lam" if k == "lam" else "lam_turns" if k == "lam_turns" else "think" for k in given}
     if len(modes) > 1:
-        raise APIError(400, "give only one of lam, lam_turns, or lam_think with lam_answer", given[0])
+        raise APIError(400, "give only one of lam, lam_turns, or lam_think with lam_answer", first)
     for name in given:
         if name != "lam_marker":
             check_lam_values(name, getattr(args, name), cfg)
@@ -95,9 +139,7 @@ def resolve_lam(
         if args.lam_think is None or args.lam_answer is None:
             raise APIError(400, "lam_think and lam_answer go together", "lam_think")
         return LamSchedule.think_answer(args.lam_think, args.lam_answer, args.lam_marker)
-    if args.lam is not None:
-        return args.lam
-    return effort.lam if effort is not None else cfg.lam_default
+    return args.lam if args.lam is not None else cfg.lam_default
 
 
 def resolve_effort(args: LamArgs, cfg: ServerConfig) -> Effort | None:
@@ -118,13 +160,66 @@ def resolve_effort(args: LamArgs, cfg: ServerConfig) -> Effort | None:
     return effort
 
 
-def thinking_limits(args: LamArgs, effort: Effort | None) -> ThinkingLimits:
-    """Budget, minimum and closing text: from the body, else the effort's budget."""
-    budget = args.thinking_token_budget
-    if budget is None and effort is not None:
-        budget = effort.thinking_token_budget
+def effort_dial(args: LamArgs, effort: Effort | None) -> tuple[LamArgs, frozenset[str]]:
+    """The request's fields with the effort's expanded under them (`calibration.expand_effort`: the body's
+    lam fields win as a group, its thinking limits one by one), validated as if the client had sent them.
+
+    Args:
+        args: the fields the client sent.
+        effort: the effort it names, or None.
+
+    Returns:
+        (all the fields, the names among them that came from the effort).
+
+    Raises:
+        APIError: 400 naming reasoning_effort for an effort value the request schema refuses.
+    """
+    explicit = args.model_dump(exclude_none=True, exclude={"reasoning_effort"})
+    fields, taken = expand_effort(explicit, effort)
     try:
-        return ThinkingLimits(budget, args.min_thinking_tokens or 0, args.thinking_closing, args.lam_marker)
+        dial = LamArgs.model_validate(fields | {"reasoning_effort": args.reasoning_effort})
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "reasoning_effort"
+        raise _effort_error(args.reasoning_effort, key, fields.get(key), err["msg"], "invalid_value") from e
+    return dial, taken
+
+
+def _effort_error(name: str | None, key: str, value: object, message: str, code: str | None) -> APIError:
+    return APIError(400, f"reasoning_effort {name!r} stands for {key}={value!r}, and {message}",
+                    "reasoning_effort", code)  # fmt: skip
+
+
+def _blamed(e: APIError, dial: LamArgs, taken: frozenset[str]) -> APIError:
+    """`e` as the effort's error when the field it names came from the effort, else `e` itself."""
+    if e.param not in taken:
+        return e
+    return _effort_error(dial.reasoning_effort, e.param, getattr(dial, e.param), e.message, e.code)
+
+
+def thinking_limits(args: LamArgs, effort: Effort | None) -> ThinkingLimits:
+    """Budget, minimum and closing text: each from the body, else from the effort (whose enable_thinking =
+    false means a budget of 0, on every endpoint).
+
+    Args:
+        args: the fields the client sent.
+        effort: the effort it names, or None.
+
+    Returns:
+        The limits for the engine.
+
+    Raises:
+        APIError: 400 for limits that do not fit together, naming the field the client sent, or
+            reasoning_effort when the effort supplied all the fields involved.
+    """
+    dial, taken = effort_dial(args, effort)
+    conflict = limit_conflict(dial.model_dump())
+    if conflict is not None:
+        message, keys = conflict
+        raise _blamed(APIError(400, message, blame(keys, taken) or keys[0]), dial, taken)
+    budget = dial.thinking_token_budget
+    try:
+        return ThinkingLimits(budget, dial.min_thinking_tokens or 0, dial.thinking_closing, dial.lam_marker)
     except ValueError as e:
         raise APIError(400, str(e), "thinking_token_budget" if budget is None else "thinking_closing") from e
 
@@ -177,7 +272,49 @@ def sampling(
                        "max_tokens", "max_tokens_too_large")  # fmt: skip
     if requested is None:
         requested = min(cfg.max_tokens_limit, room if room is not None else cfg.max_tokens_limit)
+    check_effort_thinking(body, cfg, engine)
     return SamplingParams(
         max_tokens=requested, temperature=body.temperature, top_p=body.top_p, top_k=max(body.top_k, 0),
         seed=body.seed, stop=body.stop_list(), ignore_eos=body.ignore_eos, thinking=thinking or ThinkingLimits(),
     )  # fmt: skip
+
+
+def check_effort_thinking(
+    body: CompletionRequest | ChatCompletionRequest, cfg: ServerConfig, engine: Engine
+) -> None:
+    """The request's reasoning_effort against the model's tokenizer: the think marker its schedule or limits
+    need, and its closing text within its budget. When every field involved came from the effort, a 400
+    names reasoning_effort (the engine would name fields the client never sent); otherwise the engine's
+    own check answers.
+
+    Args:
+        body: the request.
+        cfg: the server's configuration (its calibration).
+        engine: the engine, for its tokenizer.
+
+    Raises:
+        APIError: 400 naming reasoning_effort.
+    """
+    args = lam_args(body)
+    effort, tokenizer = resolve_effort(args, cfg), getattr(engine, "tokenizer", None)
+    if effort is None or tokenizer is None:
+        return
+    dial, taken = effort_dial(args, effort)
+    marker = ["lam_marker"] if dial.lam_marker is not None else []
+    needs = [k for k in ("lam_think", "thinking_token_budget") if getattr(dial, k) is not None]
+    needs += ["min_thinking_tokens"] if dial.min_thinking_tokens else []
+    if not needs:
+        return
+    try:
+        thinking_plan(tokenizer, 0.0, 0.0, budget=dial.thinking_token_budget, closing=dial.thinking_closing,
+                      min_tokens=dial.min_thinking_tokens or 0, end_marker=dial.lam_marker)  # fmt: skip
+    except MissingThinkMarker as e:
+        keys, code, error = [*needs, *marker], "missing_think_marker", e
+    except ValueError as e:
+        keys, code, error = ["thinking_closing", "thinking_token_budget"], None, e
+    else:
+        return
+    if blame(keys, taken) is None:
+        raise _effort_error(
+            dial.reasoning_effort, keys[0], getattr(dial, keys[0]), str(error), code
+        ) from error

@@ -5,7 +5,8 @@
     thinking_token_budget       at most this many thinking tokens (our own key: vLLM's top-level field of the
     min_thinking_tokens         same name needs --reasoning-parser and acts without lam), minimum, and the
     thinking_closing            text forced before the end marker when the budget runs out
-    reasoning_effort            an effort of the checkpoint's calibration (an explicit lam wins)
+    reasoning_effort            an effort of the checkpoint's calibration: the keys it stands for, under the
+                                request's own (its lam keys win as a group, its limits one by one)
 
 The same names and rules as `flexrealign serve`. Checks that need no tokenizer run in `check_args`, from the
 processor's `validate_params` (so vLLM answers HTTP 400 before the request reaches the engine).
@@ -15,19 +16,20 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
-from flexrealign.calibration import CALIBRATE_HINT, Calibration, Effort
+from flexrealign.calibration import CALIBRATE_HINT, Calibration, Effort, blame, expand_effort, limit_conflict
 from flexrealign.generation import LamSchedule, LamSpec, ThinkingLimits
-from flexrealign.thinking import thinking_plan
+from flexrealign.thinking import MissingThinkMarker, thinking_plan
 
 DEFAULT_LAM = 1.0  # as flexrealign.generate: a request without lam gets the aligned model
 LAM_KEYS = ("lam", "lam_think", "lam_answer")
 THINKING_KEYS = ("lam_marker", "thinking_token_budget", "min_thinking_tokens", "thinking_closing")
 KEYS = (*LAM_KEYS, *THINKING_KEYS, "reasoning_effort")
+CLOSING_KEYS = ("thinking_closing", "thinking_token_budget")
 
 _calibration: Calibration | None = None  # the served checkpoint's, set by the config hook
 _tokenizer_source: tuple[str, bool] | None = (
@@ -51,7 +53,8 @@ def _tokenizer(path: str, trust_remote_code: bool):
 
 def check_markers(dial: DialRequest) -> None:
     """The tokenizer has the think marker the request needs, and the limits fit it (closing text within the
-    budget); VLLMValidationError naming the problem otherwise. A no-op when the tokenizer is not known."""
+    budget); VLLMValidationError naming the problem otherwise (reasoning_effort when the effort supplied
+    every field involved). A no-op when the tokenizer is not known."""
     if not dial.needs_state or _tokenizer_source is None:
         return
     spec = dial.lam
@@ -61,17 +64,30 @@ def check_markers(dial: DialRequest) -> None:
     try:
         thinking_plan(_tokenizer(*_tokenizer_source), *lams, budget=lim.thinking_token_budget,
                       min_tokens=lim.min_thinking_tokens, closing=lim.closing, end_marker=marker)  # fmt: skip
-    except ValueError as e:
-        key = "thinking_token_budget" if lim.active else "lam_think"
-        raise _fail(str(e), key) from e
+    except ValueError as e:  # the fields involved: what needs the marker, or the closing text and budget
+        keys = _marker_keys(dial, marker) if isinstance(e, MissingThinkMarker) else list(CLOSING_KEYS)
+        raise _blamed(_fail(str(e), blame(keys, dial.taken) or keys[0]), dial) from e
+
+
+def _marker_keys(dial: DialRequest, marker: str | None) -> list[str]:
+    """The keys that make a request need the think marker (and the marker it asks for)."""
+    lim = dial.limits
+    wanted = {"thinking_token_budget": lim.thinking_token_budget is not None,
+              "min_thinking_tokens": lim.min_thinking_tokens > 0,
+              "lam_think": isinstance(dial.lam, LamSchedule), "lam_marker": marker is not None}  # fmt: skip
+    return [k for k, on in wanted.items() if on]
 
 
 @dataclass(frozen=True)
 class DialRequest:
-    """A request's lam (float or LamSchedule) and thinking limits, validated."""
+    """A request's lam (float or LamSchedule) and thinking limits, validated; with its reasoning_effort and
+    the keys that came from it (`calibration.expand_effort`)."""
 
     lam: LamSpec
     limits: ThinkingLimits
+    effort: str | None = None
+    taken: frozenset[str] = frozenset()
+    fields: dict = field(default_factory=dict, compare=False)  # the request's keys with the effort's expanded
 
     @property
     def needs_state(self) -> bool:
@@ -81,6 +97,16 @@ class DialRequest:
 
 def _fail(message: str, key: str, value: Any = None) -> VLLMValidationError:
     return VLLMValidationError(f"InRa: {message}", parameter=f"vllm_xargs.{key}", value=value)
+
+
+def _blamed(e: VLLMValidationError, dial: DialRequest) -> VLLMValidationError:
+    """`e` as the effort's error when the key it names came from the effort, else `e` itself."""
+    key = (e.parameter or "").removeprefix("vllm_xargs.")
+    if key not in dial.taken:
+        return e
+    message = str(e.args[0]).removeprefix("InRa: ")
+    return _fail(f"reasoning_effort {dial.effort!r} stands for {key}={dial.fields.get(key)!r}, and {message}",
+                 "reasoning_effort", dial.effort)  # fmt: skip
 
 
 def _number(args: dict, key: str) -> float | None:
@@ -106,7 +132,7 @@ def _effort(args: dict) -> Effort | None:
     if _calibration is None:
         raise _fail(f"reasoning_effort needs a calibration of this checkpoint and it has none; create one with: "
                     f"{CALIBRATE_HINT}", "reasoning_effort", name)  # fmt: skip
-    effort = _calibration.efforts.get(name)
+    effort = _calibration.efforts.get(name) if isinstance(name, str) else None
     if effort is None:
         raise _fail(f"reasoning_effort {name!r} is not offered; this checkpoint offers: "
                     f"{', '.join(_calibration.efforts)}", "reasoning_effort", name)  # fmt: skip
@@ -114,36 +140,59 @@ def _effort(args: dict) -> Effort | None:
 
 
 def dial_request(extra_args: dict | None) -> DialRequest:
-    """Parse and check a request's dial keys; VLLMValidationError (HTTP 400) for bad values."""
+    """Parse and check a request's dial keys, the reasoning_effort's expanded under them (the request's lam
+    keys win as a group, its thinking limits one by one) and checked the same way.
+
+    Args:
+        extra_args: `SamplingParams.extra_args` (vllm_xargs over HTTP).
+
+    Returns:
+        The validated lam and limits.
+
+    Raises:
+        VLLMValidationError: HTTP 400 naming the bad key, or reasoning_effort for a value from the effort.
+    """
     args = extra_args or {}
     effort = _effort(args)
+    explicit = {k: v for k, v in args.items() if k != "reasoning_effort"}
+    fields, taken = expand_effort(explicit, effort)
+    partial = DialRequest(DEFAULT_LAM, ThinkingLimits(), args.get("reasoning_effort"), taken, fields)
+    try:
+        spec, marker = _lam_spec(fields, taken)
+        return replace(partial, lam=spec, limits=_limits(fields, marker, taken))
+    except VLLMValidationError as e:
+        raise _blamed(e, partial) from None
+
+
+def _lam_spec(args: dict, taken: frozenset[str]) -> tuple[LamSpec, str | None]:
     lam, think, answer = (_number(args, k) for k in LAM_KEYS)
     if (think is None) != (answer is None):
-        raise _fail("lam_think and lam_answer go together", "lam_think")
+        raise _fail("lam_think and lam_answer go together", "lam_think" if answer is None else "lam_answer")
     if lam is not None and think is not None:
-        raise _fail("give either lam or lam_think with lam_answer", "lam")
+        raise _fail("give either lam or lam_think with lam_answer", blame(LAM_KEYS, taken) or "lam")
     marker = args.get("lam_marker")
     if marker is not None and (not isinstance(marker, str) or not marker):
         raise _fail(f"'lam_marker' must be a non-empty string, got {marker!r}", "lam_marker", marker)
-    spec: LamSpec
     if think is not None:
-        spec = LamSchedule.think_answer(think, answer, marker)  # type: ignore[arg-type]
-    else:
-        spec = lam if lam is not None else effort.lam if effort is not None else DEFAULT_LAM
-    return DialRequest(spec, _limits(args, effort, marker))
+        return LamSchedule.think_answer(think, answer, marker), marker  # type: ignore[arg-type]
+    return (lam if lam is not None else DEFAULT_LAM), marker
 
 
-def _limits(args: dict, effort: Effort | None, marker: str | None) -> ThinkingLimits:
-    budget, minimum = _count(args, "thinking_token_budget"), _count(args, "min_thinking_tokens") or 0
-    if budget is None and effort is not None:
-        # an effort that skips thinking through the template cannot re-render a vLLM prompt: a budget of 0
-        # forces the end marker at once, which is the same for the answer
-        budget = 0 if effort.chat_template_kwargs else effort.thinking_token_budget
+def _limits(args: dict, marker: str | None, taken: frozenset[str]) -> ThinkingLimits:
+    budget, minimum = _count(args, "thinking_token_budget"), _count(args, "min_thinking_tokens")
     closing = args.get("thinking_closing")
-    if closing is not None and not isinstance(closing, str):
-        raise _fail(f"'thinking_closing' must be a string, got {closing!r}", "thinking_closing", closing)
+    if closing is not None and (not isinstance(closing, str) or not closing):
+        raise _fail(
+            f"'thinking_closing' must be a non-empty string, got {closing!r}", "thinking_closing", closing
+        )
+    conflict = limit_conflict({"thinking_token_budget": budget, "min_thinking_tokens": minimum,
+                               "thinking_closing": closing})  # fmt: skip
+    if conflict is not None:
+        message, keys = conflict
+        key = blame(keys, taken) or keys[0]
+        raise _fail(message, key, args.get(key))
     try:
-        return ThinkingLimits(budget, minimum, closing, marker)
+        return ThinkingLimits(budget, minimum or 0, closing, marker)
     except ValueError as e:
         raise _fail(str(e), "thinking_token_budget", budget) from e
 
