@@ -137,10 +137,10 @@ def test_minimum_bans_eos_and_the_end_marker(qwen3):
         state.push(words(qwen3, " so")[0])
     assert state.banned == ()
     multi = ThinkingState(thinking_plan(qwen3, 0.0, 1.0, min_tokens=4, end_marker="</reasoning>"), [])
-    prefix = list(multi.plan.markers.end[:-1])
-    assert multi.banned == ()  # nothing completes the marker yet
-    multi.push_many(prefix)
-    assert multi.banned == (multi.plan.markers.end[-1],)  # would end thinking at len(prefix) < 4 tokens
+    end = multi.plan.markers.end
+    assert multi.banned == (end[0],)  # below the minimum a marker of several tokens cannot even begin
+    multi.push_many(end[:-1])  # (an engine that did not ban it)
+    assert multi.banned == (end[-1],)  # would end thinking at len(prefix) < 4 tokens
     idle = ThinkingState(plan, prompt_ids(qwen3))
     assert idle.banned == ()  # the minimum holds inside a block; a reply that never opens one may end
 

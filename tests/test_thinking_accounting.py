@@ -52,9 +52,12 @@ def drive(state: ThinkingState, wants: list[int]) -> tuple[list[int], list[bool]
     return out, forced
 
 
-def recount(tokens: list[int], markers: ThinkMarkers, open_at_start: bool) -> int:
+def recount(
+    tokens: list[int], markers: ThinkMarkers, open_at_start: bool, eos: frozenset[int] = frozenset()
+) -> int:
     """Thinking tokens of a finished output, read independently of the machine: the tokens between a start
-    marker (or the start, when the prompt opened a block) and the next end marker, the markers excluded."""
+    marker (or the start, when the prompt opened a block) and the next end marker, the markers and EOS excluded."""
+    tokens = [t for t in tokens if t not in eos]
     text = "".join(chr(0x1000 + t % 60000) for t in tokens)  # one character per token, to search as text
     start, end = ("".join(chr(0x1000 + t % 60000) for t in m) for m in (markers.start, markers.end))
     count, i, inside = 0, 0, open_at_start
@@ -112,7 +115,7 @@ def test_a_reply_that_never_opens_a_block_is_no_thinking(tok, budget):
 def test_random_streams_match_an_independent_recount(seed):
     """Streams of my own over a small alphabet full of marker pieces: the count is the recount of the finished
     output, never above the budget; every forced run is the closing text and the end marker, the end marker, or
-    the rest of an end marker the model had begun; the minimum is honoured."""
+    the rest of an end marker the model had begun; no block closes below the minimum, forced or not."""
     rng = random.Random(seed)
     end = tuple(rng.sample(range(10, 14), rng.choice([1, 2, 3])))
     start = () if rng.random() < 0.2 else (20,) if rng.random() < 0.5 else (20, 21)
@@ -134,13 +137,14 @@ def test_random_streams_match_an_independent_recount(seed):
             token = 1
         forced.append(state.forced is not None)
         out.append(token)
-        state.push(token)
+        if state.push(token) and not state.thinking:  # this token closed a block
+            assert state.spent >= minimum, "a block closed below the minimum"
         assert budget is None or state.spent <= budget
     while state.forced is not None:  # let a close under way finish: a cut marker is not text to recount
         forced.append(True)
         out.append(state.forced)
         state.push(out[-1])
-    assert state.spent == recount(out, plan.markers, open_at_start)
+    assert state.spent == recount(out, plan.markers, open_at_start, plan.eos)
     _assert_forced_runs(out, forced, plan)
 
 
@@ -179,3 +183,17 @@ def test_generate_counts_only_open_blocks(tok):
     for budget in (None, 3):
         out = generate(direct, tok, [CHAT], max_new_tokens=20, thinking_token_budget=budget)
         assert out.texts == ["The capital of France is Paris."] and out.reasoning_tokens == [0]
+
+
+@pytest.mark.parametrize(
+    ("marker", "closing"),
+    [
+        (None, "Time is up </think>"),
+        ("</reasoning>", "Time is up.</reasoning>"),
+        ("</reasoning>", "up. </reasoning> ok"),
+    ],
+)
+def test_a_closing_text_that_holds_the_end_marker_is_refused(tok, marker, closing):
+    """Encoded in context the marker may not match its own ids (`up.</reasoning>`), so the text is checked too."""
+    with pytest.raises(ValueError, match="must not contain the think-end marker"):
+        thinking_plan(tok, 0.0, 1.0, budget=20, closing=closing, end_marker=marker)

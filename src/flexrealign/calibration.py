@@ -62,11 +62,15 @@ def _short(value: Any) -> str:
 
 def _real(key: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
     """`value` as a float: an int or float (not a bool or string), finite, within [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:  # an int too large for a float (JSON allows 400 digits) overflows: not a finite number either
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        number = math.nan
+    if not math.isfinite(number):
         raise CalibrationError(key, value, "must be a finite number")
-    if not low <= value <= high:
+    if not low <= number <= high:
         raise CalibrationError(key, value, f"must be within [{low:g}, {high:g}]")
-    return float(value)
+    return number
 
 
 def _count(key: str, value: Any, low: int = 0) -> int:

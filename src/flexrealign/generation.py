@@ -91,7 +91,8 @@ def generate(
         ignore_eos: keep generating past EOS up to max_new_tokens (for benchmarks, as in vLLM).
             Where the settings come from: temperature, top_p, top_k, seed and the limits from these arguments
             only; EOS from the model's `generation_config.eos_token_id` (chat models list several) and the
-            tokenizer's (`prompts.eos_ids`). Nothing else of `generation_config` is read.
+            tokenizer's (`prompts.eos_ids`), and its `suppress_tokens` are never sampled (as in Hugging Face
+            `generate`); nothing else of `generation_config` is read.
         thinking_token_budget: at most this many thinking tokens (one value, or one per prompt; None: no cap).
             When it runs out, `thinking_closing` (if any) and then the think-end marker are forced, and the
             answer follows at the answer lam. min_thinking_tokens: EOS and the end marker are banned until

@@ -16,11 +16,11 @@ from flexrealign.thinking import MissingThinkMarker, ThinkingState, thinking_pla
 
 @dataclass(frozen=True)
 class LamSchedule:
-    """A think/answer lam schedule: `lams[0]` while thinking, `lams[1]` once the think-end marker was generated.
+    """A think/answer lam schedule: `lams[0]` while a think block is open, `lams[1]` outside one.
 
     The stage is decided from token ids by `flexrealign.thinking`: the markers come from the tokenizer
-    (`<think>` / `</think>`, special or not), and a prompt that already closed the think block starts in the
-    answer stage. `markers=(text,)` overrides the end marker (encoded by the tokenizer; several tokens are
+    (`<think>` / `</think>`, special or not); a prompt that leaves a block open starts thinking, any other
+    starts answering until the model opens one. `markers=(text,)` overrides the end marker (encoded by the tokenizer; several tokens are
     matched as a sequence). `LamSchedule.think_answer(-0.5, 1.0)` thinks at lam = -0.5, answers at lam = 1.
     """
 

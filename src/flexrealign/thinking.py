@@ -15,8 +15,8 @@ a prompt that already closed the think block must start in the answer stage):
   text still fits, the closing text and then the end marker are forced, one token per step (if the model has
   begun writing the end marker, only the rest of it); a block opened after the budget is spent is closed at
   once; the answer follows at the answer lam;
-* `min_thinking_tokens` bans EOS and the token that would complete the end marker until that many thinking
-  tokens were produced (while a block is open).
+* `min_thinking_tokens` bans EOS and the next token of the end marker until that many thinking tokens were
+  produced (while a block is open; a reply that never opens a block is not made to think).
 
 Counting: a thinking token is a token generated while a think block is open, except those of the end marker
 (the thoughts and the forced closing text count; the markers, and whatever is written outside a block, do
@@ -238,17 +238,20 @@ class ThinkingState:
 
     @property
     def banned(self) -> tuple[int, ...]:
-        """While fewer than min_tokens were spent thinking in an open block: EOS, and the token that would
-        complete the end marker (only the marker's last token can, once the rest of it was generated)."""
+        """While fewer than min_tokens were spent thinking in an open block: EOS, and the next token of the
+        end marker. For a marker of several tokens that bans beginning it at all: a begun marker is completed,
+        not restarted, when the budget runs out, so a begun marker below the minimum could close it early."""
         p, end = self.plan, self.plan.markers.end
         if not self.thinking or self._queue:
             return ()
         eos = tuple(p.eos) if self.spent < p.min_tokens else ()
-        completes = len(self._partial) == len(end) - 1 and self._thoughts < p.min_tokens
-        return eos + ((end[-1],) if completes else ())
+        return eos + ((end[len(self._partial)],) if self._thoughts < p.min_tokens else ())
 
     def push(self, token: int) -> bool:
-        """Advance by one generated token; returns True when it opened or closed a block (lam may change)."""
+        """Advance by one generated token; returns True when it opened or closed a block (lam may change).
+        An EOS ends the reply and is no thought."""
+        if token in self.plan.eos:
+            return False
         if not self.thinking:
             return self._push_outside(token)
         if self._queue:
@@ -317,6 +320,10 @@ def thinking_plan(
     Raises MissingThinkMarker when the tokenizer has no marker, ValueError for inconsistent limits.
     """
     markers = think_markers(tokenizer, end=end_marker)
+    if closing and markers.end_text and markers.end_text in closing:  # encoded in context it may not match
+        raise ValueError(
+            f"the thinking closing text must not contain the think-end marker {markers.end_text!r}: it is forced after it"
+        )
     closing_ids = tuple(tokenizer(closing, add_special_tokens=False)["input_ids"]) if closing else ()
     return ThinkingPlan(markers, float(lam_think), float(lam_answer), budget, min_tokens, closing_ids,
                         frozenset(eos))  # fmt: skip

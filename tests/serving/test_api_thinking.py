@@ -85,3 +85,15 @@ def test_reasoning_effort_without_calibration_is_a_400(served):
     assert err.value.body["param"] == "reasoning_effort"
     assert bare.models.list().data[0].model_extra["reasoning_efforts"] == {}
     assert bare.models.retrieve(MODEL).model_extra["reasoning_efforts"] == {}
+
+
+def test_a_marker_without_a_schedule_is_the_limits_marker(served):
+    """lam_marker with a plain lam names the end marker the budget forces, as in the vLLM plugin (it was a 400
+    blaming lam_think, a field the client never sent)."""
+    client, _, model, tok = served
+    want = generate(
+        model, tok, [CHAT], lam=0.5, max_new_tokens=N, thinking_token_budget=4, think_marker="</reasoning>"
+    )
+    r = chat(client, lam=0.5, lam_marker="</reasoning>", thinking_token_budget=4)
+    assert r.choices[0].message.content == want.texts[0] and "</reasoning>" in want.texts[0]
+    assert r.usage.completion_tokens_details.reasoning_tokens == want.reasoning_tokens[0] == 4

@@ -212,6 +212,31 @@ def test_processor_masks_rows_past_the_tokenizer_at_every_lam(checkpoints):
     assert (out.argmax(-1) < tokens).all()
 
 
+def test_processor_never_samples_suppressed_tokens():
+    """A converted GGUF lists its vocabulary's placeholder holes in generation_config.suppress_tokens (issue 21,
+    kind 5); vLLM does not read that field, so the processor masks them after fusion, at every lam."""
+    from types import SimpleNamespace
+
+    model_config = SimpleNamespace(
+        get_vocab_size=lambda: V,
+        skip_tokenizer_init=True,
+        try_get_generation_config=lambda: {"suppress_tokens": [7, 3]},
+    )
+    proc = InRaLogitsProcessor(SimpleNamespace(model_config=model_config), torch.device("cpu"), False)
+    lams = [-1.0, 0.0, 0.5, 1.0, 2.0]
+    proc.update_state(
+        BatchUpdate(batch_size=5, removed=[], added=[added(i, x) for i, x in enumerate(lams)], moved=[])
+    )
+    logits = torch.randn(len(lams), 2 * V)
+    logits[:, [3, 7]] = 50.0  # the aligned half would pick them for lam > 0 ...
+    logits[:, [V + 3, V + 7]] = -50.0  # ... and -(lam) * ref for lam < 0
+    out = proc.apply(logits)
+    assert (
+        torch.isneginf(out[:, [3, 7]]).all() and (out.argmax(-1) != 3).all() and (out.argmax(-1) != 7).all()
+    )
+    assert processor().suppressed is None  # a config without the field masks nothing more
+
+
 # ------------------------------------------------------------------------------------- the thinking dial
 def test_dial_requests_are_checked_before_the_engine(stories260k, tmp_path):
     from flexrealign.vllm_plugin.requests import set_served_model
@@ -287,23 +312,31 @@ def test_processor_follows_every_think_block():
     start, end = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
     V = len(tok)
 
-    def step(token: int | None) -> torch.Tensor:
-        """One step: the fused row the sampler sees, then `token` (the forced one when None) appended."""
+    def step(token: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: (the fused row the sampler sees, the [aligned | ref] row), then `token` (the forced one
+        when None) appended."""
         logits = torch.randn(1, 2 * V)
         out = proc.apply(logits.clone())
         output.append(int(out.argmax()) if token is None else token)
         proc.update_state(None)
-        return out
+        return out, logits
 
-    # an answer with no block: never forced, decoded at the answer lam
-    for t in (20, 21, 22, 23):
-        assert torch.isfinite(step(t)).sum() == V
+    # an answer with no block: never forced, decoded at the answer lam (1: the aligned half)
+    for t in (20, 21, 22, 23, start):
+        out, logits = step(t)
+        assert torch.equal(out, logits[:, :V])
     assert proc.rows[0].thinking.spent == 0
-    step(start)  # the model opens a block: two thoughts, then it closes it itself
-    step(30), step(31), step(end), step(40), step(start)  # " Wait" and a second block: one thought still fits
+    out, logits = step(30)  # the model opened a block: its thoughts at the thinking lam (0: the ref half)
+    assert torch.equal(out, logits[:, V:])
+    (
+        step(31),
+        step(end),
+        step(40),
+        step(start),
+    )  # it closes it itself, " Wait", a second block: one thought fits
     assert proc.rows[0].thinking.thinking and proc.rows[0].lam == 0.0
     step(32)
-    forced = step(None)
+    forced, _ = step(None)
     assert output[-1] == end and torch.isfinite(forced).sum() == 1 and proc.rows[0].thinking.spent == 3
 
 

@@ -115,11 +115,8 @@ def resolve_lam(
 def _lam_spec(
     args: LamArgs, messages: list[dict] | None, cfg: ServerConfig, fused: bool, taken: frozenset[str]
 ) -> LamSpec | None:
-    given = [
-        k
-        for k in ("lam", "lam_turns", "lam_think", "lam_answer", "lam_marker")
-        if getattr(args, k) is not None
-    ]
+    # lam_marker alone names the end marker of the thinking limits (`thinking_limits`), as in the vLLM plugin
+    given = [k for k in ("lam", "lam_turns", "lam_think", "lam_answer") if getattr(args, k) is not None]
     first = blame(given, taken) or (given[0] if given else None)  # what the client sent, when it sent any
     if not fused:
         if given:
@@ -129,8 +126,7 @@ def _lam_spec(
     if len(modes) > 1:
         raise APIError(400, "give only one of lam, lam_turns, or lam_think with lam_answer", first)
     for name in given:
-        if name != "lam_marker":
-            check_lam_values(name, getattr(args, name), cfg)
+        check_lam_values(name, getattr(args, name), cfg)
     if args.lam_turns is not None:
         if messages is None:
             raise APIError(400, "lam_turns applies to chat completions only", "lam_turns")

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from flexrealign.hf_compat import output_cache, with_cache
+from flexrealign.prompts import left_pad
 from flexrealign.trra.data import IGNORE
 
 
@@ -99,7 +100,7 @@ def sample_completions(
     """
     _check_sampling(prompts, temperature, max_new_tokens)
     device = next(model.parameters()).device
-    ids, mask = _left_padded(prompts, pad_token_id, device)  # (n, P), (n, P)
+    ids, mask = left_pad(prompts, pad_token_id, device)  # (n, P), (n, P)
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -123,19 +124,6 @@ def _check_sampling(prompts: list[list[int]], temperature: float, max_new_tokens
         raise ValueError(
             f"temperature must be > 0 and max_new_tokens >= 1, got {temperature}, {max_new_tokens}"
         )
-
-
-def _left_padded(
-    prompts: list[list[int]], pad_token_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prompts left-padded into (n, P) ids and their (n, P) attention mask."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long, device=device)  # (n, P)
-    mask = torch.zeros_like(ids)  # (n, P)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.as_tensor(p, device=device)
-        mask[i, width - len(p) :] = 1
-    return ids, mask
 
 
 def _sample_loop(

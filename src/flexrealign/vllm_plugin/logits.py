@@ -21,7 +21,8 @@ force/ban index tensors only when something changed; `apply` stays a few tensor 
 force or ban tokens through the logits (as vLLM's own thinking-budget processor does).
 
 Rows past the tokenizer's vocabulary (Qwen checkpoints have 151,936 rows for about 151,669 tokens) decode to
-nothing; they are set to -inf after fusion, at every lam, as `generate` and the server do.
+nothing, and so do the ids of `generation_config.suppress_tokens`; they are set to -inf after fusion, at every
+lam, as `generate` and the server do.
 
 Which paths a step runs: a request whose every lam is 1 needs only the aligned path, one whose every lam is
 0 only the reference path (`request_paths`). `update_state` keeps the union over the live batch, and the
@@ -114,6 +115,14 @@ def stop_token_ids(params: SamplingParams) -> set[int]:
     return ids
 
 
+def suppressed_rows(model_config, device: torch.device) -> torch.Tensor | None:
+    """(K,) ids of the checkpoint's `generation_config.suppress_tokens`, never sampled (a converted GGUF lists
+    its vocabulary's placeholder holes there, `gguf_convert`); vLLM itself does not read that field."""
+    read = getattr(model_config, "try_get_generation_config", None)
+    found = (read() if read is not None else {}).get("suppress_tokens") or []
+    return torch.tensor(sorted(set(found)), dtype=torch.long, device=device) if found else None
+
+
 def tokenizer_size(vllm_config: VllmConfig) -> int | None:
     """How many vocabulary rows have a token: the length of the engine's tokenizer (None without one)."""
     from vllm.tokenizers import cached_tokenizer_from_config
@@ -158,6 +167,7 @@ class InRaLogitsProcessor(LogitsProcessor):
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
         self.vocab_size: int = vllm_config.model_config.get_vocab_size()
         self.num_tokens = tokenizer_size(vllm_config)  # rows at or past it have no token
+        self.suppressed = suppressed_rows(vllm_config.model_config, device)  # (K,) nor do these, or None
         self.device = device
         self.model_config = vllm_config.model_config
         if hasattr(self.model_config, "model"):  # the engine process: the config hook ran in the frontend
@@ -250,7 +260,9 @@ class InRaLogitsProcessor(LogitsProcessor):
             )
         lam = self._lam_tensor(logits.shape[0])  # (B,)
         aligned, ref = logits[:, :V], logits[:, V:]  # (B, V) each
-        fused = mask_untokenized(fuse_logits(ref, aligned, lam), self.num_tokens)  # (B, V) fp32
+        fused = mask_untokenized(
+            fuse_logits(ref, aligned, lam), self.num_tokens, self.suppressed
+        )  # (B, V) fp32
         for row, bias in self.biases.items():
             if row < fused.shape[0] and lam[row] != 1:
                 tokens = torch.tensor(list(bias), dtype=torch.long, device=fused.device)  # (K,)
