@@ -1,6 +1,6 @@
 """A short TrRa run for test_trra_distributed: under `accelerate launch` (2 processes) or imported (1).
 
-    python ddp_run.py MODELS_DIR OUT_DIR PER_DEVICE_BATCH
+    python ddp_run.py MODELS_DIR OUT_DIR PER_DEVICE_BATCH [LMBDA]
 writes OUT_DIR/losses.json ({step: loss}, the distributed type, each rank's share of the student's parameters) and
 OUT_DIR/model (the trained student).
 """
@@ -21,9 +21,17 @@ from flexrealign.trra.iterate import save_model
 STEPS, GLOBAL_BATCH = 6, 4
 
 
-def main(models_dir: Path, out: Path, per_device: int) -> None:
+def main(models_dir: Path, out: Path, per_device: int, lmbda: float = 0.0) -> None:
     dirs = {"ref": models_dir / "ref", "aligned": models_dir / "aligned"}
-    config = trra_config(out, dirs, per_device_train_batch_size=per_device, max_steps=STEPS, lam=2.0)
+    config = trra_config(
+        out,
+        dirs,
+        per_device_train_batch_size=per_device,
+        max_steps=STEPS,
+        lam=2.0,
+        lmbda=lmbda,
+        max_new_tokens=8,
+    )
     trainer = TrRaTrainer(args=config, train_dataset=make_rows(64))
     assert trainer.args.world_size * per_device == GLOBAL_BATCH, "the runs must share one global batch"
     trainer.train()
@@ -44,7 +52,7 @@ def main(models_dir: Path, out: Path, per_device: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), *map(float, sys.argv[4:]))
     close_process_group()
     # The run's work is written. End without interpreter finalization, where C++ threads left by gloo or DeepSpeed
     # can still abort the process ("terminate called without an active exception", seen once in a ZeRO-3 CPU run

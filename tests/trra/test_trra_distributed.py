@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -29,9 +30,9 @@ def one_process(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict) -> P
     return out
 
 
-def _two_processes(config: str, models_dir: Path, out: Path) -> dict:
+def _two_processes(config: str, models_dir: Path, out: Path, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
-           str(HERE / "ddp_run.py"), str(models_dir), str(out), "2"]  # fmt: skip
+           str(HERE / "ddp_run.py"), str(models_dir), str(out), "2", *extra]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     # From the repository root, where the DeepSpeed config finds its JSON file.
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -87,3 +88,17 @@ def test_zero3_two_processes_shard_the_student_and_match_one(
     assert two["distributed_type"] == "DistributedType.DEEPSPEED"
     _assert_sharded(two)
     _assert_same_training(one_process, tmp_path, two, model_dirs["ref"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config",
+    ["fsdp_cpu.yaml", pytest.param("deepspeed_zero3_cpu.yaml", marks=pytest.mark.skipif(
+        importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (the deepspeed extra)"))],
+)  # fmt: skip
+def test_on_policy_with_a_sharded_student_finishes(tmp_path: Path, model_dirs: dict, config: str) -> None:
+    """On-policy rows (lmbda > 0) with the student sharded: each forward gathers weights from both processes,
+    so both must sample in step, also when one picked no rows or finished its completions first (it hung)."""
+    two = _two_processes(config, model_dirs["ref"].parent, tmp_path, "0.5")
+    _assert_sharded(two)
+    assert len(two["losses"]) == ddp_run.STEPS and all(math.isfinite(x) for x in two["losses"].values())

@@ -68,6 +68,7 @@ def sample_completions(
     max_new_tokens: int,
     seed: int,
     num_tokens: int | None = None,
+    synced: bool = False,
 ) -> list[list[int]]:
     """Sample one completion per prompt from `model`, each ending with EOS unless it ran out of `max_new_tokens`.
 
@@ -91,6 +92,9 @@ def sample_completions(
         max_new_tokens: >= 1, the longest completion.
         seed: the seed of this call's generator.
         num_tokens: sample only among the first `num_tokens` head rows; None for all.
+        synced: the model is sharded over the processes by FSDP: every forward gathers its weights
+            with the other processes, so each process runs as many forwards as the slowest (they stop together,
+            as transformers' `synced_gpus` does).
 
     Returns:
         One list of token ids per prompt, in order, ending at its first EOS (included) or at `max_new_tokens`.
@@ -106,7 +110,7 @@ def sample_completions(
     model.eval()
     try:
         sampled = _sample_loop(
-            model, ids, mask, eos_token_id, temperature, max_new_tokens, num_tokens, generator
+            model, ids, mask, eos_token_id, temperature, max_new_tokens, num_tokens, generator, synced
         )  # (n, N)
     finally:
         model.train(was_training)
@@ -135,8 +139,10 @@ def _sample_loop(
     max_new_tokens: int,
     num_tokens: int | None,
     generator: torch.Generator,
+    synced: bool = False,
 ) -> torch.Tensor:
-    """(n, N <= max_new_tokens) sampled tokens; stops early once every row has sampled EOS."""
+    """(n, N <= max_new_tokens) sampled tokens; stops early once every row has sampled EOS (with `synced`,
+    once every row of every process has)."""
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (n, P): left padding shifts no position
     out = _forward(model, ids, mask, positions, None)
     done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)  # (n,)
@@ -148,12 +154,20 @@ def _sample_loop(
         tokens.append(token)
         if eos_token_id is not None:
             done |= token[:, 0] == eos_token_id
-        if len(tokens) == max_new_tokens or bool(done.all()):  # one host sync per token
+        if len(tokens) == max_new_tokens or _all_done(done, synced):  # one host sync per token
             break
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)  # (n, P + t)
         positions = positions[:, -1:] + 1  # (n, 1)
         out = _forward(model, token, mask, positions, output_cache(out))
     return torch.cat(tokens, dim=1)  # (n, N)
+
+
+def _all_done(done: torch.Tensor, synced: bool) -> bool:
+    """Whether every row is done: here, or (synced) on every process, so that all stop at the same step."""
+    flag = done.all().int()  # ()
+    if synced:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag)
 
 
 def _forward(

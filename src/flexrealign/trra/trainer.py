@@ -6,10 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import SFTTrainer
+from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from flexrealign.distributed import fsdp_on_cpu
@@ -86,6 +88,10 @@ def _check_cache_matches(cache: TeacherCache, rows: int, tokens: int, names: dic
         recorded = cache.meta[f"{part}_model"]
         if names[part] is not None and names[part] != recorded:
             raise ValueError(f"the teacher cache holds {part}_model={recorded!r}, not {names[part]!r}")
+
+
+# distributed types whose processes each hold a shard of the student's weights
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 class TrRaTrainer(SFTTrainer):
@@ -384,17 +390,21 @@ class TrRaTrainer(SFTTrainer):
         """
         seed = on_policy_seed(self.args.seed, self.state.global_step, micro, self.accelerator.process_index)
         rows = pick_rows(len(batch["input_ids"]), self.args.lmbda, seed)
-        if not rows:
+        sharded = self.accelerator.num_processes > 1 and self.accelerator.distributed_type in SHARDED
+        if not rows and not sharded:
             return batch
         lengths = prompt_lengths(batch["labels"])
-        prompts = [batch["input_ids"][i, : lengths[i]].tolist() for i in rows]
+        # A sharded student samples with every process at once (ZeRO-3 gathers its weights for it, FSDP in each
+        # forward): one that picked no rows still samples (row 0, discarded), and under FSDP all stop together.
+        prompts = [batch["input_ids"][i, : lengths[i]].tolist() for i in rows or [0]]
         tok = self.processing_class
-        student = self.accelerator.unwrap_model(self.model)
-        completions = sample_completions(
-            student, prompts, tok.pad_token_id, tok.eos_token_id, self.args.temperature, self.args.max_new_tokens,
-            seed, num_tokens=self._num_tokens,
-        )  # fmt: skip
-        return with_completions(batch, rows, completions, tok.pad_token_id)
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as student:
+            completions = sample_completions(
+                student, prompts, tok.pad_token_id, tok.eos_token_id, self.args.temperature,
+                self.args.max_new_tokens, seed, num_tokens=self._num_tokens,
+                synced=sharded and self.accelerator.distributed_type == DistributedType.FSDP,
+            )  # fmt: skip
+        return with_completions(batch, rows, completions, tok.pad_token_id) if rows else batch
 
     def _set_signature_columns_if_needed(self) -> None:
         # Keep example_index through Trainer's column pruning: it keys the teacher cache.
