@@ -133,7 +133,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     effort = resolve_effort(args, cfg)
     ids = completion_prompt(body.prompt, engine)
     lam = resolve_lam(args, None, cfg, engine.is_fused, effort)
-    params = sampling(body, None, len(ids), cfg, engine, thinking_limits(args, effort))
+    params = sampling(body, None, len(ids), cfg, engine, thinking_limits(args, effort, engine.tokenizer))
     return await _serve(request, engine, ids, lam, params, body, _TEXT)
 
 
@@ -151,7 +151,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     )
     ids = chat_prompt(engine, messages, template_kwargs)
     lam = resolve_lam(args, messages, cfg, engine.is_fused, effort)
-    params = sampling(body, body.max_completion_tokens, len(ids), cfg, engine, thinking_limits(args, effort))
+    params = sampling(
+        body,
+        body.max_completion_tokens,
+        len(ids),
+        cfg,
+        engine,
+        thinking_limits(args, effort, engine.tokenizer),
+    )
     return await _serve(request, engine, ids, lam, params, body, _CHAT)
 
 

@@ -193,13 +193,14 @@ def _blamed(e: APIError, dial: LamArgs, taken: frozenset[str]) -> APIError:
     return _effort_error(dial.reasoning_effort, e.param, getattr(dial, e.param), e.message, e.code)
 
 
-def thinking_limits(args: LamArgs, effort: Effort | None) -> ThinkingLimits:
+def thinking_limits(args: LamArgs, effort: Effort | None, tokenizer=None) -> ThinkingLimits:
     """Budget, minimum and closing text: each from the body, else from the effort (whose enable_thinking =
     false means a budget of 0, on every endpoint).
 
     Args:
         args: the fields the client sent.
         effort: the effort it names, or None.
+        tokenizer: the model's tokenizer, to check an effort's marker and closing text (`_check_effort_thinking`).
 
     Returns:
         The limits for the engine.
@@ -213,6 +214,8 @@ def thinking_limits(args: LamArgs, effort: Effort | None) -> ThinkingLimits:
     if conflict is not None:
         message, keys = conflict
         raise _blamed(APIError(400, message, blame(keys, taken) or keys[0]), dial, taken)
+    if effort is not None and tokenizer is not None:
+        _check_effort_thinking(dial, taken, tokenizer)
     budget = dial.thinking_token_budget
     try:
         return ThinkingLimits(budget, dial.min_thinking_tokens or 0, dial.thinking_closing, dial.lam_marker)
@@ -268,34 +271,21 @@ def sampling(
                        "max_tokens", "max_tokens_too_large")  # fmt: skip
     if requested is None:
         requested = min(cfg.max_tokens_limit, room if room is not None else cfg.max_tokens_limit)
-    check_effort_thinking(body, cfg, engine)
     return SamplingParams(
         max_tokens=requested, temperature=body.temperature, top_p=body.top_p, top_k=max(body.top_k, 0),
         seed=body.seed, stop=body.stop_list(), ignore_eos=body.ignore_eos, thinking=thinking or ThinkingLimits(),
     )  # fmt: skip
 
 
-def check_effort_thinking(
-    body: CompletionRequest | ChatCompletionRequest, cfg: ServerConfig, engine: Engine
-) -> None:
-    """The request's reasoning_effort against the model's tokenizer: the think marker its schedule or limits
-    need, and its closing text within its budget. When every field involved came from the effort, a 400
-    names reasoning_effort (the engine would name fields the client never sent); otherwise the engine's
-    own check answers.
-
-    Args:
-        body: the request.
-        cfg: the server's configuration (its calibration).
-        engine: the engine, for its tokenizer.
+def _check_effort_thinking(dial: LamArgs, taken: frozenset[str], tokenizer) -> None:
+    """The request's dial (an effort expanded under its fields) against the model's tokenizer: the think marker
+    its schedule or limits need, and its closing text within its budget. When every field involved came from
+    the effort, a 400 names reasoning_effort (the engine would name fields the client never sent); otherwise
+    the engine's own check answers.
 
     Raises:
         APIError: 400 naming reasoning_effort.
     """
-    args = lam_args(body)
-    effort, tokenizer = resolve_effort(args, cfg), getattr(engine, "tokenizer", None)
-    if effort is None or tokenizer is None:
-        return
-    dial, taken = effort_dial(args, effort)
     marker = ["lam_marker"] if dial.lam_marker is not None else []
     needs = [k for k in ("lam_think", "thinking_token_budget") if getattr(dial, k) is not None]
     needs += ["min_thinking_tokens"] if dial.min_thinking_tokens else []
