@@ -19,6 +19,19 @@ def lam_for_next_turn(messages: Messages, lam_turns: Sequence[float]) -> float:
     return float(lam_turns[min(done, len(lam_turns) - 1)])
 
 
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], template_kwargs: dict) -> str:
+    """The prompt text the chat template makes of `messages`, with the generation prompt.
+
+    Raises:
+        jinja2.exceptions.TemplateError: the template refuses the conversation.
+        TypeError, ValueError: apply_chat_template refuses the arguments (tokenize=..., continue_final_message).
+    """
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=True, **template_kwargs
+    )
+    return str(text)
+
+
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], chat_template_kwargs: dict | None = None
 ) -> list[list[int]]:
@@ -38,9 +51,7 @@ def encode_prompts(
             )
         if tokenizer.chat_template is None:
             raise ValueError("prompts given as messages need a tokenizer with a chat_template")
-        text = tokenizer.apply_chat_template(
-            p, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
-        )
+        text = render_chat(tokenizer, p, chat_template_kwargs or {})
         ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     if any(len(x) == 0 for x in ids):
         raise ValueError("empty prompt: at least one token is needed to condition on")

@@ -35,6 +35,7 @@ from jinja2.exceptions import TemplateError
 from pydantic import BaseModel
 from transformers import PreTrainedTokenizerBase
 
+from flexrealign.prompts import render_chat
 from flexrealign.serving.protocol import ChatCompletionRequest, CompletionRequest, LamArgs
 
 Check = tuple[Callable[[Any], bool], str]  # (the value asks for nothing we lack, why it is refused)
@@ -187,19 +188,6 @@ def _refuse_unrendered(messages: Sequence[dict], rendered: list[bool]) -> None:
             raise Refused(f"messages[{i}] (role {role!r}) does not reach the prompt: the model's chat "
                           f"template renders nothing of a {role!r} message at this place{hint}",
                           f"messages[{i}].role", "message_not_rendered")  # fmt: skip
-
-
-def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], template_kwargs: dict) -> str:
-    """The prompt text the chat template makes of `messages`, as `prompts.encode_prompts` renders it.
-
-    Raises:
-        jinja2.exceptions.TemplateError: the template refuses the conversation.
-        TypeError, ValueError: apply_chat_template refuses the arguments (tokenize=..., continue_final_message).
-    """
-    text = tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=True, **template_kwargs
-    )
-    return str(text)
 
 
 def required_text(message: dict) -> str:
