@@ -29,11 +29,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from flexrealign.thinking import LIMIT_KEYS, limit_conflict
+
 CALIBRATION_FILE = "flexrealign_calibration.json"
 EFFORTS = ("none", "low", "medium", "high")
 LOW_TOLERANCE = 2.0  # Pass@1 points below lam = 0 that `low` may lose
 EFFORT_LAM_KEYS = ("lam", "lam_think", "lam_answer", "lam_marker")  # dropped whole when a request gives a lam
-LIMIT_KEYS = ("thinking_token_budget", "min_thinking_tokens", "thinking_closing")
 DIAL_KEYS = (*EFFORT_LAM_KEYS, *LIMIT_KEYS)  # the request fields an effort may stand for
 REQUEST_LAM_KEYS = ("lam", "lam_turns", "lam_think", "lam_answer")  # any of them in a request: its own lam
 TEMPLATE_KEYS = ("enable_thinking",)  # the chat template arguments an effort may set
@@ -98,31 +99,6 @@ class CurvePoint:
                                 ("mean_tokens", 0.0, math.inf), ("pass_at_1", 0.0, 100.0)):  # fmt: skip
             object.__setattr__(self, name, _real(name, getattr(self, name), low, high))
         _count("samples", self.samples, low=1)
-
-
-def limit_conflict(dial: Mapping[str, Any]) -> tuple[str, tuple[str, ...]] | None:
-    """What is wrong with the thinking limits of `dial` (request field -> value) taken together, with the
-    fields involved; None when they fit. The checks that need no tokenizer (ThinkingLimits, thinking_plan).
-
-    Args:
-        dial: thinking_token_budget, min_thinking_tokens and thinking_closing, each optional.
-
-    Returns:
-        (message, fields involved) or None.
-    """
-    budget, minimum, closing = (dial.get(k) for k in LIMIT_KEYS)
-    if budget is not None and minimum is not None and minimum > budget:
-        return (f"min_thinking_tokens ({minimum}) is above thinking_token_budget ({budget})",
-                ("min_thinking_tokens", "thinking_token_budget"))  # fmt: skip
-    if closing is not None and budget is None:
-        message = "a thinking closing text is forced when the budget runs out: give thinking_token_budget"
-        return message, ("thinking_closing",)
-    if closing and budget == 0:
-        message = (
-            "the closing text cannot fit a thinking_token_budget of 0: raise the budget or drop the text"
-        )
-        return message, ("thinking_closing", "thinking_token_budget")
-    return None
 
 
 _EFFORT_CHECKS = {"lam": _real, "lam_think": _real, "lam_answer": _real, "lam_marker": _text,

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from flexrealign.fusion import as_lam_tensor
 from flexrealign.stopping import StopStream
-from flexrealign.thinking import MissingThinkMarker, ThinkingState, thinking_plan
+from flexrealign.thinking import LIMIT_KEYS, MissingThinkMarker, ThinkingState, limit_conflict, thinking_plan
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,9 @@ class ThinkingLimits:
             raise ValueError(f"thinking_token_budget must be an int >= 0 or None, got {b!r}")
         if not isinstance(m, int) or isinstance(m, bool) or m < 0:
             raise ValueError(f"min_thinking_tokens must be an int >= 0, got {m!r}")
-        if b is not None and m > b:
-            raise ValueError(f"min_thinking_tokens ({m}) is above thinking_token_budget ({b})")
-        if self.closing is not None and b is None:
-            raise ValueError(
-                "a thinking closing text is forced when the budget runs out: give thinking_token_budget"
-            )
+        conflict = limit_conflict(dict(zip(LIMIT_KEYS, (b, m, self.closing), strict=True)))
+        if conflict is not None:
+            raise ValueError(conflict[0])
 
     @property
     def active(self) -> bool:

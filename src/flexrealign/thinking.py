@@ -26,8 +26,9 @@ not). `spent <= budget` always holds.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 # (start, end) marker pairs recognised in a tokenizer's vocabulary, first match wins
 MARKER_PAIRS: tuple[tuple[str, str], ...] = (
@@ -304,6 +305,37 @@ class ThinkingState:
             self._queue = (list(p.closing) if room == len(p.closing) else []) + list(p.markers.end)
 
 
+# the request fields of the thinking limits (vLLM's names and ours)
+LIMIT_KEYS = ("thinking_token_budget", "min_thinking_tokens", "thinking_closing")
+
+
+def limit_conflict(dial: Mapping[str, Any]) -> tuple[str, tuple[str, ...]] | None:
+    """What is wrong with the thinking limits of `dial` (request field -> value) taken together, with the
+    fields involved; None when they fit. The checks that need no tokenizer
+    (`rows.ThinkingLimits`, effort files, the server and the vLLM plugin; `ThinkingPlan` checks the closing
+    text's length in tokens).
+
+    Args:
+        dial: thinking_token_budget, min_thinking_tokens and thinking_closing, each optional.
+
+    Returns:
+        (message, fields involved) or None.
+    """
+    budget, minimum, closing = (dial.get(k) for k in LIMIT_KEYS)
+    if budget is not None and minimum is not None and minimum > budget:
+        return (f"min_thinking_tokens ({minimum}) is above thinking_token_budget ({budget})",
+                ("min_thinking_tokens", "thinking_token_budget"))  # fmt: skip
+    if closing is not None and budget is None:
+        message = "a thinking closing text is forced when the budget runs out: give thinking_token_budget"
+        return message, ("thinking_closing",)
+    if closing and budget == 0:
+        message = (
+            "the closing text cannot fit a thinking_token_budget of 0: raise the budget or drop the text"
+        )
+        return message, ("thinking_closing", "thinking_token_budget")
+    return None
+
+
 def thinking_plan(
     tokenizer,
     lam_think: float,
@@ -338,6 +370,7 @@ __all__ = [
     "ThinkingPlan",
     "ThinkingState",
     "initial_stage",
+    "limit_conflict",
     "marker_ids",
     "think_markers",
     "thinking_plan",

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from flexrealign.calibration import CALIBRATE_HINT, Calibration, Effort, blame, expand_effort, limit_conflict
+from flexrealign.calibration import CALIBRATE_HINT, Calibration, Effort, blame, expand_effort
 from flexrealign.generation import LamSchedule, LamSpec, ThinkingLimits, lam_for_next_turn
 from flexrealign.serving.audit import Refused, audit_request
 from flexrealign.serving.engine import Engine, SamplingParams
 from flexrealign.serving.errors import APIError
 from flexrealign.serving.protocol import ChatCompletionRequest, CompletionRequest, LamArgs
-from flexrealign.thinking import MissingThinkMarker, thinking_plan
+from flexrealign.thinking import MissingThinkMarker, limit_conflict, thinking_plan
 
 LAM_FIELDS = frozenset(LamArgs.model_fields)
 log = logging.getLogger("flexrealign.serve")

@@ -21,9 +21,9 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
-from flexrealign.calibration import CALIBRATE_HINT, Calibration, Effort, blame, expand_effort, limit_conflict
+from flexrealign.calibration import CALIBRATE_HINT, Calibration, Effort, blame, expand_effort
 from flexrealign.generation import LamSchedule, LamSpec, ThinkingLimits
-from flexrealign.thinking import MissingThinkMarker, thinking_plan
+from flexrealign.thinking import MissingThinkMarker, limit_conflict, thinking_plan
 
 DEFAULT_LAM = 1.0  # as flexrealign.generate: a request without lam gets the aligned model
 LAM_KEYS = ("lam", "lam_think", "lam_answer")
