@@ -11,6 +11,7 @@ Memory: each variant then runs once in a fresh subprocess, so its peak memory (m
 
     python benchmarks/decode.py                 # Qwen2.5-0.5B shape (random weights) and the tiny model
     python benchmarks/decode.py --shapes tiny   # quick
+    python benchmarks/decode.py --shapes qwen3-moe-small   # a mixture-of-experts decoder
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ SHAPES = {
     # Qwen2.5-0.5B: 24 layers, hidden 896, 14 heads / 2 KV heads, 151,936-row vocabulary, tied embeddings
     "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14,
                          num_kv_heads=2, intermediate_size=4864, tie_word_embeddings=True),
+    # Qwen3-30B-A3B's layout scaled to a CPU: 64 experts (top 8) of width 256 per layer, qk-norm, head_dim 64
+    "qwen3-moe-small": dict(model_type="qwen3_moe", vocab_size=151936, hidden_size=1024, num_layers=12,
+                            num_heads=16, num_kv_heads=4, head_dim=64, intermediate_size=3072, num_experts=64,
+                            num_experts_per_tok=8, moe_intermediate_size=256, mlp_only_layers=[]),
     "tiny": dict(model_type="llama", vocab_size=512, hidden_size=64, num_layers=5, num_heads=8, num_kv_heads=4,
                  intermediate_size=172),
 }  # fmt: skip

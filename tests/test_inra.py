@@ -138,7 +138,9 @@ def test_unsupported_architecture_is_a_clear_error():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(ValueError, match=r"Llama family .*llama, qwen2, qwen3, mistral.*gpt2"):
+    with pytest.raises(
+        ValueError, match=r"decoder families llama, qwen2, .*gpt_oss, smollm3.*GPT2LMHeadModel.*gpt2"
+    ):
         InRaModel.from_base(gpt2)
 
 

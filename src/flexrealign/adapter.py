@@ -11,9 +11,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-# Decoder families whose layer is `x + attn(norm(x))` then `x + mlp(norm(x))` with `self_attn.o_proj` and
-# `mlp.down_proj` as the last projections: zeroing those two makes a copied layer an exact identity.
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral")
+from flexrealign.families import ATTN_OUT, family_of
 
 AdapterInit = Literal["identity", "kaiming"]
 
@@ -43,32 +41,51 @@ class AdapterConfig:
 
 
 def check_supported(model: PreTrainedModel) -> None:
-    """Raise a clear error unless `model` is a decoder of a supported Llama-family architecture."""
+    """Raise a clear ValueError unless `model` is a decoder of a family in `flexrealign.families`."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"InRa supports decoder-only models of the Llama family ({', '.join(SUPPORTED_MODEL_TYPES)}); "
-            f"got {type(model).__name__} with model_type={model_type!r}"
-        )
+    family_of(model_type, type(model).__name__)
     layers = getattr(getattr(model, "model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         raise ValueError(f"{type(model).__name__} has no decoder layers at model.model.layers")
 
 
-def decoder_layer_type(config: PretrainedConfig, index: int = 0) -> str:
-    """The attention type ('full_attention' or 'sliding_attention') of decoder layer `index`."""
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types:
-        return layer_types[index]
-    return "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
+def identity_init_(layer: nn.Module, model_type: str) -> None:
+    """Zero every residual branch's last projection (weights and biases): the layer becomes x -> x.
+
+    Args:
+        layer: a decoder layer of the family `model_type`.
+        model_type: its family (`flexrealign.families`), which names the projections.
+
+    Raises:
+        ValueError: the layer lacks an attention or an MLP output of the family's list.
+    """
+    zeroed = []
+    for name in family_of(model_type).residual_outputs:
+        try:
+            target = _resolve(layer, name)
+        except AttributeError:
+            continue  # e.g. the dense layers of an MoE model have no experts
+        tensors = (
+            [target] if isinstance(target, nn.Parameter) else [target.weight, getattr(target, "bias", None)]
+        )
+        for t in tensors:
+            if t is not None:
+                nn.init.zeros_(t)
+        zeroed.append(name)
+    if ATTN_OUT not in zeroed or len(zeroed) < 2:
+        raise ValueError(
+            f"{model_type}: a decoder layer's residual outputs were not all found (zeroed {zeroed})"
+        )
 
 
-def identity_init_(layer: nn.Module) -> None:
-    """Zero the attention output and MLP down projections (weights and biases): the layer becomes x -> x."""
-    for proj in (layer.self_attn.o_proj, layer.mlp.down_proj):
-        nn.init.zeros_(proj.weight)
-        if proj.bias is not None:
-            nn.init.zeros_(proj.bias)
+def _resolve(layer: nn.Module, name: str) -> nn.Module | nn.Parameter:
+    """The submodule or parameter `name` (dotted) of `layer`; AttributeError where it has none."""
+    obj = layer
+    for part in name.split("."):
+        obj = getattr(obj, part)  # nn.Module.__getattr__ raises AttributeError for a missing name
+    if not isinstance(obj, (nn.Module, nn.Parameter)):
+        raise AttributeError(name)
+    return obj
 
 
 def kaiming_init_(layer: nn.Module, generator: torch.Generator | None = None) -> None:
@@ -90,8 +107,10 @@ def make_adapter_layers(model: PreTrainedModel, config: AdapterConfig) -> nn.Mod
     for i in range(config.num_layers):
         layer = copy.deepcopy(bottom)
         layer.self_attn.layer_idx = i  # index into the adapter's own KV cache
+        if hasattr(layer, "layer_idx"):
+            layer.layer_idx = i
         if config.init == "identity":
-            identity_init_(layer)
+            identity_init_(layer, model.config.model_type)
         else:
             kaiming_init_(layer)
         layer.requires_grad_(True)
@@ -99,31 +118,76 @@ def make_adapter_layers(model: PreTrainedModel, config: AdapterConfig) -> nn.Mod
     return layers
 
 
+# Config fields that say something per decoder layer; `merged_model_config` shifts each of them.
+LAYER_FIELDS: tuple[str, ...] = (
+    "layer_types",
+    "no_rope_layers",
+    "max_window_layers",
+    "mlp_only_layers",
+    "decoder_sparse_step",
+)
+
+
+def _sparse_layers(config: PretrainedConfig) -> list[bool] | None:
+    """Per layer, whether a Qwen-MoE-style config makes it a mixture-of-experts layer (None: not such a config)."""
+    step = getattr(config, "decoder_sparse_step", None)
+    if step is None:
+        return None
+    dense = set(getattr(config, "mlp_only_layers", None) or ())
+    experts = getattr(config, "num_experts", 0) or 0
+    return [i not in dense and experts > 0 and (i + 1) % step == 0 for i in range(config.num_hidden_layers)]
+
+
+def _shift_layer_fields(cfg: PretrainedConfig, base: PretrainedConfig, n: int) -> None:
+    """Give `cfg` (L + n layers) the per-layer settings of `base` (L layers) for layers n.., and layer 0's
+    settings for the n adapter layers."""
+    for name in ("layer_types", "no_rope_layers"):
+        values = getattr(base, name, None)
+        if values:
+            setattr(cfg, name, [values[0]] * n + list(values))
+    if getattr(base, "max_window_layers", None) is not None:
+        cfg.max_window_layers = base.max_window_layers + n
+    sparse = _sparse_layers(base)
+    if sparse is not None:  # a modulus cannot shift: list the dense layers instead
+        merged = [sparse[0]] * n + sparse
+        cfg.decoder_sparse_step = 1
+        cfg.mlp_only_layers = [i for i, is_sparse in enumerate(merged) if not is_sparse]
+
+
 def adapter_model_config(base_config: PretrainedConfig, num_layers: int) -> PretrainedConfig:
-    """A copy of the base config describing just the adapter stack (for masks and its KV cache)."""
+    """A copy of the base config describing just the adapter stack: `num_layers` copies of the bottom layer
+    (for its masks, rotary tables and KV cache)."""
     cfg = copy.deepcopy(base_config)
-    layer_type = decoder_layer_type(base_config, 0)
+    _shift_layer_fields(cfg, base_config, num_layers)
     cfg.num_hidden_layers = num_layers
-    if getattr(base_config, "layer_types", None):
-        cfg.layer_types = [layer_type] * num_layers
+    for name in ("layer_types", "no_rope_layers"):
+        if getattr(cfg, name, None):
+            setattr(cfg, name, getattr(cfg, name)[:num_layers])
+    if getattr(cfg, "mlp_only_layers", None) is not None and _sparse_layers(base_config) is not None:
+        cfg.mlp_only_layers = [i for i in cfg.mlp_only_layers if i < num_layers]
     return cfg
 
 
 def merged_model_config(base_config: PretrainedConfig, num_layers: int, meta: dict) -> PretrainedConfig:
-    """The config of the fused (lam = 1) checkpoint: the adapter layers first, then the L original layers."""
+    """The config of the fused (lam = 1) checkpoint: the adapter layers first, then the L original layers.
+
+    The per-layer fields (`LAYER_FIELDS`) are shifted so that each original layer keeps its own settings;
+    their original values are kept in the `inra` entry, so `base_model_config` restores them exactly.
+    """
     cfg = copy.deepcopy(base_config)
-    L = base_config.num_hidden_layers
-    cfg.num_hidden_layers = L + num_layers
-    if getattr(base_config, "layer_types", None):
-        cfg.layer_types = [decoder_layer_type(base_config, 0)] * num_layers + list(base_config.layer_types)
-    if getattr(base_config, "max_window_layers", None) is not None:
-        cfg.max_window_layers = base_config.max_window_layers + num_layers
-    cfg.inra = dict(meta, adapter_layers=num_layers)
+    cfg.num_hidden_layers = base_config.num_hidden_layers + num_layers
+    _shift_layer_fields(cfg, base_config, num_layers)
+    base_fields = {k: copy.deepcopy(getattr(base_config, k)) for k in LAYER_FIELDS if hasattr(base_config, k)}
+    cfg.inra = dict(meta, adapter_layers=num_layers, base_fields=base_fields)
     return cfg
 
 
 def base_model_config(merged_config: PretrainedConfig) -> tuple[PretrainedConfig, int]:
-    """Undo `merged_model_config`: the base config and the number of adapter layers."""
+    """Undo `merged_model_config`: the base config and the number of adapter layers.
+
+    Raises:
+        ValueError: the config has no valid `inra` entry.
+    """
     meta = getattr(merged_config, "inra", None)
     if not isinstance(meta, dict) or not isinstance(meta.get("adapter_layers"), int):
         raise ValueError("not an InRa checkpoint: config.json has no 'inra': {'adapter_layers': n} entry")
@@ -134,9 +198,14 @@ def base_model_config(merged_config: PretrainedConfig) -> tuple[PretrainedConfig
             f"corrupt InRa config: adapter_layers={n} with num_hidden_layers={cfg.num_hidden_layers}"
         )
     cfg.num_hidden_layers -= n
-    if getattr(cfg, "layer_types", None):
-        cfg.layer_types = list(cfg.layer_types[n:])
-    if getattr(cfg, "max_window_layers", None) is not None:
-        cfg.max_window_layers = max(0, cfg.max_window_layers - n)
+    base_fields = meta.get("base_fields")
+    if isinstance(base_fields, dict):
+        for key, value in base_fields.items():
+            setattr(cfg, key, copy.deepcopy(value))
+    else:  # written before base_fields existed (layer_types and max_window_layers were the only shifts)
+        if getattr(cfg, "layer_types", None):
+            cfg.layer_types = list(cfg.layer_types[n:])
+        if getattr(cfg, "max_window_layers", None) is not None:
+            cfg.max_window_layers = max(0, cfg.max_window_layers - n)
     del cfg.inra
     return cfg, n

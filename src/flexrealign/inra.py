@@ -17,14 +17,12 @@ from typing import Literal
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedModel
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from flexrealign.adapter import (
     AdapterConfig,
     adapter_model_config,
     base_model_config,
     check_supported,
-    decoder_layer_type,
     make_adapter_layers,
     merged_model_config,
 )
@@ -39,7 +37,7 @@ from flexrealign.checkpoint import (
 )
 from flexrealign.fused import BOTH, FusedCausalLM, PathCache
 from flexrealign.fusion import ALIGNED, REF
-from flexrealign.hf_compat import cache_kw, with_cache
+from flexrealign.hf_compat import with_cache
 
 ADAPTER_CONFIG_NAME = "inra_config.json"
 ADAPTER_WEIGHTS_PREFIX = "inra_adapter"
@@ -163,27 +161,37 @@ class InRaModel(FusedCausalLM):
     def _run_adapter(self, emb, attention_mask, position_ids, cache: PathCache | None) -> torch.Tensor:
         """The adapter layers, with their own mask and KV cache; computed once per token."""
         adapter_cache = cache["adapter"] if cache is not None else None
-        sliding = decoder_layer_type(self._adapter_hf_config) == "sliding_attention"
-        make_mask = create_sliding_window_causal_mask if sliding else create_causal_mask
-        mask = make_mask(
-            config=self._adapter_hf_config,
+        out = self._adapter_runner()(
             inputs_embeds=emb,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            **{cache_kw(make_mask): adapter_cache},
+            use_cache=adapter_cache is not None,
+            **with_cache(self.base.model, adapter_cache),
         )
-        position_embeddings = self.base.model.rotary_emb(emb, position_ids=position_ids)
-        h = emb
-        for layer in self.adapter:
-            h = layer(
-                h,
-                attention_mask=mask,
-                position_embeddings=position_embeddings,
-                position_ids=position_ids,
-                use_cache=adapter_cache is not None,
-                **with_cache(layer, adapter_cache),
-            )
-        return h  # (B, T, D)
+        return out.last_hidden_state  # (B, T, D)
+
+    def _adapter_runner(self) -> nn.Module:
+        """The base decoder's own class, holding the adapter layers: its forward builds the masks and rotary
+        tables the family's layers expect (sliding windows, per-layer-type rope), so nothing here is per family.
+
+        It shares every module (the adapter layers, the base's rotary embedding) and ends in an identity where
+        the base has its final norm. It is kept outside the module tree (no second name for the weights), and
+        rebuilt whenever `self.adapter` is replaced.
+        """
+        runner = self.__dict__.get("_runner")
+        if runner is None or runner.layers is not self.adapter:
+            with torch.device("meta"):  # no memory for the layers and embedding the constructor makes
+                runner = type(self.base.model)(self._adapter_hf_config)
+            runner.layers, runner.rotary_emb = self.adapter, self.base.model.rotary_emb
+            runner.norm, runner.embed_tokens = nn.Identity(), None
+            left = [n for n, t in [*runner.named_parameters(), *runner.named_buffers()] if t.is_meta]
+            if left:
+                raise ValueError(
+                    f"{type(self.base.model).__name__} holds more than InRa can share: {left[:5]}"
+                )
+            self.__dict__["_runner"] = runner
+        runner.training = self.training  # its own flag only: its modules follow this model's train()/eval()
+        return runner
 
     def _run_body(self, x, attention_mask, position_ids, cache: DynamicCache | None) -> torch.Tensor:
         """All L original layers and the final norm, through the base model's own forward."""

@@ -32,6 +32,17 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], te
     return str(text)
 
 
+def template_takes(tokenizer: PreTrainedTokenizerBase, name: str) -> bool:
+    """Whether the tokenizer's chat template reads the variable `name` (gpt-oss's reads `reasoning_effort`)."""
+    import jinja2
+    import jinja2.meta
+
+    template = tokenizer.chat_template
+    sources = template.values() if isinstance(template, dict) else [template] if template else []
+    env = jinja2.Environment()
+    return any(name in jinja2.meta.find_undeclared_variables(env.parse(src)) for src in sources)
+
+
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], chat_template_kwargs: dict | None = None
 ) -> list[list[int]]:

@@ -5,13 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-# model_type -> extra config fields that make the tiny model exercise the family's quirks
-_FAMILY_EXTRAS: dict[str, dict] = {
-    "llama": {},
-    "qwen2": {},  # q/k/v carry biases
-    "qwen3": {"head_dim": 16},  # q/k norms, explicit head_dim
-    "mistral": {"sliding_window": 8},  # sliding-window attention
-}
+from flexrealign.families import FAMILIES as _TABLE
 
 
 def tiny_config(
@@ -24,11 +18,10 @@ def tiny_config(
     intermediate_size: int = 64,
     **overrides,
 ) -> PretrainedConfig:
-    """A small config of a supported family; `overrides` go straight into the config."""
-    if model_type not in _FAMILY_EXTRAS:
-        raise ValueError(
-            f"tiny_config: unknown model_type {model_type!r}; choose from {sorted(_FAMILY_EXTRAS)}"
-        )
+    """A small config of a supported family (its quirks from `families.Family.tiny`); `overrides` go straight
+    into the config."""
+    if model_type not in _TABLE:
+        raise ValueError(f"tiny_config: unknown model_type {model_type!r}; choose from {sorted(_TABLE)}")
     fields = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -42,8 +35,12 @@ def tiny_config(
         bos_token_id=1,
         eos_token_id=2,
     )
-    fields.update(_FAMILY_EXTRAS[model_type])
+    fields.update(_TABLE[model_type].tiny)
     fields.update(overrides)
+    for name in ("layer_types", "no_rope_layers"):  # per-layer lists follow num_layers, repeating the pattern
+        if name in fields and len(fields[name]) != num_layers:
+            pattern = fields[name]
+            fields[name] = [pattern[i % len(pattern)] for i in range(num_layers)]
     return AutoConfig.for_model(model_type, **fields)
 
 
@@ -54,4 +51,4 @@ def tiny_model(model_type: str = "llama", seed: int = 0, **config_kwargs) -> Pre
     return model.eval()
 
 
-FAMILIES: tuple[str, ...] = tuple(_FAMILY_EXTRAS)
+FAMILIES: tuple[str, ...] = tuple(_TABLE)

@@ -43,6 +43,11 @@ class GenerateArgs:
             "help": "JSON file: a chat (list of {role, content}) or a list of chats; rendered by the chat template."
         },
     )
+    chat_template_kwargs: str | None = field(
+        default=None,
+        metadata={"help": "JSON object of chat template arguments, e.g. '{\"enable_thinking\": false}' or "
+                  "gpt-oss's '{\"reasoning_effort\": \"high\"}'."},
+    )  # fmt: skip
     lam: list[float] | None = field(
         default=None,
         metadata={"help": "lam value(s); each prompt is answered at each lam. Default 1.0 for InRa/DeRa."},
@@ -104,6 +109,28 @@ class GenerateArgs:
             raise ValueError("--lam_think and --lam_answer go together")
         if sum(x is not None for x in (self.lam, self.lam_think, self.lam_turns)) > 1:
             raise ValueError("use one of --lam, --lam_think/--lam_answer, --lam_turns")
+        template_kwargs(self)  # a malformed object fails here, before any model is loaded
+
+
+def template_kwargs(args: GenerateArgs) -> dict | None:
+    """--chat-template-kwargs as a dict (None when not given).
+
+    Raises:
+        ValueError: it is not a JSON object, or it is given with --raw (no template renders the prompt).
+    """
+    if args.chat_template_kwargs is None:
+        return None
+    if args.raw:
+        raise ValueError(
+            "--chat_template_kwargs applies to chats; --raw sends the prompt without the template"
+        )
+    try:
+        value = json.loads(args.chat_template_kwargs)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--chat_template_kwargs is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"--chat_template_kwargs must be a JSON object, got {args.chat_template_kwargs!r}")
+    return value
 
 
 def _prompts(args: GenerateArgs, tokenizer) -> list:
@@ -154,6 +181,7 @@ def run(argv: list[str]) -> int:
         min_thinking_tokens=args.min_thinking_tokens,
         thinking_closing=args.thinking_closing,
         think_marker=args.think_marker,
+        chat_template_kwargs=template_kwargs(args),
     )
     for setting in settings:
         stream_live = not args.json_output and len(prompts) == 1

@@ -80,6 +80,12 @@ def build_inra_model(base: PreTrainedModel, config: InRaTrainConfig) -> InRaMode
     return model
 
 
+# A mixture-of-experts adapter trains on the task loss alone (flexrealign.families, item 4): TRL would add the
+# router's load-balancing loss, which balances expert use in pretraining, to a layer that starts as an
+# identity and sees only the adapter's data.
+NO_ROUTER_LOSS = 0.0
+
+
 def trainer_kwargs(config: InRaTrainConfig) -> dict:
     """Arguments every TRL config gets; checkpoints are off because `save_inra` writes the result atomically."""
     return dict(
@@ -107,7 +113,7 @@ def make_sft_trainer(
     """TRL's SFTTrainer on the aligned path; the loss is the lam = 1 model's (completion-only for pairs)."""
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**trainer_kwargs(config))
+    args = SFTConfig(**trainer_kwargs(config), router_aux_loss_coef=NO_ROUTER_LOSS)
     with fsdp_on_cpu():  # after the config, which rebuilds accelerate's process state
         return SFTTrainer(
             model=InRaPathView(model), args=args, train_dataset=dataset, processing_class=tokenizer
@@ -120,7 +126,7 @@ def make_dpo_trainer(
     """TRL's DPOTrainer; the reference policy is the lam = 0 view of the same model, so no second base copy."""
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(**trainer_kwargs(config), beta=config.beta)
+    args = DPOConfig(**trainer_kwargs(config), beta=config.beta, router_aux_loss_coef=NO_ROUTER_LOSS)
     with fsdp_on_cpu():
         return DPOTrainer(
             model=InRaPathView(model),

@@ -12,6 +12,8 @@ Both views hold the same InRaModel, so the DPO reference costs no second copy of
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -60,7 +62,9 @@ class InRaPathView(nn.Module):
             raise ValueError(f"path must be {ALIGNED!r} or {REF!r}, got {path!r}")
         self.inra = inra
         self.path = path
-        self.config = inra.config
+        # A copy: TRL writes its settings into the model's config (router-loss flags, use_cache), which must
+        # not reach the base model's config and the checkpoints saved from it.
+        self.config = copy.deepcopy(inra.config)
         self.generation_config = inra.base.generation_config
         # Named `backbone`, not `base_model`, so the module tree has no second name for the shared weights;
         # TRL's fused head reaches it through the `base_model` property below.

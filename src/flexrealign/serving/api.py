@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from flexrealign.calibration import Calibration
 from flexrealign.generation import LamSpec
+from flexrealign.prompts import template_takes
 from flexrealign.serving.audit import Refused, audit_rendering
 from flexrealign.serving.engine import (
     Engine,
@@ -40,6 +41,7 @@ from flexrealign.serving.params import (
     check_model,
     completion_prompt,
     lam_args,
+    native_effort_kwargs,
     resolve_effort,
     resolve_lam,
     sampling,
@@ -140,14 +142,18 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     """OpenAI's chat completions; `reasoning_effort` maps to the calibrated lam (and budget), an explicit lam
-    wins; an effort that skips thinking renders the chat with enable_thinking=False."""
+    wins; an effort that skips thinking renders the chat with enable_thinking=False. A chat template that reads
+    reasoning_effort itself (gpt-oss) gets the level too, and without a calibration only it."""
     engine, cfg = _engine(request), request.app.state.config
     check_common(body, cfg)
     args = lam_args(body)
-    effort = resolve_effort(args, cfg)
+    native = template_takes(engine.tokenizer, "reasoning_effort")
+    effort = resolve_effort(args, cfg, native)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    template_kwargs = ((effort.chat_template_kwargs if effort else None) or {}) | (
-        body.chat_template_kwargs or {}
+    template_kwargs = (
+        ((effort.chat_template_kwargs if effort else None) or {})
+        | native_effort_kwargs(args, body.chat_template_kwargs, native)
+        | (body.chat_template_kwargs or {})
     )
     ids = chat_prompt(engine, messages, template_kwargs)
     lam = resolve_lam(args, messages, cfg, engine.is_fused, effort)

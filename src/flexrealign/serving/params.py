@@ -138,11 +138,17 @@ def _lam_spec(
     return args.lam if args.lam is not None else cfg.lam_default
 
 
-def resolve_effort(args: LamArgs, cfg: ServerConfig) -> Effort | None:
+def resolve_effort(args: LamArgs, cfg: ServerConfig, native: bool = False) -> Effort | None:
     """The calibrated entry for the request's reasoning_effort; 400 when the model has no calibration (saying
-    how to make one) or does not offer that effort. Never ignored silently."""
+    how to make one) or does not offer that effort. Never ignored silently.
+
+    Args:
+        native: the chat template takes reasoning_effort itself (gpt-oss): without a calibration the level then
+            goes to the template alone (None is returned), as in vLLM; with one, it selects the calibrated lam
+            and budget and goes to the template too (`native_effort_kwargs`).
+    """
     name = args.reasoning_effort
-    if name is None:
+    if name is None or (native and cfg.calibration is None):
         return None
     if cfg.calibration is None:
         raise APIError(400, f"reasoning_effort needs a calibration of this model, and {cfg.model_name!r} has none. "
@@ -304,3 +310,19 @@ def _check_effort_thinking(dial: LamArgs, taken: frozenset[str], tokenizer) -> N
         raise _effort_error(
             dial.reasoning_effort, keys[0], getattr(dial, keys[0]), str(error), code
         ) from error
+
+
+def native_effort_kwargs(args: LamArgs, body_kwargs: dict | None, native: bool) -> dict:
+    """The chat template arguments that carry the request's reasoning_effort to a template that reads it.
+
+    Raises:
+        APIError: 400 when chat_template_kwargs names another reasoning_effort than the request.
+    """
+    name = args.reasoning_effort
+    if not native or name is None:
+        return {}
+    given = (body_kwargs or {}).get("reasoning_effort", name)
+    if given != name:
+        raise APIError(400, f"reasoning_effort {name!r} and chat_template_kwargs.reasoning_effort {given!r} "
+                       "disagree; send one", "chat_template_kwargs.reasoning_effort", "invalid_value")  # fmt: skip
+    return {"reasoning_effort": name}
