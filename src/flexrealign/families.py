@@ -70,7 +70,7 @@ _ENTRIES = (
     Family(
         "qwen3_moe",
         "Qwen3MoeForCausalLM",
-        residual_outputs=(ATTN_OUT, MLP_OUT, "mlp.experts.down_proj", "mlp.shared_expert.down_proj"),
+        residual_outputs=(ATTN_OUT, MLP_OUT, "mlp.experts.down_proj"),  # no shared expert in this family
         tiny={
             "head_dim": 16,
             "num_experts": 4,

