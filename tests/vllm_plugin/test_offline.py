@@ -146,16 +146,23 @@ def test_adapter_runs_once_per_token(engine):
         counts["qkv_calls"] = counts["steps"] = 0
         n = model.inra_adapter_layers
 
-        def counter(key, arg=0):
-            return lambda _mod, args, _out: counts.__setitem__(key, counts[key] + args[arg].shape[0])
+        def counter(module, key, arg=0, name=""):
+            """Count the rows of the call's argument at position `arg`, or keyword `name`: the stacked step
+            calls layers by keyword (gpt-oss's take their arguments in another order), the stock models
+            by position."""
+
+            def hook(_mod, args, kwargs, _out):
+                counts[key] += (kwargs[name] if name in kwargs else args[arg]).shape[0]
+
+            module.register_forward_hook(hook, with_kwargs=True)
 
         def calls(key):
             return lambda *_: counts.__setitem__(key, counts[key] + 1)
 
-        model.model.layers[0].register_forward_hook(counter("adapter", 1))
-        model.model.layers[n].self_attn.attn.register_forward_hook(counter("aligned_attn"))
-        model.ref_model.layers[0].self_attn.attn.register_forward_hook(counter("ref_attn"))
-        model.model.layers[n].self_attn.qkv_proj.register_forward_hook(counter("qkv_rows"))
+        counter(model.model.layers[0], "adapter", 1, "hidden_states")
+        counter(model.model.layers[n].self_attn.attn, "aligned_attn")
+        counter(model.ref_model.layers[0].self_attn.attn, "ref_attn")
+        counter(model.model.layers[n].self_attn.qkv_proj, "qkv_rows")
         model.model.layers[n].self_attn.qkv_proj.register_forward_hook(calls("qkv_calls"))
         model.register_forward_hook(calls("steps"))
         attn = [name for name, m in model.named_modules() if type(m).__name__ == "Attention"]

@@ -3,7 +3,8 @@
 `pip install flexrealign[vllm]` installs the `vllm.general_plugins` entry point `flexrealign_inra`, which
 vLLM calls in every process it starts. `register()` then:
 
-1. registers the InRa model classes (`InRaQwen2ForCausalLM`, ...) with `ModelRegistry`;
+1. registers the InRa model classes (`InRaQwen2ForCausalLM`, ..., one per family of `flexrealign.families`
+   with a `vllm_class`) with `ModelRegistry`;
 2. wraps the "hf" config parser so that a checkpoint whose config.json has an `inra` entry selects the
    InRa class of its architecture (the saved `architectures` stay unchanged, so plain Hugging Face still
    loads the lam = 1 model), and an InRa checkpoint of an architecture without an InRa class fails clearly;
@@ -18,13 +19,11 @@ This module imports vLLM only inside `register()`, so importing flexrealign neve
 
 from __future__ import annotations
 
-# base architecture (config.json "architectures") -> the InRa class registered for it
-INRA_ARCHITECTURES: dict[str, str] = {
-    "Qwen2ForCausalLM": "InRaQwen2ForCausalLM",
-    "Qwen3ForCausalLM": "InRaQwen3ForCausalLM",
-    "LlamaForCausalLM": "InRaLlamaForCausalLM",
-    "MistralForCausalLM": "InRaMistralForCausalLM",
-}
+from flexrealign.families import VLLM_CLASSES
+
+# base architecture (config.json "architectures") -> the InRa class registered for it: the family table's
+# `vllm_class` entries (flexrealign.families), under the name the plugin's modules import
+INRA_ARCHITECTURES: dict[str, str] = VLLM_CLASSES
 MODELS_MODULE = "flexrealign.vllm_plugin.models"
 LOGITS_PROCESSOR_FQCN = "flexrealign.vllm_plugin.logits:InRaLogitsProcessor"
 LAM_KEY = "lam"  # the SamplingParams.extra_args / vllm_xargs key carrying a request's lam

@@ -6,8 +6,9 @@ Two vLLM hooks, both installed by `register()`:
   config.json, an `inra` entry swaps `architectures` in the *in-memory* config for the InRa class name. The
   file on disk is untouched, so Hugging Face keeps loading the lam = 1 model from the same folder;
 * `MODELS_CONFIG_MAP`, vLLM's per-architecture `verify_and_update_config` hook (the one in-tree models use
-  to adjust the engine config), gets an entry per InRa class. It adds the fusing logits processor and makes
-  logprobs come from the processed logits, i.e. the fused distribution rather than the raw 2V-wide row.
+  to adjust the engine config), gets an entry per InRa class. It runs the base architecture's own hook (the
+  InRa class name hides it from vLLM), adds the fusing logits processor and makes logprobs come from the
+  processed logits, i.e. the fused distribution rather than the raw 2V-wide row.
 
 And one wrap of vLLM's prefix-cache block hashing (`salt_prefix_cache_by_paths`): a step that runs one path
 leaves the other path's KV cache unwritten for its tokens, so a cached block may only be reused by a request
@@ -17,7 +18,7 @@ that needs no more paths than the request that wrote it.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from flexrealign.adapter import base_model_config
 from flexrealign.vllm_plugin import INRA_ARCHITECTURES, LOGITS_PROCESSOR_FQCN
@@ -82,10 +83,18 @@ def _inra_parser_class(inner: type) -> type:
 
 
 class InRaEngineConfig:
-    """`verify_and_update_config` for the InRa architectures: what the 2V-wide logits need downstream."""
+    """`verify_and_update_config` for the InRa architectures: what the 2V-wide logits need downstream.
 
-    @staticmethod
-    def verify_and_update_config(vllm_config: VllmConfig) -> None:
+    `stock` is vLLM's own hook of the base architecture (gpt-oss has one), which still runs first:
+    `engine_config_for` makes the per-architecture subclass.
+    """
+
+    stock: ClassVar[Any] = None
+
+    @classmethod
+    def verify_and_update_config(cls, vllm_config: VllmConfig) -> None:
+        if cls.stock is not None:
+            cls.stock.verify_and_update_config(vllm_config)
         model_config = vllm_config.model_config
         record_served_model(model_config)
         procs = list(model_config.logits_processors or [])
@@ -97,10 +106,33 @@ class InRaEngineConfig:
             logger.info(
                 "InRa: logprobs_mode %s -> %s (the fused distribution)", mode, model_config.logprobs_mode
             )
+        compilation = getattr(vllm_config, "compilation_config", None)
+        if compilation is not None:
+            # That option finds a mixture-of-experts layer by how many ran before it in the step; a step
+            # that runs the reference path alone starts at its layer n, so layers must be found by name.
+            compilation.fast_moe_cold_start = False
 
-    @staticmethod
-    def verify_and_update_model_config(model_config: Any) -> None:
-        return None
+    @classmethod
+    def verify_and_update_model_config(cls, model_config: Any) -> None:
+        if cls.stock is not None:
+            cls.stock.verify_and_update_model_config(model_config)
+        hf_sliding_rule(model_config.hf_config)
+
+
+def engine_config_for(stock: Any) -> type[InRaEngineConfig]:
+    """The InRa config hook of an architecture whose own vLLM hook is `stock` (None: it has none)."""
+    if stock is None:
+        return InRaEngineConfig
+    return type(f"InRa{stock.__name__}", (InRaEngineConfig,), {"stock": stock})
+
+
+def hf_sliding_rule(hf_config: Any) -> None:
+    """SmolLM3 slides its window only with `use_sliding_window` set, whatever `layer_types` says (Hugging
+    Face's rule); vLLM's Llama layers, which serve it, go by `layer_types` and `sliding_window` alone."""
+    if getattr(hf_config, "model_type", None) == "smollm3" and not getattr(
+        hf_config, "use_sliding_window", False
+    ):
+        hf_config.sliding_window = None
 
 
 def record_served_model(model_config: Any) -> None:
@@ -137,6 +169,12 @@ def check_engine_config(vllm_config: VllmConfig) -> None:
         )
     if vllm_config.parallel_config.pipeline_parallel_size > 1:
         raise NotImplementedError("InRa on vLLM supports tensor parallelism but not pipeline parallelism")
+    if model_config.is_moe and vllm_config.parallel_config.data_parallel_size > 1:
+        # Data-parallel experts exchange each rank's token count with the other ranks, and size their
+        # dispatch buffers by max_num_batched_tokens; the stacked two-path step feeds them twice as many rows.
+        raise NotImplementedError(
+            "InRa on vLLM does not support data parallelism for mixture-of-experts models"
+        )
     if vllm_config.speculative_config is not None:
         raise NotImplementedError("InRa on vLLM does not support speculative decoding")
     if vllm_config.use_v2_model_runner:
@@ -193,6 +231,7 @@ def register_config_hooks() -> None:
     inner = type(get_config_parser("hf"))
     if inner.__name__ != "InRaHFConfigParser":
         register_config_parser("hf")(_inra_parser_class(inner))
-    for inra_arch in INRA_ARCHITECTURES.values():
-        MODELS_CONFIG_MAP[inra_arch] = InRaEngineConfig  # type: ignore[assignment]
+    for arch, inra_arch in INRA_ARCHITECTURES.items():
+        if inra_arch not in MODELS_CONFIG_MAP:  # the stock hook is looked up once, before ours is in place
+            MODELS_CONFIG_MAP[inra_arch] = engine_config_for(MODELS_CONFIG_MAP.get(arch))  # type: ignore[assignment]
     salt_prefix_cache_by_paths()

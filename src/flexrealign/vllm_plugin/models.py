@@ -1,27 +1,32 @@
-"""InRa model classes for vLLM, built on vLLM's own Qwen2 / Qwen3 / Llama / Mistral classes (subclassed).
+"""InRa model classes for vLLM, built on vLLM's own model classes (subclassed), one per family of
+`flexrealign.families` that names a `vllm_class`.
 
     aligned path   self.model      vLLM's stock model over all L + n checkpoint layers (adapter first)
     reference path self.ref_model  the same class over the L original layers, sharing their weights
 
-`self.model` is exactly what plain vLLM would build for the checkpoint (the lam = 1 model), so weights load
-through vLLM's stock loader. `self.ref_model` owns no weight: its layers hold the original layers'
-projections, norms and rotary embeddings, and only their `Attention` modules are new. Each of those is a
-layer of its own in vLLM's eyes, so the engine gives the reference path its own paged KV cache with no
-patching.
+`self.model` is what plain vLLM would build for the checkpoint (the lam = 1 model; gpt-oss and SmolLM3 get
+the layer fixes of `family_layers.py`), so weights load through vLLM's stock loader. `self.ref_model` owns
+no weight: its layers hold the original layers' projections, norms, experts and rotary embeddings, and only
+their attention modules are new (`sharing.py`; every family's layers are built through the same hook). Each
+of those is a layer of its own in vLLM's eyes, so the engine gives the reference path its own paged KV cache
+with no patching.
 
 One step, when the live batch needs both paths (N scheduled tokens, hidden size D):
 
     x = embed(ids)                                      (N, D)
     h = adapter layers(x)                               (N, D)   aligned stream only, once per token
     [h ; x] through each original layer, stacked        (2N, D)  one call per projection (qkv, o, gate_up,
-                                                                 down) reads each weight once for both
-                                                                 streams; attention runs per path, rows
-                                                                 [:N] with the aligned layer's Attention
-                                                                 (its KV cache), rows [N:] with the ref's
+                                                                 down, experts) reads each weight once
+                                                                 for both streams; attention runs per
+                                                                 path, rows [:N] with the aligned layer's
+                                                                 attention (its KV cache), rows [N:] with
+                                                                 the ref's
     final norm, split and put side by side              (N, 2D)
 
-The stacked layers are the stock decoder layers, run on 2N rows: only the `Attention` call is swapped for
-`PathSplitAttention`, so the family's own attention code (qk-norm, rotary, biases) is reused unchanged.
+The stacked layers are the stock decoder layers, run on 2N rows: only the attention call is swapped for
+`PathSplitAttention`, so the family's own attention code (qk-norm, rotary, biases, sinks) is reused
+unchanged. Everything else in a layer treats rows independently (a mixture-of-experts layer routes each row
+on its own, with no capacity limit), so the stacked rows give what each path gives alone.
 When no live request needs one of the paths (every lam 1, or every lam 0; `logits.live_paths`), the step
 runs the other path alone through its stock model, and that path's output fills both halves.
 
@@ -33,86 +38,35 @@ sampling keeps them together; `compute_logits` maps them to [aligned | ref] logi
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
+from vllm.model_executor.models.gemma3 import Gemma3ForCausalLM, Gemma3Model
+from vllm.model_executor.models.gpt_oss import GptOssForCausalLM, GptOssModel
 from vllm.model_executor.models.llama import LlamaForCausalLM, LlamaModel
 from vllm.model_executor.models.mistral import MistralForCausalLM, MistralModel
 from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM, Qwen2Model
 from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM, Qwen3Model
+from vllm.model_executor.models.qwen3_moe import Qwen3MoeForCausalLM, Qwen3MoeModel
 from vllm.model_executor.models.utils import extract_layer_index, maybe_prefix
 from vllm.sequence import IntermediateTensors
 
-from flexrealign.adapter import base_model_config
 from flexrealign.fusion import ALIGNED
 from flexrealign.vllm_plugin.config import check_engine_config, path_salt_installed, select_inra_architecture
+from flexrealign.vllm_plugin.family_layers import gpt_oss_layer, smollm3_layer
 from flexrealign.vllm_plugin.logits import BOTH_PATHS, live_paths
-
-LayerFactory = Callable[..., nn.Module]
-
-
-# --------------------------------------------------------------------------------------- weight sharing
-def share_weights(ref: nn.Module, src: nn.Module) -> None:
-    """Make `ref` use `src`'s submodules and tensors everywhere except in its attention (KV cache) layers.
-
-    `ref` and `src` are two instances of one decoder-layer class; after this call `ref` computes the same
-    function as `src` but reads and writes its own KV cache.
-    """
-    for name, child in list(ref.named_children()):
-        if isinstance(child, AttentionLayerBase):
-            continue  # the reference path's own KV cache
-        if any(isinstance(m, AttentionLayerBase) for m in child.modules()):
-            share_weights(child, getattr(src, name))
-        else:
-            setattr(ref, name, getattr(src, name))
-    for name in list(ref._parameters):
-        ref._parameters[name] = src._parameters[name]
-    for name in list(ref._buffers):
-        ref._buffers[name] = src._buffers[name]
-
-
-def shared_layer_factory(aligned_layers: nn.ModuleList, n: int) -> LayerFactory:
-    """A decoder-layer constructor for the reference model: build layer j, then share layer n + j's weights.
-
-    Sharing right after each layer is built keeps the extra memory at load time to one layer (and the
-    embedding the stock constructor builds, until it is replaced by the shared one).
-    """
-
-    def make(**kwargs: Any) -> nn.Module:
-        j = extract_layer_index(kwargs["prefix"])
-        src = aligned_layers[n + j]
-        layer = type(src)(**kwargs)
-        share_weights(layer, src)
-        return layer
-
-    return make
-
-
-def base_vllm_config(vllm_config: VllmConfig, n: int) -> VllmConfig:
-    """A shallow copy of `vllm_config` whose HF config describes the L original layers only."""
-    base_cfg, found = base_model_config(vllm_config.model_config.hf_config)
-    if found != n:
-        raise ValueError(f"InRa: the text config has {found} adapter layers, the model expects {n}")
-    model_config = copy.copy(vllm_config.model_config)
-    object.__setattr__(model_config, "hf_config", base_cfg)
-    object.__setattr__(model_config, "hf_text_config", base_cfg.get_text_config())
-    ref_config = copy.copy(vllm_config)
-    object.__setattr__(ref_config, "model_config", model_config)
-    return ref_config
-
-
-def check_shared(ref_model: nn.Module, model: nn.Module) -> None:
-    """Every parameter of the reference model must be one of the aligned model's (no silent copies)."""
-    owned = {id(p) for p in model.parameters()}
-    extra = [name for name, p in ref_model.named_parameters() if id(p) not in owned]
-    if extra:
-        raise RuntimeError(
-            f"InRa: reference-path parameters not shared with the checkpoint's layers: {extra[:5]}"
-        )
+from flexrealign.vllm_plugin.sharing import (
+    LayerBuilder,
+    LayerFn,
+    base_vllm_config,
+    check_shared,
+    layers_built_by,
+    share_layer,
+    share_outside_layers,
+)
 
 
 # ------------------------------------------------------------------------------------ stacked streams
@@ -143,10 +97,25 @@ def _shallow_copy(module: nn.Module, **children: nn.Module) -> nn.Module:
     return clone
 
 
+def attention_path(layer: nn.Module) -> str:
+    """Where a decoder layer keeps its attention (KV cache) module: "self_attn.attn", or gpt-oss's "attn.attn"."""
+    paths = [name for name, m in layer.named_modules() if isinstance(m, AttentionLayerBase)]
+    if len(paths) != 1:
+        raise RuntimeError(f"InRa: a decoder layer with one attention module expected, found {paths}")
+    return paths[0]
+
+
+def _with_submodule(module: nn.Module, path: list[str], new: nn.Module) -> nn.Module:
+    """Shallow copies of `module` and of its submodules along `path`, the last of them replaced by `new`."""
+    child = new if len(path) == 1 else _with_submodule(getattr(module, path[0]), path[1:], new)
+    return _shallow_copy(module, **{path[0]: child})
+
+
 def stacked_layer(aligned_layer: nn.Module, ref_layer: nn.Module) -> nn.Module:
     """The aligned decoder layer, run on [aligned ; ref] stacked rows, with attention split per path."""
-    attn = PathSplitAttention(aligned_layer.self_attn.attn, ref_layer.self_attn.attn)
-    return _shallow_copy(aligned_layer, self_attn=_shallow_copy(aligned_layer.self_attn, attn=attn))
+    path = attention_path(aligned_layer)
+    attn = PathSplitAttention(aligned_layer.get_submodule(path), ref_layer.get_submodule(path))
+    return _with_submodule(aligned_layer, path.split("."), attn)
 
 
 # -------------------------------------------------------------------------------------- the causal LM
@@ -163,22 +132,39 @@ class InRaCausalLMMixin(nn.Module):
                 f"{type(self).__name__} serves InRa checkpoints; config.json has no 'inra' entry"
             )
         n = int(hf_config.inra["adapter_layers"])
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        # Both paths' layers come from `inra_layer`. The reference model's class subclasses the stock model
+        # class the aligned model is, so its MRO names the modules that build the layers of both.
+        with layers_built_by(self.ref_model_cls, lambda stock, p: self.inra_layer(vllm_config, stock, p)):
+            super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.inra_adapter_layers = n
-        self.ref_model = self.ref_model_cls(
-            vllm_config=base_vllm_config(vllm_config, n),
-            prefix=maybe_prefix(prefix, "ref_model"),
-            layer_factory=shared_layer_factory(self.model.layers, n),
-        )
+        ref_config = base_vllm_config(vllm_config, n)
+        with layers_built_by(self.ref_model_cls, self._ref_layer_builder(ref_config, n)):
+            self.ref_model = self.ref_model_cls(
+                vllm_config=ref_config, prefix=maybe_prefix(prefix, "ref_model")
+            )
         # The stock constructor built its own embedding and final norm: share the checkpoint's instead.
-        self.ref_model.embed_tokens = self.model.embed_tokens
-        self.ref_model.norm = self.model.norm
+        share_outside_layers(self.ref_model, self.model)
         check_shared(self.ref_model, self.model)
         # Skipping a path leaves holes in its KV cache; with prefix caching that is safe only while cached
         # blocks are kept apart by the paths their requests use (config.salt_prefix_cache_by_paths).
         self.inra_skip_paths = not vllm_config.cache_config.enable_prefix_caching or path_salt_installed()
         self.inra_step_paths: frozenset[str] = BOTH_PATHS  # the paths the last forward ran
         self._stacked: list[nn.Module] | None = None  # built after loading; outside the module tree
+
+    def inra_layer(self, vllm_config: VllmConfig, stock: LayerFn, prefix: str) -> nn.Module:
+        """Decoder layer `prefix` of either path, built under `vllm_config` (the merged or the base config);
+        the families whose stock layers need a fix override this (`family_layers.py`)."""
+        return stock(prefix=prefix)
+
+    def _ref_layer_builder(self, ref_config: VllmConfig, n: int) -> LayerBuilder:
+        """Builds reference layer j and shares aligned layer n + j's weights with it, one layer at a time,
+        so the extra memory at load time is one layer (and the stock embedding, until it is replaced)."""
+
+        def build(stock: LayerFn, prefix: str) -> nn.Module:
+            src = self.model.layers[n + extract_layer_index(prefix)]
+            return share_layer(self.inra_layer(ref_config, stock, prefix), src, prefix)
+
+        return build
 
     def stacked_layers(self) -> list[nn.Module]:
         """The original layers as stacked two-stream layers (views of the loaded modules, no new weights)."""
@@ -206,17 +192,22 @@ class InRaCausalLMMixin(nn.Module):
     def forward_both(
         self, input_ids: torch.Tensor | None, positions: torch.Tensor, inputs_embeds: torch.Tensor | None
     ) -> torch.Tensor:
-        """Both paths, each original weight read once per step (see the module docstring)."""
+        """Both paths, each original weight read once per step (see the module docstring).
+
+        Layers are called by keyword: gpt-oss's take (hidden_states, positions, residual), the others'
+        (positions, hidden_states, residual). Every family's layer and final norm take the residual stream
+        apart from the branch output, (hidden, residual) -> (branch, residual), as vLLM's fused add-norms do.
+        """
         x = self.model.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds  # (N, D)
         hidden, residual = x, None
         for layer in self.model.layers[: self.inra_adapter_layers]:
-            hidden, residual = layer(positions, hidden, residual)  # (N, D) each
+            hidden, residual = layer(positions=positions, hidden_states=hidden, residual=residual)  # (N, D)
         # The ref stream enters layer 0 with no residual yet; a zero residual is the same (x + 0 = x).
         hidden = torch.cat([hidden, x])  # (2N, D)
         residual = torch.cat([residual, torch.zeros_like(x)])  # (2N, D)
         positions = torch.cat([positions, positions], dim=-1)  # (2N,)
         for layer in self.stacked_layers():
-            hidden, residual = layer(positions, hidden, residual)  # (2N, D) each
+            hidden, residual = layer(positions=positions, hidden_states=hidden, residual=residual)  # (2N, D)
         hidden, _ = self.model.norm(hidden, residual)  # (2N, D)
         return torch.cat(hidden.chunk(2), dim=-1)  # (N, 2D) [aligned | ref]
 
@@ -238,12 +229,9 @@ class InRaCausalLMMixin(nn.Module):
 
 
 # -------------------------------------------------------------------------- reference models, per family
-# Each defines its own `forward` (same body as the parent's): vLLM compiles a model per code object of
-# `forward`, so the reference model must not share the aligned model's.
+# Stock model classes. Each defines its own `forward` (same body as the parent's): vLLM compiles a model per
+# code object of `forward`, so the reference model must not share the aligned model's.
 class InRaRefQwen2Model(Qwen2Model):
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str, layer_factory: LayerFactory) -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix, decoder_layer_type=layer_factory)
-
     def forward(
         self,
         input_ids: torch.Tensor | None,
@@ -255,10 +243,17 @@ class InRaRefQwen2Model(Qwen2Model):
 
 
 class InRaRefQwen3Model(Qwen3Model):
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str, layer_factory: LayerFactory) -> None:
-        self.decoder_layer_type = layer_factory  # read by Qwen3Model.__init__ in place of the class default
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds)  # (N, D)
 
+
+class InRaRefQwen3MoeModel(Qwen3MoeModel):
     def forward(
         self,
         input_ids: torch.Tensor | None,
@@ -270,9 +265,6 @@ class InRaRefQwen3Model(Qwen3Model):
 
 
 class InRaRefLlamaModel(LlamaModel):
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str, layer_factory: LayerFactory) -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=layer_factory)
-
     def forward(
         self,
         input_ids: torch.Tensor | None,
@@ -284,9 +276,6 @@ class InRaRefLlamaModel(LlamaModel):
 
 
 class InRaRefMistralModel(MistralModel):
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str, layer_factory: LayerFactory) -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=layer_factory)
-
     def forward(
         self,
         input_ids: torch.Tensor | None,
@@ -297,6 +286,40 @@ class InRaRefMistralModel(MistralModel):
         return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds)  # (N, D)
 
 
+class InRaRefGemma3Model(Gemma3Model):
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds)  # (N, D)
+
+
+class InRaRefGptOssModel(GptOssModel):
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds)  # (N, D)
+
+
+class InRaRefSmolLM3Model(LlamaModel):
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds)  # (N, D)
+
+
+# ----------------------------------------------------------------------------- the InRa classes, per family
 class InRaQwen2ForCausalLM(InRaCausalLMMixin, Qwen2ForCausalLM):
     ref_model_cls = InRaRefQwen2Model
 
@@ -305,9 +328,33 @@ class InRaQwen3ForCausalLM(InRaCausalLMMixin, Qwen3ForCausalLM):
     ref_model_cls = InRaRefQwen3Model
 
 
+class InRaQwen3MoeForCausalLM(InRaCausalLMMixin, Qwen3MoeForCausalLM):
+    ref_model_cls = InRaRefQwen3MoeModel
+
+
 class InRaLlamaForCausalLM(InRaCausalLMMixin, LlamaForCausalLM):
     ref_model_cls = InRaRefLlamaModel
 
 
 class InRaMistralForCausalLM(InRaCausalLMMixin, MistralForCausalLM):
     ref_model_cls = InRaRefMistralModel
+
+
+class InRaGemma3ForCausalLM(InRaCausalLMMixin, Gemma3ForCausalLM):
+    ref_model_cls = InRaRefGemma3Model
+
+
+class InRaGptOssForCausalLM(InRaCausalLMMixin, GptOssForCausalLM):
+    ref_model_cls = InRaRefGptOssModel
+
+    def inra_layer(self, vllm_config: VllmConfig, stock: LayerFn, prefix: str) -> nn.Module:
+        return gpt_oss_layer(vllm_config, stock, prefix)
+
+
+class InRaSmolLM3ForCausalLM(InRaCausalLMMixin, LlamaForCausalLM):
+    """SmolLM3 on vLLM's Llama classes (same weight names), NoPE layers without rotary (`family_layers`)."""
+
+    ref_model_cls = InRaRefSmolLM3Model
+
+    def inra_layer(self, vllm_config: VllmConfig, stock: LayerFn, prefix: str) -> nn.Module:
+        return smollm3_layer(vllm_config, stock, prefix)

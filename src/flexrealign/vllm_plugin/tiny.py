@@ -1,7 +1,9 @@
 """Tiny InRa checkpoints with a word-level tokenizer, built in code: for the vLLM plugin's tests and benchmark.
 
-vLLM's CPU attention kernel needs head_dim 128, so the default model is hidden 256 with 2 heads. The
-tokenizer has the model's vocabulary size unless `num_tokens` pads the vocabulary past it, as Qwen does.
+vLLM's CPU attention kernel needs head_dim 128, so the default model is hidden 256 with 2 heads; the
+families whose tiny config sets its own head_dim (`families.Family.tiny`: Qwen3, Qwen3-MoE, Gemma-3, gpt-oss)
+need `head_dim=128` as well. The tokenizer has the model's vocabulary size unless `num_tokens` pads the
+vocabulary past it, as Qwen does.
 """
 
 from __future__ import annotations
