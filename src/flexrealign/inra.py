@@ -98,7 +98,9 @@ class InRaModel(FusedCausalLM):
         layers = merged.model.layers
         adapter, body = nn.ModuleList(layers[:n]), nn.ModuleList(layers[n:])
         for i, layer in enumerate(body):
-            layer.self_attn.layer_idx = i
+            layer.self_attn.layer_idx = i  # its slot in the KV cache
+            if hasattr(layer, "layer_idx"):
+                layer.layer_idx = i
         merged.model.layers = body
         # Submodules hold a reference to the config object, so edit it in place rather than replace it.
         for key, value in base_cfg.to_dict().items():

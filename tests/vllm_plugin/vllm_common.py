@@ -31,7 +31,7 @@ FAMILIES: dict[str, dict] = {
     "qwen3": {"head_dim": 128},
     "mistral": {},
 }
-# The families added later, each served by one engine in test_families.py only (CI time): a mixed-lam greedy
+# The families added later, each served by one engine in test_vllm_families.py only (CI time): a mixed-lam greedy
 # batch and the layer fixes each needs. Their family-table configs set head_dim 16, too small for vLLM's CPU
 # attention.
 EXTRA_FAMILIES: dict[str, dict] = {
