@@ -83,6 +83,7 @@ def test_results_folder(demo_out) -> None:
     assert re.search(r"\*\*(reproduced|NOT reproduced)\*\*", summary)
 
 
+@pytest.mark.once  # a second full quick run (80 s): in .venv only (scripts/test.sh)
 def test_same_seed_gives_byte_identical_results(demo_out, tmp_path) -> None:
     again = tmp_path / "again"
     assert demo.run(["--out", str(again), "--quick"]) == 0
