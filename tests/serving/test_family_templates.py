@@ -130,3 +130,14 @@ def test_cli_generate_passes_chat_template_kwargs_to_the_template(tmp_path, caps
         main([*base, "--chat-template-kwargs", '["low"]'])
     assert exit_.value.code == 2
     assert "must be a JSON object" in capsys.readouterr().err
+
+
+def test_cli_chat_template_kwargs_without_a_template_is_refused(tmp_path, capsys):
+    from flexrealign.cli import main
+
+    model, tok = model_and_tokenizer("smollm3", SMOLLM3_LIKE)
+    tok.chat_template = None
+    model.save_pretrained(tmp_path, tokenizer=tok)
+    argv = ["generate", "--model", str(tmp_path), "--prompt", "hi", "--chat-template-kwargs"]
+    assert main([*argv, '{"enable_thinking": false}']) == 2  # would be dropped silently otherwise
+    assert "needs a chat template" in capsys.readouterr().err

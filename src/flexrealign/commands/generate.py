@@ -166,6 +166,8 @@ def run(argv: list[str]) -> int:
         model = load_dera(args.dera_ref, args.dera_aligned, args.dtype, args.device, args.trust_remote_code)
         tok = load_tokenizer(args.dera_ref, args.trust_remote_code)
     prompts = _prompts(args, tok)
+    if args.chat_template_kwargs and tok.chat_template is None:
+        return fail("--chat_template_kwargs needs a chat template, and this tokenizer has none")
     try:
         settings = _lam_settings(args, dual=isinstance(model, InRaModel) or args.model is None)
     except ValueError as e:
