@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -34,13 +35,18 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], te
 
 def template_takes(tokenizer: PreTrainedTokenizerBase, name: str) -> bool:
     """Whether the tokenizer's chat template reads the variable `name` (gpt-oss's reads `reasoning_effort`)."""
+    template = tokenizer.chat_template
+    sources = template.values() if isinstance(template, dict) else [template] if template else []
+    return any(name in _template_variables(src) for src in sources)
+
+
+# A server asks once per request, and parsing a large template takes milliseconds.
+@functools.lru_cache(maxsize=16)
+def _template_variables(source: str) -> frozenset[str]:
     import jinja2
     import jinja2.meta
 
-    template = tokenizer.chat_template
-    sources = template.values() if isinstance(template, dict) else [template] if template else []
-    env = jinja2.Environment()
-    return any(name in jinja2.meta.find_undeclared_variables(env.parse(src)) for src in sources)
+    return frozenset(jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(source)))
 
 
 def encode_prompts(
