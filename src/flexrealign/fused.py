@@ -129,6 +129,23 @@ class FusedCausalLM(nn.Module):
             loss=loss, logits=fused, **{OUTPUT_CACHE_FIELD: cache if use_cache else None}
         )
 
+    def step_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: PathCache,
+        lam: torch.Tensor,
+    ) -> torch.Tensor:
+        """One cached decode step: fused fp32 logits (B, V) at the last position of input_ids (B, T).
+
+        For a decode loop that validated lam (B,) when its requests entered and made `cache` for the paths
+        that lam needs (`fusion.needed_paths`): nothing is checked again, so the step reads nothing back from
+        the device. `forward` is the checked entry point for everyone else.
+        """
+        logits = self._path_logits(input_ids, attention_mask, position_ids, cache, cache.paths, 1)
+        return fuse_paths(logits, lam, checked=True)[:, -1]  # (B, V)
+
     @staticmethod
     def _resolve_paths(
         lam: torch.Tensor, cache: PathCache | None, paths: Iterable[str] | None

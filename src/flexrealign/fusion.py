@@ -66,10 +66,13 @@ def fuse_logits(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, lam: Lam
     if ref_logits.dim() < 1:
         raise ValueError("logits must have at least one (vocabulary) axis")
     batch = ref_logits.shape[0] if ref_logits.dim() > 1 else 1
-    lam_t = as_lam_tensor(lam, batch, ref_logits.device)  # (B,)
-    lam_b = (
-        lam_t.view(-1, *([1] * (ref_logits.dim() - 1))) if ref_logits.dim() > 1 else lam_t
-    )  # (B, 1, ..., 1)
+    return fuse_checked(ref_logits, aligned_logits, as_lam_tensor(lam, batch, ref_logits.device))
+
+
+def fuse_checked(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """`fuse_logits` for a lam (B,) validated when its request entered (`as_lam_tensor`) and logits of equal
+    shape: the same arithmetic, without the checks, whose reads of lam would cost a host sync every step."""
+    lam_b = lam.view(-1, *([1] * (ref_logits.dim() - 1))) if ref_logits.dim() > 1 else lam  # (B, 1, ..., 1)
     ref32, aligned32 = _finite_or_neginf(ref_logits), _finite_or_neginf(aligned_logits)
     possible = (ref32 > NEG_INF) & (aligned32 > NEG_INF)  # (B, ..., V)
     # ref + lam * (aligned - ref): with finite inputs this overflows to +-inf at worst, never to NaN
@@ -94,13 +97,19 @@ def needed_paths(lam: torch.Tensor) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def fuse_paths(logits: dict[str, torch.Tensor], lam: torch.Tensor) -> torch.Tensor:
-    """Fuse whichever paths were computed; a single path is only valid when every row's lam selects it."""
+def fuse_paths(logits: dict[str, torch.Tensor], lam: torch.Tensor, *, checked: bool = False) -> torch.Tensor:
+    """Fuse whichever paths were computed; a single path is only valid when every row's lam selects it.
+
+    checked: lam (B,) was validated when its request entered and the paths chosen from it (`needed_paths`), as
+    the decode loop does; the checks, and their host syncs, are skipped.
+    """
     if REF in logits and ALIGNED in logits:
-        return fuse_logits(logits[REF], logits[ALIGNED], lam)
+        return fuse_checked(logits[REF], logits[ALIGNED], lam) if checked else fuse_logits(
+            logits[REF], logits[ALIGNED], lam
+        )
     (path,) = logits.keys()
     want = 0.0 if path == REF else 1.0
-    if bool((lam != want).any()):
+    if not checked and bool((lam != want).any()):
         raise ValueError(
             f"only the {path} path was computed, which serves lam == {want} alone; got lam={lam.tolist()}"
         )

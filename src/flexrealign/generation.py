@@ -13,8 +13,7 @@ import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from flexrealign.fused import FusedCausalLM, PathCache
-from flexrealign.fusion import ALIGNED, REF, as_lam_tensor, mask_untokenized, needed_paths
-from flexrealign.hf_compat import with_cache
+from flexrealign.fusion import ALIGNED, REF, as_lam_tensor, needed_paths
 from flexrealign.prompts import (  # noqa: F401  (re-exported: generation's public helpers)
     Messages,
     Prompt,
@@ -32,9 +31,9 @@ from flexrealign.rows import (  # noqa: F401  (re-exported)
     RowState,
     ThinkingLimits,
     row_thinking,
-    thinking_constraints,
 )
-from flexrealign.sampling import constrain, row_seed, sample_next, seeded_generators
+from flexrealign.sampling import RowSampling, Sampler, row_seed, seeded_generators
+from flexrealign.step import decode_step, next_logits, row_lams
 
 StreamCallback = Callable[[int, str], None]
 
@@ -114,12 +113,13 @@ def generate(
     check_sampling(max_new_tokens, temperature, top_p, top_k)
     size = batch_size or len(prompts)
     seeds = prompt_seeds(seed, len(prompts))
+    sampling = RowSampling(temperature=temperature, top_p=top_p, top_k=top_k)
     parts = [
         _generate_batch(
             model, tokenizer,
-            _Job(prompts[i : i + size], specs[i : i + size], limits[i : i + size], max_new_tokens,
-                 (temperature, top_p, top_k), seeds[i : i + size], list(stop or ()),
-                 _offset_stream(stream, i), chat_template_kwargs, ignore_eos),
+            _Job(prompts[i : i + size], specs[i : i + size], limits[i : i + size], max_new_tokens, sampling,
+                 seeds[i : i + size], list(stop or ()), _offset_stream(stream, i), chat_template_kwargs,
+                 ignore_eos),
         )
         for i in range(0, len(prompts), size)
     ]  # fmt: skip
@@ -136,7 +136,7 @@ class _Job:
     specs: list[LamSpec]
     limits: list[ThinkingLimits]
     max_new_tokens: int
-    sampling: tuple[float, float, int]  # temperature, top_p, top_k
+    sampling: RowSampling  # the same for every prompt of a `generate` call
     seed: list[int | None]  # one generator seed per prompt (prompt_seeds)
     stop: list[str]
     stream: StreamCallback | None
@@ -168,38 +168,23 @@ def _generate_batch(
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions skip the left padding, as in HF generate
     eos = set() if job.ignore_eos else eos_ids(model, tokenizer)
     rows = [
-        RowState(spec, tokenizer, job.stop, eos, row_thinking(tokenizer, spec, lim, p, eos))
+        RowState(spec, tokenizer, job.stop, eos, row_thinking(tokenizer, spec, lim, p, eos), job.max_new_tokens)
         for spec, lim, p in zip(job.specs, job.limits, ids, strict=True)
     ]
-    B = len(rows)
-    temperature, top_p, top_k = (torch.full((B,), v, device=model.device) for v in job.sampling)
-    gens = seeded_generators(job.seed, model.device)
-    dual = isinstance(model, FusedCausalLM)
-    all_lams = [v for r in rows for v in (r.thinking.plan.lams if r.thinking else (r.lam,))]
-    paths = needed_paths(torch.tensor(all_lams)) if dual else ()
-    cache = model.new_cache(paths) if dual else DynamicCache(config=model.config)
-    lam = torch.tensor([r.lam for r in rows], device=model.device)  # (B,) rebuilt only when a stage changes
+    sampler = Sampler([job.sampling] * len(rows), seeded_generators(job.seed, model.device), model.device)
+    cache = _new_cache(model, rows)
+    lam = row_lams(rows, None, model.device)  # (B,)
     suppressed = suppressed_ids(model, model.device)  # (K,) rows without a token inside the tokenizer
-    for _ in range(job.max_new_tokens):
-        logits = mask_untokenized(
-            next_logits(model, x, mask, pos, cache, lam, paths), len(tokenizer), suppressed
-        )  # (B, V)
-        force_rows, force_ids, ban_rows, ban_ids = thinking_constraints(rows)
-        logits = constrain(logits, (force_rows, force_ids), (ban_rows, ban_ids))
-        nxt = sample_next(logits, temperature, top_k.long(), top_p, gens)  # (B,)
-        for i, (r, token) in enumerate(zip(rows, nxt.tolist(), strict=True)):
-            if not r.finished:
-                _emit(job.stream, i, r.push(token))
+    while True:
+        logits = next_logits(model, x, mask, pos, cache, lam)  # (B, V)
+        nxt, deltas = decode_step(logits, rows, sampler, vocab_size=len(tokenizer), suppressed=suppressed)
+        for i, delta in enumerate(deltas):
+            _emit(job.stream, i, delta)
         if all(r.finished for r in rows):
             break
-        if any(r.lam_changed for r in rows):
-            lam = torch.tensor([r.lam for r in rows], device=model.device)
-            for r in rows:
-                r.lam_changed = False
+        lam = row_lams(rows, lam, model.device)
         x, pos = nxt.unsqueeze(-1), pos[:, -1:] + 1
-        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=-1)  # (B, T + t)
-    for i, r in enumerate(rows):
-        _emit(job.stream, i, r.finish("length"))
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)  # (B, T + t)
     return GenerationResult(
         texts=[r.text for r in rows],
         token_ids=[r.ids for r in rows],
@@ -210,26 +195,13 @@ def _generate_batch(
     )
 
 
-def next_logits(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    mask: torch.Tensor,
-    pos: torch.Tensor,
-    cache: PathCache | DynamicCache,
-    lam: torch.Tensor,
-    paths: tuple[str, ...],
-) -> torch.Tensor:
-    """One cached forward step: fp32 logits (B, V) at the last position of x (B, T).
-
-    mask (B, past + T) covers the cached and the new tokens; pos (B, T) holds per-row positions; lam (B,)
-    is ignored when paths is () (plain models).
-    """
-    kwargs = dict(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True) | with_cache(
-        model, cache
-    )
-    if paths:
-        kwargs.update(lam=lam, paths=paths)
-    return model(**kwargs, logits_to_keep=1).logits[:, -1].float()  # (B, V)
+def _new_cache(model: torch.nn.Module, rows: list[RowState]) -> PathCache | DynamicCache:
+    """A cache for the paths every lam the rows may take needs: a schedule's stages are decided as tokens
+    arrive, so both of its lams count from the start."""
+    if not isinstance(model, FusedCausalLM):
+        return DynamicCache(config=model.config)
+    lams = [v for r in rows for v in (r.thinking.plan.lams if r.thinking else (r.lam,))]
+    return model.new_cache(needed_paths(torch.tensor(lams)))
 
 
 def _emit(stream: StreamCallback | None, index: int, delta: str) -> None:

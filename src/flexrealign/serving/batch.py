@@ -1,5 +1,5 @@
 """The engine's unit of work: rows decoding together over one KV cache, merged and trimmed as requests come
-and go. Per-row tensors (sampling settings, lam) are rebuilt only when the rows change, not per step."""
+and go. Per-row tensors (the sampler, lam) are rebuilt only when the rows change, not per step."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flexrealign.generation import RowState
+from flexrealign.rows import RowState
+from flexrealign.sampling import Sampler
 from flexrealign.serving.kvcache import Cache, merge_rows, select_rows, trim_left
 from flexrealign.serving.requests import RequestHandle
+from flexrealign.step import row_lams
 
 
 @dataclass
@@ -30,34 +32,22 @@ class Batch:
     mask: torch.Tensor  # (B, T) 1 where a cache slot holds a real token of that row
     next_ids: torch.Tensor  # (B,)
     next_pos: torch.Tensor  # (B,)
-    sampling: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = field(init=False)
+    sampler: Sampler = field(init=False)
     _lam: torch.Tensor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.refresh_sampling()
 
     def refresh_sampling(self) -> None:
-        """Per-row temperature, top_k, top_p tensors (B,), rebuilt only when the rows change."""
+        """The rows' sampler, and lam from scratch, rebuilt only when the rows change."""
         self._lam = None
-        params = [r.handle.params for r in self.rows]
-        device = self.mask.device
-        self.sampling = (
-            torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
-            torch.tensor([p.top_k for p in params], dtype=torch.long, device=device),
-            torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
-        )
+        settings = [r.handle.params.sampling for r in self.rows]
+        self.sampler = Sampler(settings, [r.generator for r in self.rows], self.mask.device)
 
     def lam(self) -> torch.Tensor:
         """(B,) lam per row, rebuilt only when the rows change or a row's thinking stage switched."""
-        if self._lam is None or any(r.state.lam_changed for r in self.rows):
-            for r in self.rows:
-                r.state.lam_changed = False
-            self._lam = torch.tensor([r.state.lam for r in self.rows], device=self.mask.device)  # (B,)
+        self._lam = row_lams([r.state for r in self.rows], self._lam, self.mask.device)
         return self._lam
-
-    def generators(self) -> list[torch.Generator | None] | None:
-        gens = [r.generator for r in self.rows]
-        return None if all(g is None for g in gens) else gens
 
     def merge(self, other: Batch) -> None:
         """Append `other`'s rows; the shorter side is left-padded with masked slots so both align."""

@@ -23,20 +23,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from flexrealign.fused import FusedCausalLM
-from flexrealign.fusion import ALIGNED, REF, mask_untokenized, needed_paths
-from flexrealign.generation import (
-    LamSpec,
-    Prompt,
-    RowState,
-    encode_prompts,
-    eos_ids,
-    left_pad,
-    next_logits,
-    pad_token_id,
-    thinking_constraints,
-)
-from flexrealign.prompts import suppressed_ids
-from flexrealign.sampling import constrain, row_generators, sample_next
+from flexrealign.fusion import ALIGNED, REF, needed_paths
+from flexrealign.prompts import Prompt, encode_prompts, eos_ids, left_pad, pad_token_id, suppressed_ids
+from flexrealign.rows import LamSpec, RowState
+from flexrealign.sampling import row_generators
 from flexrealign.serving.batch import Batch, Row
 from flexrealign.serving.kvcache import is_mergeable, new_cache
 from flexrealign.serving.requests import (  # noqa: F401  (re-exported: the engine's public types)
@@ -50,6 +40,7 @@ from flexrealign.serving.requests import (  # noqa: F401  (re-exported: the engi
     check_prompt,
     request_thinking,
 )
+from flexrealign.step import decode_step, next_logits
 
 log = logging.getLogger("flexrealign.serve")
 
@@ -222,7 +213,7 @@ class Engine:
         x = batch.next_ids.unsqueeze(-1)  # (B, 1)
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=-1)  # (B, T + 1)
         logits = next_logits(
-            self.model, x, mask, batch.next_pos.unsqueeze(-1), batch.cache, batch.lam(), batch.paths
+            self.model, x, mask, batch.next_pos.unsqueeze(-1), batch.cache, batch.lam()
         )  # (B, V)
         batch.mask, batch.next_pos = mask, batch.next_pos + 1
         batch.next_ids = self._sample(batch, logits)
@@ -252,32 +243,28 @@ class Engine:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions skip the left padding
         rows = [Row(h, self._row_state(h), _generator(h.params.seed, self.device)) for h in handles]
         batch = Batch(paths, rows, new_cache(self.model, paths), mask, x[:, -1], pos[:, -1] + 1)
-        logits = next_logits(self.model, x, mask, pos, batch.cache, batch.lam(), paths)  # (B, V)
+        logits = next_logits(self.model, x, mask, pos, batch.cache, batch.lam())  # (B, V)
         batch.next_ids = self._sample(batch, logits)
         return batch
 
     def _row_state(self, h: RequestHandle) -> RowState:
         eos = set() if h.params.ignore_eos else self._eos
-        return RowState(h.lam if h.lam is not None else 0.0, self.tokenizer, h.params.stop, eos, h.thinking)
+        lam = h.lam if h.lam is not None else 0.0
+        return RowState(lam, self.tokenizer, h.params.stop, eos, h.thinking, h.params.max_tokens)
 
     def _sample(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-        logits = mask_untokenized(logits, self._vocab, self._suppressed)  # (B, V)
-        force_rows, force_ids, ban_rows, ban_ids = thinking_constraints([r.state for r in batch.rows])
-        logits = constrain(logits, (force_rows, force_ids), (ban_rows, ban_ids))  # budgets, minimums
-        nxt = sample_next(logits, *batch.sampling, batch.generators())  # (B,)
-        for row, token in zip(batch.rows, nxt.tolist(), strict=True):
-            if not row.state.finished:
-                self._push(row, token)
+        """The decode step shared with `generate`; then each row's delta goes out as an Event."""
+        states = [r.state for r in batch.rows]
+        nxt, deltas = decode_step(
+            logits, states, batch.sampler, vocab_size=self._vocab, suppressed=self._suppressed
+        )  # (B,)
+        for row, delta in zip(batch.rows, deltas, strict=True):
+            if delta is not None:
+                output = self._output(row) if row.state.finished else None
+                self._emit(row.handle, Event(delta, row.state.ids[-1], output))
+                if output is not None:
+                    self._complete(row.handle, output, emit=False)
         return nxt
-
-    def _push(self, row: Row, token: int) -> None:
-        delta = row.state.push(token)
-        if not row.state.finished and len(row.state.ids) >= row.handle.params.max_tokens:
-            delta += row.state.finish("length")
-        output = self._output(row) if row.state.finished else None
-        self._emit(row.handle, Event(delta, token, output))
-        if output is not None:
-            self._complete(row.handle, output, emit=False)
 
     # ------------------------------------------------------------------------------------ rows coming/going
     def _take_pending(self) -> list[RequestHandle]:
