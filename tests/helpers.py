@@ -129,3 +129,21 @@ def assert_same_updates(
         assert gap <= rel * scale or gap == 0.0, (
             f"{name}: update differs by {gap:.3g} of {scale:.3g} (> {rel})"
         )
+
+
+def hub_cache(tmp_path: Path, monkeypatch, repo: str, folder: str | os.PathLike) -> None:
+    """Lay `folder` out as the Hub cache holds `repo` (models--org--name/snapshots/rev, refs/main -> rev) and
+    go offline, so the Hub name resolves from that cache only, as a downloaded checkpoint would."""
+    import shutil
+
+    import huggingface_hub.constants as hub
+
+    rev = "0123456789abcdef0123456789abcdef01234567"  # any commit hash
+    entry = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, entry / "snapshots" / rev)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(rev)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # read once at import; the loaders read these
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))

@@ -1,4 +1,8 @@
-"""Atomic safetensors checkpoints and loading with clear errors."""
+"""The I/O primitives every loader and writer shares: atomic files and folders, safetensors state dicts,
+load errors that name the path, and the dtype and device names of the command line.
+
+Kept free of model code (only torch, safetensors and huggingface_hub), so every module may import it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +23,74 @@ from safetensors.torch import save_file
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or corrupt."""
+
+
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    """The one parser of dtype names (command lines, configs, `load_model`).
+
+    Args:
+        dtype: "auto" or None (keep the checkpoint's dtype), a floating torch dtype name such as "bfloat16",
+            or a `torch.dtype`.
+
+    Returns:
+        "auto" or the `torch.dtype`.
+
+    Raises:
+        ValueError: not a floating-point torch dtype (names the value and the choices).
+    """
+    if dtype is None or dtype == "auto":
+        return "auto"
+    value = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
+    return value
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The one reading of the "auto" device: the GPU when CUDA is available, else the CPU.
+
+    Args:
+        device: "auto" or None, or a device name such as "cpu", "cuda:1" (or a `torch.device`).
+
+    Returns:
+        The `torch.device`.
+
+    Raises:
+        RuntimeError: torch cannot parse the name.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `target` to write; on success it is fsynced and renamed over `target`.
+
+    Readers see the old file or the new one, never a half-written one; on an error the temporary file is
+    removed and `target` is left as it was. The temporary name ends in `target`'s suffix, for writers that
+    pick a format by extension.
+
+    Args:
+        target: the file to write (its folder is created).
+
+    Example:
+        >>> with atomic_file("out/results.md") as tmp:
+        ...     tmp.write_text("# Results\n")
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}{target.suffix}")
+    try:
+        yield tmp
+        with tmp.open("rb") as f:  # the data reaches the disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -33,7 +106,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None:

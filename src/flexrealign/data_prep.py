@@ -18,6 +18,8 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
+from flexrealign.checkpoint import atomic_file
+
 THINK_END = "</think>"
 Record = dict
 Messages = list[dict]
@@ -134,16 +136,9 @@ def convert(
 
 def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> None:
     """Write one JSON object per line, atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

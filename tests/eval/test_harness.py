@@ -17,7 +17,6 @@ from flexrealign.eval.harness import (
     ModelSpec,
     Row,
     add_token_reduction,
-    detect_kind,
     evaluate,
     load_generations,
     record_key,
@@ -159,7 +158,10 @@ def test_cli_and_inra_detection(tmp_path, tok) -> None:
     model.save_pretrained(plain_dir)
     tok.save_pretrained(plain_dir)
     InRaModel.from_base(model, AdapterConfig()).save_pretrained(inra_dir, tokenizer=tok)
-    assert (detect_kind(plain_dir), detect_kind(inra_dir)) == ("plain", "inra")
+    assert (ModelSpec("p", path=str(plain_dir)).kind, ModelSpec("i", path=str(inra_dir)).kind) == (
+        "plain",
+        "inra",
+    )
     bench = tmp_path / "bench.jsonl"
     bench.write_text("".join(json.dumps({"id": p.id, "question": p.question, "answer": p.answer}) + "\n"
                              for p in problems(3)))  # fmt: skip

@@ -17,9 +17,10 @@ import torch
 from servertools import PROMPTS, chat_tokenizer, stories_inra
 from transformers import LlamaForCausalLM
 
-from flexrealign.commands.serve import ServeArgs, load_model, run
+from flexrealign.commands.serve import run
 from flexrealign.generation import generate
 from flexrealign.inra import InRaModel
+from flexrealign.loading import load
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +89,9 @@ def test_serve_subprocess_with_api_key_and_lam_bounds(checkpoints, stories260k) 
 
 def test_load_model_picks_inra_or_plain(checkpoints) -> None:
     inra_dir, plain_dir, _ = checkpoints
-    model, tok = load_model(ServeArgs(model=str(inra_dir), device="cpu"))
+    model, tok = load(str(inra_dir), device="cpu")
     assert isinstance(model, InRaModel) and tok.chat_template is not None
-    model, _ = load_model(ServeArgs(model=str(plain_dir), device="cpu"))
+    model, _ = load(str(plain_dir), device="cpu")
     assert isinstance(model, LlamaForCausalLM)
 
 

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from flexrealign.checkpoint import wrap_load_errors
+from flexrealign.checkpoint import atomic_file
 from flexrealign.commands._args import fail, parse
 from flexrealign.data_prep import load_any_dataset
 from flexrealign.inra_train.analysis import (
@@ -27,6 +23,7 @@ from flexrealign.inra_train.analysis import (
     layer_significance,
     text_pair,
 )
+from flexrealign.loading import load_plain, load_tokenizer
 
 TITLES = {
     "layers": "Layer significance (paper Table 3): fine-tune only the bottom-k vs only the top-k layers",
@@ -36,7 +33,7 @@ TITLES = {
 
 @dataclass
 class AnalyzeArgs:
-    model: str = field(metadata={"help": "Model to analyse: a local folder or a Hub name."})
+    model: str = field(metadata={"help": "Model to analyse: a local folder, a Hub name or a .gguf file."})
     dataset: str = field(
         metadata={"help": "prompt/completion (or prompt/chosen, or messages) .jsonl or Hub name."}
     )
@@ -51,6 +48,9 @@ class AnalyzeArgs:
     batch_size: int = field(default=4, metadata={"help": "Sequences per step."})
     max_length: int = field(default=512, metadata={"help": "Truncate sequences to this many tokens."})
     dtype: str = field(default="float32", metadata={"help": "Load the model in this dtype."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code from the checkpoint (off by default)."}
+    )
     output: str | None = field(default=None, metadata={"help": "Also write the table as JSON here."})
 
 
@@ -63,13 +63,11 @@ def run(argv: list[str]) -> int:
         return fail(usage)
     which, rest = argv[0], argv[1:]
     (args,) = parse([AnalyzeArgs], rest, f"analyze {which}", __doc__)
-    model = wrap_load_errors(
-        f"model {args.model}",
-        lambda: AutoModelForCausalLM.from_pretrained(
-            args.model, dtype=getattr(torch, args.dtype), use_safetensors=True
-        ),
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    try:
+        model = load_plain(args.model, args.dtype, args.trust_remote_code).eval()
+        tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    except (ValueError, ImportError) as e:  # CheckpointError included: names the path
+        return fail(str(e))
     records = load_any_dataset(args.dataset, args.dataset_config, args.split, args.max_samples)
     pairs = [text_pair(r, tokenizer) for r in records]
     if len(pairs) <= args.num_heldout:
@@ -92,6 +90,6 @@ def run(argv: list[str]) -> int:
     print(format_table(rows, TITLES[which]))
     if args.output:
         report = {"analysis": which, "args": vars(args), "rows": [r.to_dict() for r in rows]}
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+        with atomic_file(args.output) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
     return 0

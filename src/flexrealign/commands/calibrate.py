@@ -39,6 +39,9 @@ class CalibrateArgs:
         metadata={"help": "Where generations are kept (resumable); default MODEL/calibration_run."},
     )
     shared_dir: str | None = field(default=None, metadata={"help": "Folder with data/benchmarks/NAME.jsonl."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code from the checkpoint (off by default)."}
+    )
 
     def __post_init__(self) -> None:
         if self.n_problems < 1 or self.n_samples < 1:
@@ -66,14 +69,17 @@ def curve_from_generations(done: dict, label: str, lams: list[float], problems: 
 
 def calibrate(args: CalibrateArgs) -> Path:
     """Measure, choose the efforts, write the file; returns its path."""
-    from transformers import AutoTokenizer
-
     from flexrealign.calibration import Calibration, choose_efforts, save_calibration
     from flexrealign.eval.benchmarks import load_benchmark
-    from flexrealign.eval.harness import EvalConfig, ModelSpec, detect_kind, evaluate, load_generations
+    from flexrealign.eval.harness import EvalConfig, ModelSpec, evaluate, load_generations
+    from flexrealign.loading import is_two_path, load_tokenizer, model_kind
 
-    if detect_kind(args.model) != "inra":
-        raise ValueError(f"{args.model} is not an InRa checkpoint folder: reasoning_effort maps to lam")
+    if not Path(args.model).is_dir():  # the calibration is written into the checkpoint
+        raise ValueError(f"{args.model} is not a local folder: calibrate writes into the checkpoint folder")
+    if not is_two_path(model_kind(args.model, args.trust_remote_code)):
+        raise ValueError(
+            f"{args.model} is not an InRa checkpoint or adapter folder: reasoning_effort maps to lam"
+        )
     shared = Path(args.shared_dir) if args.shared_dir else None
     problems = load_benchmark(args.benchmark, shared_dir=shared, limit=args.n_problems)
     lams = [float(x) for x in args.lam]
@@ -81,9 +87,10 @@ def calibrate(args: CalibrateArgs) -> Path:
                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, template=args.template,
                      seed=args.seed)  # fmt: skip
     work = Path(args.work_dir or Path(args.model) / "calibration_run")
-    evaluate([ModelSpec("model", kind="inra", path=args.model)], problems, cfg, work)
+    spec = ModelSpec("model", kind="inra", path=args.model, trust_remote_code=args.trust_remote_code)
+    evaluate([spec], problems, cfg, work)
     curve = curve_from_generations(load_generations(work / "generations.jsonl"), "model", lams, problems)
-    template = AutoTokenizer.from_pretrained(args.model).chat_template or ""
+    template = load_tokenizer(args.model, args.trust_remote_code).chat_template or ""
     meta = {"benchmark": args.benchmark, "n_problems": len(problems), "n_samples": args.n_samples,
             "temperature": args.temperature, "max_new_tokens": args.max_new_tokens}  # fmt: skip
     cal = Calibration(curve, choose_efforts(curve, "enable_thinking" in template), meta)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from flexrealign.eval.benchmarks import DEFAULT_TEMPLATE
-from flexrealign.eval.harness import PAPER_LAMS, ModelSpec, detect_kind
+from flexrealign.eval.harness import PAPER_LAMS, ModelSpec
 
 
 @dataclass
@@ -20,8 +20,9 @@ class EvalArgs:
     model: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "Checkpoints to compare, as PATH or NAME=PATH (several: --model A B C). An InRa checkpoint "
-            "(config.json with an 'inra' entry) is evaluated at every --lam; a plain model once."
+            "help": "Checkpoints to compare, as PATH or NAME=PATH (several: --model A B C): folders, Hub names "
+            "or .gguf files. An InRa checkpoint (its config has an 'inra' entry, on the Hub too) or adapter "
+            "folder is evaluated at every --lam; a plain model once."
         },
     )
     dera_ref: str | None = field(
@@ -57,26 +58,34 @@ class EvalArgs:
         default=None,
         metadata={"help": "JSON of extra vllm.LLM arguments, e.g. '{\"max_model_len\": 20000}'."},
     )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code from the checkpoints (off by default)."}
+    )
     out: str = field(default="results/eval", metadata={"help": "Output folder; rerunning resumes it."})
     shared_dir: str | None = field(default=None, metadata={"help": "Folder with data/benchmarks/NAME.jsonl."})
 
 
-def model_spec(arg: str) -> ModelSpec:
-    """A ModelSpec from PATH or NAME=PATH; InRa checkpoints are recognised by their config."""
+def model_spec(arg: str, trust_remote_code: bool = False) -> ModelSpec:
+    """A ModelSpec from PATH or NAME=PATH; the loader tells its kind from its config (Hub names included).
+
+    Raises:
+        CheckpointError: no config can be read for the path (the message names it).
+    """
     name, sep, path = arg.partition("=")
     if not sep or "/" in name or not name:
         name, path = Path(arg.rstrip("/")).name or arg, arg
-    return ModelSpec(name, kind=detect_kind(path), path=path)
+    return ModelSpec(name, path=path, trust_remote_code=trust_remote_code)
 
 
 def build_specs(args: EvalArgs) -> list[ModelSpec]:
-    specs = [model_spec(m) for m in args.model]
+    specs = [model_spec(m, args.trust_remote_code) for m in args.model]
     if bool(args.dera_ref) != bool(args.dera_aligned):
         raise ValueError("DeRa needs both --dera-ref and --dera-aligned")
     if args.dera_ref:
         specs.append(
-            ModelSpec(args.dera_name, kind="dera", path=args.dera_ref, aligned_path=args.dera_aligned)
-        )
+            ModelSpec(args.dera_name, kind="dera", path=args.dera_ref, aligned_path=args.dera_aligned,
+                      trust_remote_code=args.trust_remote_code)
+        )  # fmt: skip
     if not specs:
         raise ValueError("nothing to evaluate: give --model and/or --dera-ref/--dera-aligned")
     return specs

@@ -6,8 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import torch
-
+from flexrealign.checkpoint import resolve_dtype
 from flexrealign.commands._args import fail, parse
 
 log = logging.getLogger("flexrealign.serve")
@@ -17,9 +16,13 @@ log = logging.getLogger("flexrealign.serve")
 class ServeArgs:
     model: str | None = field(
         default=None,
-        metadata={"help": "Model folder or Hub name: an InRa checkpoint (config.json with an 'inra' entry) or a "
-                  "plain causal LM. Not with --dera-ref/--dera-aligned."},
+        metadata={"help": "Model folder, Hub name or .gguf file: an InRa checkpoint (config with an 'inra' entry), "
+                  "an adapter folder, or a plain causal LM. Not with --dera-ref/--dera-aligned."},
     )  # fmt: skip
+    base: str | None = field(
+        default=None,
+        metadata={"help": "Base model of an adapter folder --model (default: the recorded one)."},
+    )
     dera_ref: str | None = field(default=None, metadata={"help": "DeRa: the reference model (lam = 0)."})
     dera_aligned: str | None = field(default=None, metadata={"help": "DeRa: the aligned model (lam = 1)."})
     served_model_name: str | None = field(
@@ -45,60 +48,22 @@ class ServeArgs:
     dtype: str = field(
         default="auto", metadata={"help": "auto (the checkpoint's), float32, bfloat16, float16."}
     )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code from the checkpoint (off by default)."}
+    )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error."})
 
     def __post_init__(self) -> None:
         dera = (self.dera_ref, self.dera_aligned)
         if (self.model is None) == all(x is None for x in dera) or (None in dera and any(dera)):
             raise ValueError("give either --model, or both --dera-ref and --dera-aligned")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        resolve_dtype(self.dtype)  # an unknown name is a usage error now, not after the server starts
         if self.max_batch_size < 1:
             raise ValueError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
         from flexrealign.serving.api import ServerConfig
 
         # checks the lam bounds and max_tokens_limit now rather than after loading the model
         ServerConfig("", self.lam_default, self.lam_min, self.lam_max, self.max_tokens_limit)
-
-
-def _hf_kwargs(args: ServeArgs) -> dict:
-    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    return {"dtype": dtype}
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def is_inra_checkpoint(path: str) -> bool:
-    """True when the config.json of `path` (a folder or Hub name) has an 'inra' entry."""
-    from transformers import AutoConfig
-
-    return isinstance(getattr(AutoConfig.from_pretrained(path), "inra", None), dict)
-
-
-def load_model(args: ServeArgs) -> tuple[torch.nn.Module, object]:
-    """(model, tokenizer) on the chosen device, in eval mode: InRaModel, DeRa or a plain model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from flexrealign.dera import DeRa
-    from flexrealign.inra import InRaModel
-
-    kwargs = _hf_kwargs(args)
-    if args.model is None:
-        tokenizer = AutoTokenizer.from_pretrained(args.dera_aligned)
-        ref = AutoModelForCausalLM.from_pretrained(args.dera_ref, use_safetensors=True, **kwargs)
-        aligned = AutoModelForCausalLM.from_pretrained(args.dera_aligned, use_safetensors=True, **kwargs)
-        model = DeRa(ref, aligned, tokenizers=(AutoTokenizer.from_pretrained(args.dera_ref), tokenizer))
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        if is_inra_checkpoint(args.model):
-            model = InRaModel.from_pretrained(args.model, **kwargs)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
-    return model.to(_device(args.device)).eval(), tokenizer
 
 
 def run(argv: list[str]) -> int:
@@ -109,12 +74,16 @@ def run(argv: list[str]) -> int:
     import uvicorn
 
     from flexrealign.calibration import load_calibration
+    from flexrealign.loading import load
     from flexrealign.serving import Engine, create_app
 
     try:
-        model, tokenizer = load_model(args)
+        model, tokenizer = load(
+            args.model or args.dera_ref, aligned=args.dera_aligned, base=args.base, dtype=args.dtype,
+            device=args.device, trust_remote_code=args.trust_remote_code,
+        )  # fmt: skip
         calibration = load_calibration(args.model) if args.model else None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:  # CheckpointError is a ValueError
         return fail(f"cannot load the model: {e}", code=1)
     if calibration is not None:
         log.info("reasoning_effort: %s", {k: e.to_json() for k, e in calibration.efforts.items()})

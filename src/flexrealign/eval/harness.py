@@ -24,9 +24,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from flexrealign.checkpoint import atomic_file
+from flexrealign.dera import DeRa
 from flexrealign.eval.benchmarks import DEFAULT_TEMPLATE, Problem, build_messages
 from flexrealign.eval.grading import grade
 from flexrealign.generation import GenerationResult, Prompt
+from flexrealign.inra import InRaModel
+from flexrealign.loading import is_two_path, load, model_kind
 
 GENERATIONS = "generations.jsonl"
 PAPER_LAMS = (-0.5, 0.0, 0.5, 1.0, 1.5)
@@ -38,25 +42,40 @@ GenerateFn = Callable[[list[Prompt], float | None, list[int]], GenerationResult]
 
 @dataclass
 class ModelSpec:
-    """A model to evaluate. kind: "plain" (one HF model), "inra" (an InRa checkpoint) or "dera" (two models).
+    """A model to evaluate. kind: "plain" (one HF model), "inra" (two paths: an InRa checkpoint or adapter
+    folder) or "dera" (two models); None (the default) asks the loader, which reads the model's config, so a
+    Hub name of an InRa checkpoint is "inra" too (a loaded model: its class).
 
     `path` is the checkpoint (for DeRa the reference; `aligned_path` the aligned model). `family` groups rows
     into one line of the plot (default: the label). `loaded` may hold an already loaded (model, tokenizer).
     """
 
     label: str
-    kind: str = "plain"
+    kind: str | None = None
     path: str | None = None
     aligned_path: str | None = None
     family: str | None = None
     loaded: tuple | None = field(default=None, repr=False)
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        if self.kind is None:
+            self.kind = self._detect_kind()
         if self.kind not in ("plain", "inra", "dera"):
             raise ValueError(f"ModelSpec.kind must be plain, inra or dera, got {self.kind!r}")
         if self.kind == "dera" and self.loaded is None and not (self.path and self.aligned_path):
             raise ValueError("a DeRa model needs both the reference path and the aligned path")
         self.family = self.family or self.label
+
+    def _detect_kind(self) -> str:
+        if self.loaded is not None:
+            model = self.loaded[0]
+            return "dera" if isinstance(model, DeRa) else "inra" if isinstance(model, InRaModel) else "plain"
+        if self.aligned_path is not None:
+            return "dera"
+        if self.path is None:
+            raise ValueError(f"model {self.label!r}: give a path or an already loaded (model, tokenizer)")
+        return "inra" if is_two_path(model_kind(self.path, self.trust_remote_code)) else "plain"
 
     @property
     def fused(self) -> bool:
@@ -148,46 +167,13 @@ def append_generations(path: str | os.PathLike, records: Sequence[dict]) -> None
 
 
 # ------------------------------------------------------------------------------------------------- models
-def detect_kind(path: str | os.PathLike) -> str:
-    """Return "inra" when the checkpoint's config.json has an `inra` entry (an InRa checkpoint), else "plain"."""
-    cfg = Path(path) / "config.json"
-    if cfg.is_file():
-        try:
-            return "inra" if "inra" in json.loads(cfg.read_text()) else "plain"
-        except json.JSONDecodeError:
-            return "plain"
-    return "plain"  # a Hub name: loaded as a plain model
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_model(spec: ModelSpec, device: torch.device | None = None) -> tuple:
-    """(model, tokenizer) for `spec`, in eval mode on `device` (the GPU when there is one)."""
+def load_model(spec: ModelSpec, device: str | torch.device = "auto") -> tuple:
+    """(model, tokenizer) for `spec` through the one loader (`flexrealign.loading.load`), in eval mode on
+    `device` (the GPU when there is one)."""
     if spec.loaded is not None:
         return spec.loaded
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = device or default_device()
-    tokenizer = AutoTokenizer.from_pretrained(spec.path)
-    if spec.kind == "inra":
-        from flexrealign.inra import InRaModel
-
-        return InRaModel.from_pretrained(spec.path).to(device).eval(), tokenizer
-    model = (
-        AutoModelForCausalLM.from_pretrained(spec.path, dtype="auto", use_safetensors=True).to(device).eval()
-    )
-    if spec.kind == "plain":
-        return model, tokenizer
-    from flexrealign.dera import DeRa
-
-    aligned = (
-        AutoModelForCausalLM.from_pretrained(spec.aligned_path, dtype="auto", use_safetensors=True)
-        .to(device)
-        .eval()
-    )
-    return DeRa(model, aligned, [tokenizer, AutoTokenizer.from_pretrained(spec.aligned_path)]), tokenizer
+    aligned = spec.aligned_path if spec.kind == "dera" else None
+    return load(spec.path, aligned=aligned, device=device, trust_remote_code=spec.trust_remote_code)
 
 
 def flexrealign_engine(model: torch.nn.Module, tokenizer, cfg: EvalConfig) -> GenerateFn:
@@ -431,30 +417,14 @@ def write_results(
     rows: Sequence[Row], out_dir: Path, title: str = "Results", baseline: str | None = None
 ) -> None:
     """results.md, results.csv and accuracy_vs_tokens.png (each written to a temporary name, then renamed)."""
-    with _atomic_file(out_dir / "results.csv") as tmp, tmp.open("w", newline="") as f:
+    with atomic_file(out_dir / "results.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         writer.writerows(row_values(r) for r in rows)
-    with _atomic_file(out_dir / "results.md") as tmp:
+    with atomic_file(out_dir / "results.md") as tmp:
         tmp.write_text(f"# {title}\n\n{markdown_table(rows)}\n")
     if rows:
         plot_accuracy_vs_tokens(rows, out_dir / "accuracy_vs_tokens.png", baseline=baseline)
-
-
-class _atomic_file:
-    """Context manager yielding a temporary path that replaces `target` on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target, self.tmp = target, target.with_name(f".{target.name}.tmp-{os.getpid()}")
-
-    def __enter__(self) -> Path:
-        return self.tmp
-
-    def __exit__(self, exc_type, *_) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.target)
-        elif self.tmp.exists():
-            self.tmp.unlink()
 
 
 def plot_accuracy_vs_tokens(
@@ -489,7 +459,7 @@ def plot_accuracy_vs_tokens(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path

@@ -14,15 +14,12 @@ from typing import TYPE_CHECKING
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
 )
 
 from flexrealign.adapter import AdapterConfig
-from flexrealign.checkpoint import wrap_load_errors
 from flexrealign.distributed import fsdp_on_cpu
 from flexrealign.fusion import REF
 from flexrealign.hf_compat import checkpointing_field
@@ -30,6 +27,7 @@ from flexrealign.inra import InRaModel
 from flexrealign.inra_train.config import InRaTrainConfig
 from flexrealign.inra_train.lora import add_lora_, merge_lora_
 from flexrealign.inra_train.views import InRaPathView
+from flexrealign.loading import load_plain, load_tokenizer
 
 if TYPE_CHECKING:  # `datasets` is imported only when data is loaded: building a model does not need it
     from datasets import Dataset
@@ -47,15 +45,8 @@ class InRaTrainResult:
 
 
 def load_base(config: InRaTrainConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load `config.base_model` (a folder or a Hub name) and its tokenizer."""
-    name = config.base_model
-    dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
-    model = wrap_load_errors(
-        f"base model {name}",
-        lambda: AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True),
-    )
-    tokenizer = wrap_load_errors(f"the tokenizer of {name}", lambda: AutoTokenizer.from_pretrained(name))
-    return model, tokenizer
+    """Load `config.base_model` (a folder, a Hub name or a .gguf file) and its tokenizer, by the one loader."""
+    return load_plain(config.base_model, config.dtype), load_tokenizer(config.base_model)
 
 
 def load_train_dataset(config: InRaTrainConfig) -> Dataset:
@@ -183,7 +174,7 @@ def train_inra(
             raise ValueError("set base_model (a folder or a Hub name) or pass base=")
         base, tokenizer = load_base(config)
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(config.base_model or base.config.name_or_path)
+        tokenizer = load_tokenizer(config.base_model or base.config.name_or_path)
     if train_dataset is None:
         if not config.dataset:
             raise ValueError("set dataset (a .jsonl file or a Hub name) or pass train_dataset=")

@@ -20,6 +20,8 @@ import torch
 from datasets import Dataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
+from flexrealign.checkpoint import atomic_file
+
 IGNORE = -100
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TOKENIZED_COLUMNS = ("input_ids", "labels", "example_index")
@@ -198,14 +200,9 @@ def save_rows(rows: Dataset, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".parquet"):
         raise ValueError(f"output must end in .jsonl or .parquet, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         if path.suffix.lower() == ".jsonl":
             rows.to_json(str(tmp), lines=True, force_ascii=False)
         else:
             rows.to_parquet(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

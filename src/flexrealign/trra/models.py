@@ -11,7 +11,6 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -43,20 +42,13 @@ def load_model(
     """Load a causal LM (safetensors only); a missing or unreadable model raises CheckpointError naming its role.
 
     `hf_kwargs` go to `from_pretrained` (e.g. attn_implementation, revision)."""
+    from flexrealign.loading import load_causal_lm  # the one loader (safetensors only)
+
     _check_exists(name, role)
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **hf_kwargs
-        )
-    except (
-        OSError,
-        ValueError,
-        RuntimeError,
-        KeyError,
-    ) as e:  # HF raises all of these for bad or absent models
-        raise CheckpointError(f"could not load the {role} model {name!r}: {type(e).__name__}: {e}") from e
+        return load_causal_lm(name, dtype, trust_remote_code, **hf_kwargs)
+    except ValueError as e:  # CheckpointError included; HF raises ValueError for unknown architectures
+        raise CheckpointError(f"could not load the {role} model {name!r}: {e}") from e
 
 
 def check_loadable(name: str, role: str, trust_remote_code: bool = False) -> None:

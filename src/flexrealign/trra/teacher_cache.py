@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from flexrealign.checkpoint import CheckpointError, read_json, write_json
+from flexrealign.checkpoint import CheckpointError, atomic_file, read_json, write_json
 from flexrealign.trra.config import TrRaConfig
 from flexrealign.trra.data import CompletionCollator, completion_positions, is_tokenized, prepare_dataset
 from flexrealign.trra.loss import ALIGNED, REF
@@ -79,12 +79,8 @@ def _shard_path(cache_dir: Path, shard: int) -> Path:
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _start(cache_dir: Path, meta: dict[str, Any]) -> None:
@@ -99,9 +95,8 @@ def _start(cache_dir: Path, meta: dict[str, Any]) -> None:
                 f"{cache_dir} holds a different teacher cache (differs in {', '.join(diff)}); use another folder"
             )
         return
-    tmp = config_path.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
-    write_json(tmp, meta)
-    os.replace(tmp, config_path)
+    with atomic_file(config_path) as tmp:
+        write_json(tmp, meta)
 
 
 @torch.no_grad()
@@ -236,7 +231,7 @@ def build_teacher_cache(config: TrRaConfig, rows: Dataset, examples_per_shard: i
     for role, name in ((REF, config.ref_model), (ALIGNED, config.aligned_model)):
         check_loadable(name, role, config.trust_remote_code)
     tokenizer = load_tokenizer(config.ref_model, REF, config.trust_remote_code)
-    dtype = config.teacher_dtype if config.teacher_dtype == "auto" else getattr(torch, config.teacher_dtype)
+    dtype = config.teacher_dtype  # parsed by the one loader (flexrealign.checkpoint.resolve_dtype)
     ref = freeze(load_model(config.ref_model, REF, dtype, config.trust_remote_code)).to(config.device)
     aligned = freeze(load_model(config.aligned_model, ALIGNED, dtype, config.trust_remote_code)).to(
         config.device

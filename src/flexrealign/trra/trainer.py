@@ -14,6 +14,7 @@ from trl import SFTTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
+from flexrealign.checkpoint import resolve_dtype
 from flexrealign.distributed import fsdp_on_cpu
 from flexrealign.trra.config import TrRaConfig
 from flexrealign.trra.data import CompletionCollator, completion_positions, is_tokenized, prepare_dataset
@@ -74,7 +75,7 @@ def _model_name(model: ModelLike, configured: str | None) -> str | None:
 
 
 def _teacher_dtype(args: TrRaConfig) -> str | torch.dtype:
-    return args.teacher_dtype if args.teacher_dtype == "auto" else getattr(torch, args.teacher_dtype)
+    return resolve_dtype(args.teacher_dtype)
 
 
 def _check_cache_matches(cache: TeacherCache, rows: int, tokens: int, names: dict[str, str | None]) -> None:
