@@ -5,7 +5,8 @@
 The class subclasses lm-eval's own `HFLM`, so tokenisation, batching, request ordering, the logits cache,
 `loglikelihood`, `loglikelihood_rolling`, chat templates and stop-sequence handling are lm-eval's; only the
 model call changes. A forward pass returns the fused logits softmax(lam * aligned + (1 - lam) * ref) (paper
-Eq. 3, per token, fp32), and `generate_until` decodes with flexrealign's loop at that lam. At lam = 0 the
+Eq. 3, per token, fp32) with the rows generation never samples masked, and `generate_until` decodes with
+flexrealign's decode step at that lam (plain models too), so both score one distribution. At lam = 0 the
 numbers equal lm-eval's `hf` model on the reference checkpoint, and at lam = 1 on an InRa checkpoint those of
 `hf` on the exported lam = 1 model (tests/eval/test_lm_eval_model.py). This is the route to the paper's alignment
 tax (Appendix F.1): one checkpoint, many lam, every lm-eval task.
@@ -32,11 +33,13 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from flexrealign.fused import FusedCausalLM
-from flexrealign.generation import check_sampling, generate
+from flexrealign.fusion import mask_untokenized
+from flexrealign.generation import LamSchedule, check_sampling, generate
 from flexrealign.loading import load_dera, load_model, load_tokenizer, resolve_device
+from flexrealign.prompts import suppressed_ids
 
 MODEL_NAME = "flexrealign"
-_SAMPLING_KEYS = {"do_sample", "temperature", "top_p", "top_k"}
+_SAMPLING_KEYS = {"do_sample", "temperature", "top_p", "top_k", "seed"}
 
 
 def load_for_eval(
@@ -93,12 +96,16 @@ class FlexRealignLM(HFLM):
         device: str | None = "auto",
         trust_remote_code: bool = False,
         tokenizer=None,
+        lam_think: float | None = None,
+        lam_answer: float | None = None,
+        thinking_token_budget: int | None = None,
         **kwargs,
     ) -> None:
         device = resolve_device(lm_eval_device(device))
         model, self.lam = load_for_eval(
             str(pretrained), aligned, base, lam, dtype or "auto", device, trust_remote_code
         )
+        self.generation_dial = _generation_dial(self.lam, lam_think, lam_answer, thinking_token_budget)
         tokenizer = tokenizer or load_tokenizer(str(pretrained), trust_remote_code)
         super().__init__(pretrained=model, tokenizer=tokenizer, backend="causal", **kwargs)
         self.pretrained, self.aligned = str(pretrained), aligned  # names for the results, not objects
@@ -108,29 +115,33 @@ class FlexRealignLM(HFLM):
         return isinstance(self.model, FusedCausalLM)
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
-        """Logits (B, T, V) of right-padded inputs (B, T): fused at self.lam for InRa/DeRa (fp32)."""
-        if not self.fused:
-            return super()._model_call(inps, attn_mask, labels)
+        """Logits (B, T, V) of right-padded inputs (B, T), fp32: fused at self.lam for InRa/DeRa, and masked as
+        generation masks them (rows past the tokenizer and `suppress_tokens` are -inf), so that loglikelihood
+        scores the distribution `generate_until` samples from and `is_greedy` means what greedy decoding does."""
         with torch.no_grad():
-            return self.model(inps, lam=self.lam).logits
+            if self.fused:
+                logits = self.model(inps, lam=self.lam).logits
+            else:
+                logits = super()._model_call(inps, attn_mask, labels).float()
+        return mask_untokenized(logits, len(self.tokenizer), suppressed_ids(self.model, logits.device))
 
     def _model_generate(
         self, context: torch.Tensor, max_length: int, stop: list[str], **kwargs
     ) -> torch.Tensor:
-        """Continue left-padded `context` (B, T) by flexrealign's decode loop at self.lam.
+        """Continue left-padded `context` (B, T) by flexrealign's decode loop (at self.lam for InRa/DeRa).
 
         Returns (B, T + new) token ids: the context, then each row's new tokens padded with EOS, as lm-eval
         expects from HF's `generate`. Sampling follows lm-eval's kwargs (greedy unless do_sample/temperature).
         """
-        if not self.fused:
-            return super()._model_generate(context, max_length, stop, **kwargs)
         mask = kwargs.pop("attention_mask", None)
         mask = torch.ones_like(context) if mask is None else mask
         sampling = _sampling(kwargs)
         prompts = [row[keep.bool()].tolist() for row, keep in zip(context, mask, strict=True)]
+        if "seed" in sampling:  # each request samples as a server request with this seed does, in any batch
+            sampling["seed"] = [sampling["seed"]] * len(prompts)
         out = generate(
-            self.model, self.tokenizer, prompts, lam=self.lam, max_new_tokens=max_length - context.shape[1],
-            stop=stop, **sampling,
+            self.model, self.tokenizer, prompts, max_new_tokens=max_length - context.shape[1], stop=stop,
+            **self.generation_dial, **sampling,
         )  # fmt: skip
         width = max(map(len, out.token_ids), default=0)
         new = torch.full((len(prompts), width), self.eot_token_id, dtype=context.dtype)
@@ -143,6 +154,23 @@ class FlexRealignLM(HFLM):
         params = sum(p.numel() for p in self.model.parameters())
         info = {"model_num_parameters": params, "model_dtype": str(self.model.dtype), "lam": self.lam}
         return info | {"pretrained": self.pretrained, "aligned": self.aligned}
+
+
+def _generation_dial(
+    lam: float | None, think: float | None, answer: float | None, budget: int | None
+) -> dict:
+    """`generate`'s lam and thinking arguments for generate_until: a think/answer schedule when lam_think or
+    lam_answer is given (the other side defaults to lam), and a thinking budget. Loglikelihood scores at lam."""
+    dial: dict = {"lam": lam}
+    if think is not None or answer is not None:
+        if lam is None:
+            raise ValueError("lam_think / lam_answer apply to an InRa checkpoint or a DeRa pair")
+        dial["lam"] = LamSchedule.think_answer(
+            float(lam if think is None else think), float(lam if answer is None else answer)
+        )
+    if budget is not None:
+        dial["thinking_token_budget"] = int(budget)
+    return dial
 
 
 def _sampling(kwargs: dict) -> dict:
@@ -160,4 +188,7 @@ def _sampling(kwargs: dict) -> dict:
         temperature = 1.0  # HF's default when sampling is asked for without a temperature
     top_p, top_k = float(kwargs.get("top_p") or 1.0), int(kwargs.get("top_k") or 0)
     check_sampling(1, temperature, top_p, top_k)
-    return {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+    out = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+    if kwargs.get("seed") is not None:
+        out["seed"] = int(kwargs["seed"])
+    return out
