@@ -11,7 +11,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from flexrealign.adapter import AdapterConfig
-from flexrealign.checkpoint import CheckpointError, atomic_file, resolve_device, resolve_dtype
+from flexrealign.atomic import atomic_file
+from flexrealign.checkpoint import CheckpointError, resolve_device, resolve_dtype
 from flexrealign.inra import InRaModel
 from flexrealign.loading import load, load_model, load_tokenizer, model_kind
 from flexrealign.testbed.tokenizer import build_tokenizer

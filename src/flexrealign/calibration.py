@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from flexrealign.atomic import atomic_file
 from flexrealign.thinking import LIMIT_KEYS, limit_conflict
 
 CALIBRATION_FILE = "flexrealign_calibration.json"
@@ -315,19 +315,10 @@ def save_calibration(folder: str | os.PathLike, calibration: Calibration) -> Pat
     Returns:
         The path of the file written.
     """
-    folder = Path(folder)
-    target = folder / CALIBRATION_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".calibration-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(calibration.to_json(), f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    target = Path(folder) / CALIBRATION_FILE
+    with atomic_file(target) as tmp, tmp.open("w") as f:
+        json.dump(calibration.to_json(), f, indent=2, allow_nan=False)
+        f.write("\n")
     return target
 
 

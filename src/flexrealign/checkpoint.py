@@ -1,24 +1,27 @@
-"""The I/O primitives every loader and writer shares: atomic files and folders, safetensors state dicts,
-load errors that name the path, and the dtype and device names of the command line.
+"""The I/O primitives every loader and writer shares: safetensors state dicts, load errors that name the
+path, the dtype and device names of the command line, and (from `flexrealign.atomic`) atomic writes.
 
 Kept free of model code (only torch, safetensors and huggingface_hub), so every module may import it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from flexrealign.atomic import atomic_dir, atomic_file
+
+__all__ = [  # atomic_dir and atomic_file live in the torch-free flexrealign.atomic; re-exported here
+    "CheckpointError", "atomic_dir", "atomic_file", "load_state_dict", "read_json", "resolve_device",
+    "resolve_dtype", "save_state_dict", "wrap_load_errors", "write_json",
+]  # fmt: skip
 
 
 class CheckpointError(ValueError):
@@ -64,56 +67,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-@contextlib.contextmanager
-def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `target` to write; on success it is fsynced and renamed over `target`.
-
-    Readers see the old file or the new one, never a half-written one; on an error the temporary file is
-    removed and `target` is left as it was. The temporary name ends in `target`'s suffix, for writers that
-    pick a format by extension.
-
-    Args:
-        target: the file to write (its folder is created).
-
-    Example:
-        >>> with atomic_file("out/results.md") as tmp:
-        ...     tmp.write_text("# Results\n")
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}{target.suffix}")
-    try:
-        yield tmp
-        with tmp.open("rb") as f:  # the data reaches the disk before the rename makes it visible
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; on success it replaces `target` in one rename.
-
-    A crash mid-save leaves the previous `target` untouched (the temporary folder is removed).
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_state_dict(state: dict[str, torch.Tensor], folder: Path, prefix: str = "model") -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-from flexrealign.checkpoint import atomic_file
+from flexrealign.atomic import atomic_file
 
 THINK_END = "</think>"
 Record = dict

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from flexrealign.checkpoint import atomic_file
+from flexrealign.atomic import atomic_file
 from flexrealign.commands._args import fail, parse
 from flexrealign.data_prep import load_any_dataset
 from flexrealign.inra_train.analysis import (

@@ -65,7 +65,7 @@ def _export_aligned(model: InRaModel, output_dir: str, tokenizer) -> None:
 
 def _tokenizer_or_none(args: ExportArgs):
     try:
-        return load_tokenizer(args.checkpoint, args.trust_remote_code)
+        return load_tokenizer(args.checkpoint, args.trust_remote_code, args.base)
     except Exception:  # an export without a tokenizer is still useful; say so
         print("note: no tokenizer found next to the checkpoint; the export has none")
         return None

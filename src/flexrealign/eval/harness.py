@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from flexrealign.checkpoint import atomic_file
+from flexrealign.atomic import atomic_file
 from flexrealign.dera import DeRa
 from flexrealign.eval.benchmarks import DEFAULT_TEMPLATE, Problem, build_messages
 from flexrealign.eval.grading import grade
 from flexrealign.generation import GenerationResult, Prompt
 from flexrealign.inra import InRaModel
-from flexrealign.loading import is_two_path, load, model_kind
+from flexrealign.loading import is_adapter_dir, is_two_path, load, model_kind
 
 GENERATIONS = "generations.jsonl"
 PAPER_LAMS = (-0.5, 0.0, 0.5, 1.0, 1.5)
@@ -199,6 +199,9 @@ def vllm_engine(spec: ModelSpec, cfg: EvalConfig) -> GenerateFn:
     """
     if spec.kind == "dera":
         raise ValueError("--engine vllm does not run DeRa pairs; use --engine flexrealign")
+    if spec.path is not None and is_adapter_dir(spec.path):
+        raise ValueError(f"--engine vllm loads full checkpoints; export the adapter folder {spec.path} first "
+                         "(flexrealign export --format inra) or use --engine flexrealign")  # fmt: skip
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=spec.path, **{"seed": cfg.seed, **cfg.vllm_kwargs})

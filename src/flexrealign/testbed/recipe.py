@@ -22,9 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from flexrealign.eval.harness import GENERATIONS, EvalConfig, ModelSpec, Row, evaluate, load_generations
+from flexrealign.loading import load_causal_lm
 from flexrealign.testbed.effects import Effect, hard_pass_at_1, paper_effects, task_checks
 from flexrealign.testbed.stages import (
     Example,
@@ -113,7 +114,7 @@ def is_saved(path: Path) -> bool:
 
 
 def load_plain(path: Path) -> PreTrainedModel:
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return load_causal_lm(str(path), torch.float32).eval()  # the one loader: safetensors only
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -256,9 +257,12 @@ def write_test_set(path: Path, problems: list[Problem]) -> None:
 
 def model_specs(pipe: Pipeline) -> list[ModelSpec]:
     c, p = pipe.cfg, pipe.path
-    plain = [ModelSpec(REFERENCE, path=str(p(REFERENCE)), family="reference (slow)"),
-             ModelSpec(ALIGNED, path=str(p(ALIGNED)), family="aligned (SFT on short)")]  # fmt: skip
-    trra = [ModelSpec(n, path=str(p(n)), family="TrRa") for n in [*map(trra_name, c.trra_lams), TRRA_ITER]]
+    # kinds are known here: no config needs reading (and a stage's folder may not be written yet)
+    plain = [ModelSpec(REFERENCE, "plain", str(p(REFERENCE)), family="reference (slow)"),
+             ModelSpec(ALIGNED, "plain", str(p(ALIGNED)), family="aligned (SFT on short)")]  # fmt: skip
+    trra = [
+        ModelSpec(n, "plain", str(p(n)), family="TrRa") for n in [*map(trra_name, c.trra_lams), TRRA_ITER]
+    ]
     inra = [ModelSpec(INRA, kind="inra", path=str(p(INRA)), family="InRa")]
     if c.kaiming_ablation:
         inra.append(

@@ -20,7 +20,7 @@ import torch
 from datasets import Dataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
-from flexrealign.checkpoint import atomic_file
+from flexrealign.atomic import atomic_file
 
 IGNORE = -100
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}

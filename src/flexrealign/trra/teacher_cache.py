@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from flexrealign.checkpoint import CheckpointError, atomic_file, read_json, write_json
+from flexrealign.atomic import atomic_file
+from flexrealign.checkpoint import CheckpointError, read_json, write_json
 from flexrealign.trra.config import TrRaConfig
 from flexrealign.trra.data import CompletionCollator, completion_positions, is_tokenized, prepare_dataset
 from flexrealign.trra.loss import ALIGNED, REF
