@@ -5,74 +5,12 @@ incremental detokenization) and its thinking state machine (`flexrealign.thinkin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from flexrealign.fusion import as_lam_tensor
+from flexrealign.dial import LamSchedule, LamSpec, ThinkingLimits  # noqa: F401  (re-exported)
 from flexrealign.stopping import StopStream
-from flexrealign.thinking import LIMIT_KEYS, MissingThinkMarker, ThinkingState, limit_conflict, thinking_plan
-
-
-@dataclass(frozen=True)
-class LamSchedule:
-    """A think/answer lam schedule: `lams[0]` while a think block is open, `lams[1]` outside one.
-
-    The stage is decided from token ids by `flexrealign.thinking`: the markers come from the tokenizer
-    (`<think>` / `</think>`, special or not); a prompt that leaves a block open starts thinking, any other
-    starts answering until the model opens one. `markers=(text,)` overrides the end marker (encoded by the tokenizer; several tokens are
-    matched as a sequence). `LamSchedule.think_answer(-0.5, 1.0)` thinks at lam = -0.5, answers at lam = 1.
-    """
-
-    lams: tuple[float, ...]
-    markers: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "lams", tuple(float(x) for x in self.lams))
-        object.__setattr__(self, "markers", tuple(self.markers))
-        as_lam_tensor(list(self.lams), len(self.lams))  # finite check
-        if len(self.lams) != 2 or len(self.markers) > 1 or any(not m for m in self.markers):
-            raise ValueError(
-                f"LamSchedule takes two lams (think, answer) and at most one non-empty end marker, got {self}"
-            )
-
-    @classmethod
-    def think_answer(cls, think: float, answer: float, marker: str | None = None) -> LamSchedule:
-        return cls((think, answer), () if marker is None else (marker,))
-
-    @property
-    def marker(self) -> str | None:
-        """The end-marker override, or None for the tokenizer's own."""
-        return self.markers[0] if self.markers else None
-
-
-@dataclass(frozen=True)
-class ThinkingLimits:
-    """Hard thinking limits of one request (vLLM's names): at most `thinking_token_budget` thinking tokens,
-    at least `min_thinking_tokens`; `closing` is text forced before the end marker when the budget runs
-    out (e.g. "Time is up; answering now."). `marker` overrides the tokenizer's think-end marker."""
-
-    thinking_token_budget: int | None = None
-    min_thinking_tokens: int = 0
-    closing: str | None = None
-    marker: str | None = None
-
-    def __post_init__(self) -> None:
-        b, m = self.thinking_token_budget, self.min_thinking_tokens
-        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 0):
-            raise ValueError(f"thinking_token_budget must be an int >= 0 or None, got {b!r}")
-        if not isinstance(m, int) or isinstance(m, bool) or m < 0:
-            raise ValueError(f"min_thinking_tokens must be an int >= 0, got {m!r}")
-        conflict = limit_conflict(dict(zip(LIMIT_KEYS, (b, m, self.closing), strict=True)))
-        if conflict is not None:
-            raise ValueError(conflict[0])
-
-    @property
-    def active(self) -> bool:
-        return self.thinking_token_budget is not None or self.min_thinking_tokens > 0
-
-
-LamSpec = float | LamSchedule
+from flexrealign.thinking import MissingThinkMarker, ThinkingState, thinking_plan
 
 
 class IncrementalDetokenizer:
@@ -114,7 +52,9 @@ class RowState:
         stop: Sequence[str],
         eos: set[int],
         thinking: ThinkingState | None = None,
+        max_tokens: int | None = None,
     ) -> None:
+        self.max_tokens = max_tokens  # finish "length" at this many tokens (None: the caller stops the row)
         self.base_lam = 0.0 if isinstance(spec, LamSchedule) else float(spec)
         self.thinking = thinking
         self.stops = StopStream(stop)
@@ -149,7 +89,10 @@ class RowState:
         if token in self.eos:
             return self.finish("stop")
         self.detok.ids.append(token)
-        return self._append_text(self.detok.flush(final=False))
+        delta = self._append_text(self.detok.flush(final=False))
+        if not self.finished and self.max_tokens is not None and len(self.ids) >= self.max_tokens:
+            delta += self.finish("length")
+        return delta
 
     def finish(self, reason: str) -> str:
         """End the row (no-op if it has ended); returns the text held back until now."""

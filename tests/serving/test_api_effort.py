@@ -10,11 +10,10 @@ import openai
 import pytest
 
 from flexrealign.calibration import Calibration
+from flexrealign.dial import DialError, parse_dial
 from flexrealign.generation import LamSchedule, generate
 from flexrealign.serving import Engine, create_app
-from flexrealign.serving.errors import APIError
-from flexrealign.serving.params import ServerConfig, resolve_lam, thinking_limits
-from flexrealign.serving.protocol import LamArgs
+from flexrealign.serving.params import ServerConfig
 from flexrealign.serving.server import BackgroundServer
 from helpers import qwen3_inra, qwen3_thinking_tokenizer
 
@@ -188,18 +187,18 @@ def test_errors_name_the_field_the_client_sent_or_the_effort(full, call):
 
 def test_resolution_without_a_server():
     cal = calibration(FULL)
-    cfg, efforts = ServerConfig(MODEL, lam_min=-1.0, lam_max=2.0, calibration=cal), cal.efforts
-    with pytest.raises(APIError) as err:
-        resolve_lam(LamArgs(reasoning_effort="wild"), None, cfg, True, efforts["wild"])
+    rng = {"lam_range": (-1.0, 2.0)}
+    with pytest.raises(DialError) as err:
+        parse_dial({"reasoning_effort": "wild"}, cal, **rng)
     assert err.value.param == "reasoning_effort" and "lam=7.0" in err.value.message
-    spec = resolve_lam(LamArgs(reasoning_effort="paced"), None, cfg, True, efforts["paced"])
-    assert spec == LamSchedule.think_answer(-0.5, 1.5)
-    with pytest.raises(APIError) as err:  # a single-path model has no lam: the effort's lam is refused
-        resolve_lam(LamArgs(reasoning_effort="low"), None, cfg, False, efforts["low"])
+    assert parse_dial({"reasoning_effort": "paced"}, cal, **rng).lam_spec() == LamSchedule.think_answer(
+        -0.5, 1.5
+    )
+    with pytest.raises(DialError) as err:  # a single-path model has no lam: the effort's lam is refused
+        parse_dial({"reasoning_effort": "low"}, cal, **rng).lam_spec(fused=False)
     assert err.value.param == "reasoning_effort" and "single path" in err.value.message
-    limits = thinking_limits(LamArgs(reasoning_effort="none"), efforts["none"])
-    assert limits.thinking_token_budget == 0
-    limits = thinking_limits(LamArgs(reasoning_effort="floor", min_thinking_tokens=0), efforts["floor"])
+    assert parse_dial({"reasoning_effort": "none"}, cal).limits().thinking_token_budget == 0
+    limits = parse_dial({"reasoning_effort": "floor", "min_thinking_tokens": 0}, cal).limits()
     assert (limits.thinking_token_budget, limits.min_thinking_tokens) == (6, 0)
 
 

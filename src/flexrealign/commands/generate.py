@@ -4,18 +4,23 @@ A bare --prompt meets a chat model as a user message: when the tokenizer has a c
 rendered through it (as one user turn, with the generation prompt); --raw sends the text as it is. Thinking
 models take a lam per stage (--lam-think/--lam-answer) and hard limits (--thinking-token-budget,
 --min-thinking-tokens, --thinking-closing); the think markers come from the tokenizer (--think-marker
-overrides the end marker)."""
+overrides the end marker). The dial flags are built from `flexrealign.dial`'s fields and parsed by its
+`parse_dial`, as the server and the vLLM plugin parse theirs; --reasoning_effort reads the checkpoint's
+calibration."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
+from flexrealign.calibration import load_calibration
 from flexrealign.commands._args import fail, parse
-from flexrealign.generation import LamSchedule, generate
+from flexrealign.dial import Dial, DialError, LamSchedule, dial_fields, parse_dial
+from flexrealign.generation import generate
 from flexrealign.inra import InRaModel
 from flexrealign.loading import load_dera, load_model, load_tokenizer
+from flexrealign.prompts import template_takes
 
 
 @dataclass
@@ -48,39 +53,6 @@ class GenerateArgs:
         metadata={"help": "JSON object of chat template arguments, e.g. '{\"enable_thinking\": false}' or "
                   "gpt-oss's '{\"reasoning_effort\": \"high\"}'."},
     )  # fmt: skip
-    lam: list[float] | None = field(
-        default=None,
-        metadata={"help": "lam value(s); each prompt is answered at each lam. Default 1.0 for InRa/DeRa."},
-    )
-    lam_think: float | None = field(
-        default=None, metadata={"help": "lam while thinking, until --think-marker; needs --lam-answer."}
-    )
-    lam_answer: float | None = field(default=None, metadata={"help": "lam after the think marker."})
-    think_marker: str | None = field(
-        default=None,
-        metadata={
-            "help": "Overrides the tokenizer's think-end marker (default: its </think> or equivalent)."
-        },
-    )
-    thinking_token_budget: int | None = field(
-        default=None,
-        metadata={"help": "At most this many thinking tokens; then --thinking-closing (if any) and the end "
-                  "marker are forced, and the answer follows at --lam-answer."},
-    )  # fmt: skip
-    min_thinking_tokens: int = field(
-        default=0,
-        metadata={"help": "EOS and the think-end marker are banned until this many thinking tokens."},
-    )
-    thinking_closing: str | None = field(
-        default=None,
-        metadata={"help": "Text forced before the end marker when the budget runs out, e.g. 'Time is up.'"},
-    )
-    lam_turns: list[float] | None = field(
-        default=None,
-        metadata={
-            "help": "With --messages: one lam per assistant turn (the turn being generated picks its entry)."
-        },
-    )
     max_new_tokens: int = field(default=256, metadata={"help": "Maximum tokens to generate per prompt."})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1 = off)."})
@@ -105,10 +77,6 @@ class GenerateArgs:
             raise ValueError("give either --prompt or --messages")
         if self.raw and not self.prompt:
             raise ValueError("--raw applies to --prompt")
-        if (self.lam_think is None) != (self.lam_answer is None):
-            raise ValueError("--lam_think and --lam_answer go together")
-        if sum(x is not None for x in (self.lam, self.lam_think, self.lam_turns)) > 1:
-            raise ValueError("use one of --lam, --lam_think/--lam_answer, --lam_turns")
         template_kwargs(self)  # a malformed object fails here, before any model is loaded
 
 
@@ -143,20 +111,75 @@ def _prompts(args: GenerateArgs, tokenizer) -> list:
     return [data] if data and isinstance(data[0], dict) else data
 
 
-def _lam_settings(args: GenerateArgs, dual: bool) -> list[dict]:
-    if not dual:
-        if args.lam or args.lam_think is not None or args.lam_turns:
-            raise ValueError("lam applies to InRa checkpoints and DeRa pairs; this is a plain model")
-        return [{}]
-    if args.lam_turns:
-        return [{"lam_turns": args.lam_turns}]
-    if args.lam_think is not None:
-        return [{"lam": LamSchedule.think_answer(args.lam_think, args.lam_answer, args.think_marker)}]
-    return [{"lam": lam} for lam in (args.lam or [1.0])]
+def _flag_type(meta) -> object:
+    kind = meta["type"]
+    return (list[kind] if meta["many"] else kind) | None
+
+
+def _dial_args_check(self) -> None:
+    """The checks that need no model (types, pairs, limits), before anything is loaded."""
+    for values in dial_values(self):
+        parse_dial(values, native_effort=True)  # the effort is looked up once the checkpoint is known
+
+
+# the dial's fields as flags (`flexrealign.dial.Dial`); --lam takes several values, each answered in turn
+DialArgs = make_dataclass(
+    "DialArgs",
+    [(meta["flag"] or name, _flag_type(meta), field(default=None, metadata={"help": meta["help"] + (
+        "; several values: each prompt is answered at each" if meta["many"] else "")}))
+     for name, meta in dial_fields()],
+    namespace={"__post_init__": _dial_args_check},
+)  # fmt: skip
+
+
+def dial_values(args) -> list[dict]:
+    """The dial fields of the flags given (as `parse_dial` takes them), one dict per value of a `many` flag.
+
+    Args:
+        args: a DialArgs.
+
+    Returns:
+        One dict per setting to answer each prompt at.
+    """
+    values = {name: getattr(args, meta["flag"] or name) for name, meta in dial_fields()}
+    values = {k: v for k, v in values.items() if v is not None}
+    many = [name for name, meta in dial_fields() if meta["many"] and name in values]
+    out = [values]
+    for name in many:
+        out = [v | {name: x} for v in out for x in values[name]]
+    return out
+
+
+def _dials(dial_args, args: GenerateArgs, tok) -> list[Dial]:
+    """The parsed dials of the flags, the checkpoint's reasoning_effort expanded (DialError otherwise)."""
+    native = template_takes(tok, "reasoning_effort") and not args.raw
+    calibration = load_calibration(args.model) if args.model else None
+    return [parse_dial(v, calibration, native_effort=native) for v in dial_values(dial_args)]
+
+
+def _setting(dial: Dial, prompts: list, dual: bool, tok, template: dict | None) -> dict:
+    """generate()'s keyword arguments for one dial: its lam (one per prompt for lam_turns) and limits.
+
+    Raises:
+        DialError: a lam for a plain model, lam_turns without chats, a marker the tokenizer lacks.
+    """
+    if dial.lam_turns is not None:
+        lam = [dial.lam_spec(p if isinstance(p, list) else None, dual) for p in prompts]
+    else:
+        lam = dial.lam_spec(None, dual)
+    dial.check_tokenizer(tok)
+    limits = dial.limits()
+    chats = prompts and isinstance(prompts[0], list)
+    native = {"reasoning_effort": dial.reasoning_effort} if dial.reasoning_effort and template_takes(
+        tok, "reasoning_effort") else {}  # fmt: skip
+    kwargs = (dict(dial.template_kwargs) | native | (template or {})) if chats else template
+    return dict(lam=lam, thinking_token_budget=limits.thinking_token_budget,
+                min_thinking_tokens=limits.min_thinking_tokens, thinking_closing=limits.closing,
+                think_marker=limits.marker, chat_template_kwargs=kwargs or None)  # fmt: skip
 
 
 def run(argv: list[str]) -> int:
-    (args,) = parse([GenerateArgs], argv, "generate", __doc__)
+    args, dial_args = parse([GenerateArgs, DialArgs], argv, "generate", __doc__)
     if args.model:
         model, tok = (
             load_model(args.model, args.dtype, args.device, args.trust_remote_code, args.base),
@@ -168,9 +191,11 @@ def run(argv: list[str]) -> int:
     prompts = _prompts(args, tok)
     if args.chat_template_kwargs and tok.chat_template is None:
         return fail("--chat_template_kwargs needs a chat template, and this tokenizer has none")
+    dual = isinstance(model, InRaModel) or args.model is None
     try:
-        settings = _lam_settings(args, dual=isinstance(model, InRaModel) or args.model is None)
-    except ValueError as e:
+        dials = _dials(dial_args, args, tok)
+        settings = [_setting(d, prompts, dual, tok, template_kwargs(args)) for d in dials]
+    except (DialError, ValueError) as e:  # ValueError: a bad calibration file
         return fail(str(e))
     sampling = dict(
         max_new_tokens=args.max_new_tokens,
@@ -179,13 +204,8 @@ def run(argv: list[str]) -> int:
         top_k=args.top_k,
         seed=args.seed,
         stop=args.stop,
-        thinking_token_budget=args.thinking_token_budget,
-        min_thinking_tokens=args.min_thinking_tokens,
-        thinking_closing=args.thinking_closing,
-        think_marker=args.think_marker,
-        chat_template_kwargs=template_kwargs(args),
     )
-    for setting in settings:
+    for dial, setting in zip(dials, settings, strict=True):
         stream_live = not args.json_output and len(prompts) == 1
         try:
             out = generate(
@@ -193,7 +213,7 @@ def run(argv: list[str]) -> int:
             )
         except ValueError as e:  # e.g. a budget for a tokenizer without think markers
             return fail(str(e))
-        _report(args, args.prompt or prompts, setting, out, streamed=stream_live)
+        _report(args, args.prompt or prompts, dial, setting, out, streamed=stream_live)
     return 0
 
 
@@ -204,8 +224,8 @@ def _printer():
     return emit
 
 
-def _report(args: GenerateArgs, prompts: list, setting: dict, out, streamed: bool) -> None:
-    lam = setting.get("lam", setting.get("lam_turns"))
+def _report(args: GenerateArgs, prompts: list, dial: Dial, setting: dict, out, streamed: bool) -> None:
+    lam = list(dial.lam_turns) if dial.lam_turns is not None else setting["lam"]
     lam = list(lam.lams) if isinstance(lam, LamSchedule) else lam
     for i, text in enumerate(out.texts):
         if args.json_output:

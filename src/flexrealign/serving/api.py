@@ -40,12 +40,10 @@ from flexrealign.serving.params import (
     check_common,
     check_model,
     completion_prompt,
-    lam_args,
     native_effort_kwargs,
-    resolve_effort,
-    resolve_lam,
+    request_dial,
     sampling,
-    thinking_limits,
+    serve_dial,
 )
 from flexrealign.serving.protocol import ChatCompletionRequest, CompletionRequest
 
@@ -131,11 +129,10 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     min_thinking_tokens, thinking_closing, reasoning_effort) at the top level or in vllm_xargs."""
     engine, cfg = _engine(request), request.app.state.config
     check_common(body, cfg)
-    args = lam_args(body)
-    effort = resolve_effort(args, cfg)
+    dial = request_dial(body, cfg)
     ids = completion_prompt(body.prompt, engine)
-    lam = resolve_lam(args, None, cfg, engine.is_fused, effort)
-    params = sampling(body, None, len(ids), cfg, engine, thinking_limits(args, effort, engine.tokenizer))
+    lam, limits = serve_dial(dial, None, cfg, engine)
+    params = sampling(body, None, len(ids), cfg, engine, limits)
     return await _serve(request, engine, ids, lam, params, body, _TEXT)
 
 
@@ -146,25 +143,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     reasoning_effort itself (gpt-oss) gets the level too, and without a calibration only it."""
     engine, cfg = _engine(request), request.app.state.config
     check_common(body, cfg)
-    args = lam_args(body)
     native = template_takes(engine.tokenizer, "reasoning_effort")
-    effort = resolve_effort(args, cfg, native)
+    dial = request_dial(body, cfg, native)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     template_kwargs = (
-        ((effort.chat_template_kwargs if effort else None) or {})
-        | native_effort_kwargs(args, body.chat_template_kwargs, native)
+        dict(dial.template_kwargs)
+        | native_effort_kwargs(dial, body.chat_template_kwargs, native)
         | (body.chat_template_kwargs or {})
     )
     ids = chat_prompt(engine, messages, template_kwargs)
-    lam = resolve_lam(args, messages, cfg, engine.is_fused, effort)
-    params = sampling(
-        body,
-        body.max_completion_tokens,
-        len(ids),
-        cfg,
-        engine,
-        thinking_limits(args, effort, engine.tokenizer),
-    )
+    lam, limits = serve_dial(dial, messages, cfg, engine)
+    params = sampling(body, body.max_completion_tokens, len(ids), cfg, engine, limits)
     return await _serve(request, engine, ids, lam, params, body, _CHAT)
 
 

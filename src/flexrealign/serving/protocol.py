@@ -8,43 +8,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-_LAM_HELP = "lam for the whole completion (any finite real; 0 = reference model, 1 = aligned model)"
+from flexrealign.dial import dial_fields
 
 
-class LamArgs(BaseModel):
-    """The lam and thinking fields; exactly one of lam, lam_turns (chat only) or the lam_think/lam_answer pair
-    may be set. The thinking limits and reasoning_effort combine with any of them (an explicit lam wins over
-    the effort's lam)."""
+def _dial_args() -> type[BaseModel]:
+    """The dial fields of `flexrealign.dial`, as optional body fields. Their values are checked once, by
+    `parse_dial` (the schema takes any JSON value, so that every surface answers a bad value alike)."""
+    fields: dict[str, Any] = {
+        name: (Any, Field(None, description=meta["help"])) for name, meta in dial_fields()
+    }
+    return create_model("LamArgs", __config__=ConfigDict(extra="forbid"), __doc__=_DIAL_DOC, **fields)
 
-    model_config = ConfigDict(extra="forbid")
 
-    lam: float | None = Field(None, description=_LAM_HELP)
-    lam_turns: list[float] | None = Field(
-        None,
-        min_length=1,
-        description="chat only: one lam per assistant turn; the turn being generated picks",
-    )
-    lam_think: float | None = Field(None, description="lam until lam_marker appears in the output")
-    lam_answer: float | None = Field(None, description="lam after lam_marker")
-    lam_marker: str | None = Field(
-        None, min_length=1, description="overrides the tokenizer's think-end marker (default: its </think>)"
-    )
-    thinking_token_budget: int | None = Field(
-        None,
-        ge=0,
-        description="vLLM's name: at most this many thinking tokens, then the end marker is forced",
-    )
-    min_thinking_tokens: int | None = Field(
-        None, ge=0, description="EOS and the think-end marker are banned until this many thinking tokens"
-    )
-    thinking_closing: str | None = Field(
-        None, min_length=1, description="text forced before the end marker when the budget runs out"
-    )
-    reasoning_effort: str | None = Field(
-        None, description="OpenAI's name: an effort of this model's calibration (see /v1/models)"
-    )
+_DIAL_DOC = """The lam and thinking fields (`flexrealign.dial.Dial`); exactly one of lam, lam_turns (chat only) or
+the lam_think/lam_answer pair may be set. The thinking limits and reasoning_effort combine with any of them (an
+explicit lam wins over the effort's lam)."""
+LamArgs = _dial_args()
 
 
 class StreamOptions(BaseModel):
@@ -54,7 +35,7 @@ class StreamOptions(BaseModel):
     include_obfuscation: bool | None = None
 
 
-class _Common(LamArgs):
+class _Common(LamArgs):  # type: ignore[valid-type,misc]
     """Fields shared by both endpoints: every field of OpenAI's schema is declared, so that `serving.audit` can
     honour it or refuse it by name. Unknown fields land in `model_extra` and are refused there too."""
 

@@ -1,0 +1,365 @@
+"""The thinking dial of one request, parsed and validated once, in pure Python (no torch, no HTTP).
+
+Every surface (`flexrealign generate`, the HTTP server, the vLLM plugin) hands `parse_dial` a plain dict of the
+fields below and gets a `Dial` back, or a `DialError` naming the offending field, which the surface turns into
+its own error (a 400, a `VLLMValidationError`, a usage error). The fields are declared once, on `Dial`: the
+server's request schema and the CLI's flags are built from `dial_fields()`, so a new field is added here, where
+it acts in decoding, and in the docs.
+
+    lam                        one lam for the whole reply (any finite real; 0 = reference, 1 = aligned)
+    lam_turns                  chats: one lam per assistant turn, the turn being generated picks
+    lam_think, lam_answer      a lam per thinking stage (`LamSchedule`); lam_marker overrides the end marker
+    thinking_token_budget      at most this many thinking tokens (`ThinkingLimits`), then the end marker is
+    min_thinking_tokens        forced; at least this many; thinking_closing is forced before the marker
+    reasoning_effort           an effort of the checkpoint's calibration: the fields it stands for, under the
+                               request's own (`calibration.expand_effort`)
+
+An error about a value the effort supplied names `reasoning_effort` and the effort, not a field the client
+never sent.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from flexrealign.calibration import CALIBRATE_HINT, Calibration, Effort, blame, expand_effort
+from flexrealign.thinking import LIMIT_KEYS, MissingThinkMarker, limit_conflict, thinking_plan
+
+_UNSET = object()
+LOOKALIKE = ("lam", "think", "min_think", "reasoning")  # an unknown key with these prefixes is a typo
+
+
+class DialError(ValueError):
+    """A dial value that is refused: `param` names the field, `code` classifies the problem.
+
+    Args:
+        message: what is wrong and how to fix it.
+        param: the dial field at fault (`reasoning_effort` when the effort supplied the value).
+        code: a short class of the problem (`invalid_lam`, `lam_out_of_range`, `missing_think_marker`, ...).
+        value: the offending value, when there is one.
+    """
+
+    def __init__(self, message: str, param: str, code: str = "invalid_value", value: Any = None) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code, self.value = message, param, code, value
+
+
+# ----------------------------------------------------------------------------------- lam and hard limits
+@dataclass(frozen=True)
+class LamSchedule:
+    """A think/answer lam schedule: `lams[0]` while a think block is open, `lams[1]` outside one.
+
+    The stage is decided from token ids by `flexrealign.thinking`: the markers come from the tokenizer
+    (`<think>` / `</think>`, special or not); a prompt that leaves a block open starts thinking, any other
+    starts answering until the model opens one. `markers=(text,)` overrides the end marker (encoded by the
+    tokenizer; several tokens are matched as a sequence).
+
+    Example:
+        >>> LamSchedule.think_answer(-0.5, 1.0)  # think at lam = -0.5, answer at lam = 1
+        LamSchedule(lams=(-0.5, 1.0), markers=())
+
+    Raises:
+        DialError: not two finite lams, or an empty marker.
+    """
+
+    lams: tuple[float, ...]
+    markers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        lams, markers = tuple(self.lams), tuple(self.markers)
+        if len(lams) != 2 or len(markers) > 1 or any(not isinstance(m, str) or not m for m in markers):
+            raise DialError(f"LamSchedule takes two lams (think, answer) and at most one non-empty end marker, "
+                            f"got {self}", "lam_think")  # fmt: skip
+        object.__setattr__(
+            self, "lams", tuple(_real(k, v) for k, v in zip(("lam_think", "lam_answer"), lams, strict=True))
+        )
+        object.__setattr__(self, "markers", markers)
+
+    @classmethod
+    def think_answer(cls, think: float, answer: float, marker: str | None = None) -> LamSchedule:
+        return cls((think, answer), () if marker is None else (marker,))
+
+    @property
+    def marker(self) -> str | None:
+        """The end-marker override, or None for the tokenizer's own."""
+        return self.markers[0] if self.markers else None
+
+
+LamSpec = float | LamSchedule
+
+
+@dataclass(frozen=True)
+class ThinkingLimits:
+    """Hard thinking limits of one request (vLLM's names): at most `thinking_token_budget` thinking tokens,
+    at least `min_thinking_tokens`; `closing` is text forced before the end marker when the budget runs
+    out (e.g. "Time is up; answering now."). `marker` overrides the tokenizer's think-end marker.
+
+    Raises:
+        DialError: a negative or non-int count, or limits that do not fit together.
+    """
+
+    thinking_token_budget: int | None = None
+    min_thinking_tokens: int = 0
+    closing: str | None = None
+    marker: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.thinking_token_budget is not None:
+            _count("thinking_token_budget", self.thinking_token_budget)
+        _count("min_thinking_tokens", self.min_thinking_tokens)
+        conflict = limit_conflict(dict(zip(LIMIT_KEYS, (self.thinking_token_budget, self.min_thinking_tokens,
+                                                        self.closing), strict=True)))  # fmt: skip
+        if conflict is not None:
+            raise DialError(conflict[0], conflict[1][0])
+
+    @property
+    def active(self) -> bool:
+        return self.thinking_token_budget is not None or self.min_thinking_tokens > 0
+
+
+# ------------------------------------------------------------------------------------- one field's check
+def _real(name: str, value: Any) -> float:
+    try:  # an int too large for a float (JSON allows 400 digits) is not a finite number either
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise DialError(f"{name} must be a finite number, got {value!r}", name, "invalid_lam", value)
+    return float(value)
+
+
+def _reals(name: str, value: Any) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise DialError(
+            f"{name} must be a non-empty list of finite numbers, got {value!r}", name, value=value
+        )
+    return tuple(_real(name, v) for v in value)
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DialError(f"{name} must be an int >= 0, got {value!r}", name, value=value)
+    return value
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise DialError(f"{name} must be a non-empty string, got {value!r}", name, value=value)
+    return value
+
+
+_TYPES = {_real: float, _reals: list[float], _count: int, _text: str}  # the type of a value, by its check
+
+
+def _field(check, help: str, flag: str | None = None, many: bool = False):  # noqa: A002
+    """A dial field: its check, the type of its value, its help, its CLI flag when it is not its name, and
+    whether the CLI takes several values (a sweep of lams, answered one after another)."""
+    meta = {"check": check, "type": _TYPES[check], "help": help, "flag": flag, "many": many}
+    return field(default=None, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Dial:
+    """The dial of one request, validated: the fields the client sent, with its reasoning_effort's expanded
+    under them. Build it with `parse_dial`; read the lam with `lam_spec` and the limits with `limits`."""
+
+    lam: float | None = _field(_real, "lam for the whole reply (any finite real; 0 = reference model, "
+                               "1 = aligned model)", many=True)  # fmt: skip
+    lam_turns: tuple[float, ...] | None = _field(_reals, "chats only: one lam per assistant turn; the turn "
+                                                 "being generated picks its entry")  # fmt: skip
+    lam_think: float | None = _field(_real, "lam while thinking, until the think-end marker; with lam_answer")
+    lam_answer: float | None = _field(_real, "lam after the think-end marker")
+    lam_marker: str | None = _field(_text, "overrides the tokenizer's think-end marker (default: its </think>)",
+                                    flag="think_marker")  # fmt: skip
+    thinking_token_budget: int | None = _field(_count, "at most this many thinking tokens; then the closing "
+                                               "text (if any) and the end marker are forced")  # fmt: skip
+    min_thinking_tokens: int | None = _field(_count, "EOS and the think-end marker are banned until this "
+                                             "many thinking tokens")  # fmt: skip
+    thinking_closing: str | None = _field(_text, "text forced before the end marker when the budget runs out")
+    reasoning_effort: str | None = _field(_text, "an effort of the checkpoint's calibration (flexrealign "
+                                          "calibrate), or of a chat template that reads it (gpt-oss)")  # fmt: skip
+    taken: frozenset[str] = field(default=frozenset(), metadata={"internal": True})  # fields from the effort
+    template_kwargs: Mapping[str, Any] = field(
+        default_factory=dict, compare=False, metadata={"internal": True}
+    )
+
+    def given(self, names: Iterable[str]) -> list[str]:
+        """The names among `names` whose field is set."""
+        return [k for k in names if getattr(self, k) is not None]
+
+    def error(self, message: str, keys: Iterable[str], code: str = "invalid_value") -> DialError:
+        """A DialError about `keys`: naming the first one the client sent, else the effort that sent them."""
+        keys = list(keys)
+        key = blame(keys, self.taken)
+        if key is not None or not keys:
+            return DialError(message, key or "reasoning_effort", code, getattr(self, key) if key else None)
+        value = getattr(self, keys[0])
+        return DialError(f"reasoning_effort {self.reasoning_effort!r} stands for {keys[0]}={_shown(value)}, "
+                         f"and {message}", "reasoning_effort", code, self.reasoning_effort)  # fmt: skip
+
+    def lam_spec(self, messages: list[dict] | None = None, fused: bool = True, default: float = 1.0):
+        """The lam of the reply: a float or a LamSchedule; None for a single-path model.
+
+        Args:
+            messages: the chat (lam_turns picks the entry of the turn being generated); None for raw text.
+            fused: whether the model has two paths (InRa, DeRa); a plain model takes no lam.
+            default: the lam when the dial sets none.
+
+        Returns:
+            The LamSpec, or None when not `fused`.
+
+        Raises:
+            DialError: a lam for a plain model, or lam_turns without a chat.
+        """
+        given = self.given(("lam", "lam_turns", "lam_think", "lam_answer"))
+        if not fused:
+            if given:
+                raise self.error("lam applies to InRa and DeRa models; this is a plain model, with a single path", given)
+            return None
+        if self.lam_turns is not None:
+            if messages is None:
+                raise self.error("lam_turns applies to chat completions only", ["lam_turns"])
+            done = sum(1 for m in messages if m.get("role") == "assistant")
+            return self.lam_turns[min(done, len(self.lam_turns) - 1)]
+        if self.lam_think is not None:
+            return LamSchedule.think_answer(self.lam_think, self.lam_answer, self.lam_marker)  # type: ignore[arg-type]
+        return self.lam if self.lam is not None else float(default)
+
+    def limits(self) -> ThinkingLimits:
+        """The hard thinking limits (with lam_marker, the end marker they force)."""
+        return ThinkingLimits(self.thinking_token_budget, self.min_thinking_tokens or 0, self.thinking_closing,
+                              self.lam_marker)  # fmt: skip
+
+    @property
+    def needs_marker(self) -> list[str]:
+        """The fields that make this dial need the tokenizer's think-end marker (empty when none does)."""
+        needs = self.given(("thinking_token_budget", "lam_think"))
+        return needs + (["min_thinking_tokens"] if self.min_thinking_tokens else [])
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """The tokenizer has the think marker this dial needs, and the closing text fits the budget.
+
+        Raises:
+            DialError: `missing_think_marker` naming the fields that need it, or the closing text's problem.
+        """
+        if not self.needs_marker:
+            return
+        lams = (self.lam_think or 0.0, self.lam_answer or 0.0)
+        try:
+            thinking_plan(tokenizer, *lams, budget=self.thinking_token_budget, closing=self.thinking_closing,
+                          min_tokens=self.min_thinking_tokens or 0, end_marker=self.lam_marker)  # fmt: skip
+        except MissingThinkMarker as e:
+            raise self.error(str(e), [*self.needs_marker, *self.given(["lam_marker"])],
+                             "missing_think_marker") from e  # fmt: skip
+        except ValueError as e:
+            raise self.error(str(e), ["thinking_closing", "thinking_token_budget"]) from e
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def dial_fields() -> list[tuple[str, Mapping[str, Any]]]:
+    """(name, metadata) of each field a request may send: `check`, `type` (of one value), `help`, `flag` (the
+    CLI's name, or None), `many` (the CLI takes several values). The surfaces build their schemas and flags
+    from this."""
+    return [(f.name, f.metadata) for f in fields(Dial) if not f.metadata.get("internal")]
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(name for name, _ in dial_fields())
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def parse_dial(
+    values: Mapping[str, Any],
+    calibration: Calibration | None = None,
+    *,
+    lam_range: tuple[float | None, float | None] = (None, None),
+    native_effort: bool = False,
+    ignore_unknown: bool = False,
+) -> Dial:
+    """Parse and validate a request's dial fields, with its reasoning_effort expanded under them.
+
+    Args:
+        values: field name -> value, as the client sent them (a value of None is refused: leave the key out).
+        calibration: the checkpoint's effort table, or None.
+        lam_range: (lam_min, lam_max) the surface allows (a server's bounds); None for no bound.
+        native_effort: the chat template reads reasoning_effort itself (gpt-oss): without a calibration the
+            level then goes to the template alone, as in vLLM.
+        ignore_unknown: keys that do not look like dial fields belong to someone else (vLLM's extra_args);
+            a key that looks like one (`lam_thnik`) is refused either way.
+
+    Returns:
+        The validated Dial.
+
+    Raises:
+        DialError: naming the field at fault, or reasoning_effort for a value the effort supplied.
+
+    Example:
+        >>> parse_dial({"lam_think": -0.5, "lam_answer": 1.0, "thinking_token_budget": 64}).lam_spec()
+        LamSchedule(lams=(-0.5, 1.0), markers=())
+    """
+    checks = dict(dial_fields())
+    explicit = {k: checks[k]["check"](k, v) for k, v in _known(values, ignore_unknown).items()}
+    name = explicit.pop("reasoning_effort", None)
+    effort = _effort(name, calibration, native_effort)
+    merged, taken = expand_effort(explicit, effort)
+    merged = {k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()}
+    template = dict(effort.chat_template_kwargs or {}) if effort is not None else {}
+    dial = Dial(**merged, reasoning_effort=name, taken=taken, template_kwargs=template)
+    _check_together(dial, lam_range)
+    return dial
+
+
+def _known(values: Mapping[str, Any], ignore_unknown: bool) -> dict[str, Any]:
+    """The dial fields of `values`; DialError for an unknown key (naming the closest field)."""
+    for key, value in values.items():
+        if key in FIELD_NAMES or (ignore_unknown and not str(key).lower().startswith(LOOKALIKE)):
+            continue
+        close = difflib.get_close_matches(str(key), FIELD_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DialError(f"unknown field {key!r}{hint}; the dial fields are {', '.join(FIELD_NAMES)}", str(key),
+                        "unknown_field", value)  # fmt: skip
+    return {k: v for k, v in values.items() if k in FIELD_NAMES}
+
+
+def _effort(name: str | None, calibration: Calibration | None, native: bool) -> Effort | None:
+    """The calibrated effort `name` stands for; never ignored silently (but see `native_effort`)."""
+    if name is None or (native and calibration is None):
+        return None
+    if calibration is None:
+        raise DialError(f"reasoning_effort needs a calibration of this model, and it has none. Create one "
+                        f"with: {CALIBRATE_HINT} (or send lam and thinking_token_budget instead)",
+                        "reasoning_effort", "no_calibration", name)  # fmt: skip
+    effort = calibration.efforts.get(name)
+    if effort is None:
+        raise DialError(f"reasoning_effort {name!r} is not offered by this model; it offers: "
+                        f"{', '.join(calibration.efforts)}", "reasoning_effort", value=name)  # fmt: skip
+    return effort
+
+
+def _check_together(dial: Dial, lam_range: tuple[float | None, float | None]) -> None:
+    """The checks that look at several fields (or at a surface's lam range); DialError naming one of them."""
+    given = dial.given(("lam", "lam_turns", "lam_think", "lam_answer"))
+    if len({"think" if k in ("lam_think", "lam_answer") else k for k in given}) > 1:
+        raise dial.error("give only one of lam, lam_turns, or lam_think with lam_answer", given)
+    if (dial.lam_think is None) != (dial.lam_answer is None):
+        raise dial.error("lam_think and lam_answer go together", dial.given(("lam_think", "lam_answer")))
+    lo, hi = lam_range
+    for name in given:
+        value = getattr(dial, name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise dial.error(f"{name}={v} is outside this server's range [{lo}, {hi}]", [name],
+                                 "lam_out_of_range")  # fmt: skip
+    conflict = limit_conflict({k: getattr(dial, k) for k in LIMIT_KEYS})
+    if conflict is not None:
+        raise dial.error(*conflict)
+
+
+__all__ = ["FIELD_NAMES", "Dial", "DialError", "LamSchedule", "LamSpec", "ThinkingLimits", "dial_fields",
+           "parse_dial"]  # fmt: skip
