@@ -180,6 +180,28 @@ def test_processor_keeps_bans_and_completes_logit_bias():
     assert torch.equal(out[0, 3:], plain[0, 3:])
 
 
+def test_processor_apply_reads_nothing_back_from_the_device(monkeypatch):
+    """Issue 20, item 7: `apply` is a few tensor ops on state that update_state built (lam, logit_bias
+    completions, forced and banned tokens); no value is copied to the host per step."""
+    proc = processor()
+    proc.update_state(
+        BatchUpdate(
+            batch_size=2, removed=[], added=[added(0, -1.0), added(1, 0.5, logit_bias={3: 5.0})], moved=[]
+        )
+    )
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor,
+            name,
+            lambda self, *a, _o=original, _n=name, **k: reads.append(_n) or _o(self, *a, **k),
+        )
+    out = proc.apply(torch.randn(2, 2 * V))
+    monkeypatch.undo()
+    assert reads == [] and out.shape == (2, V)
+
+
 def test_processor_refuses_a_wrong_width():
     proc = processor()
     with pytest.raises(RuntimeError, match=r"expected logits of shape \(B, 16\)"):

@@ -18,7 +18,8 @@ with lam_think/lam_answer, a thinking budget, a minimum or a reasoning_effort (s
 ThinkingState built from its prompt ids when it joins the batch. `update_state` feeds it the request's new
 output ids (vLLM hands the processor a live reference to that list) and rebuilds the per-row lam and the
 force/ban index tensors only when something changed; `apply` stays a few tensor ops: fuse, keep bans, and
-force or ban tokens through the logits (as vLLM's own thinking-budget processor does).
+force or ban tokens through the logits (as vLLM's own thinking-budget processor does), with tensors built on
+the device by `update_state` and no read back from it.
 
 Rows past the tokenizer's vocabulary (Qwen checkpoints have 151,936 rows for about 151,669 tokens) decode to
 nothing, and so do the ids of `generation_config.suppress_tokens`; they are set to -inf after fusion, at every
@@ -43,7 +44,7 @@ from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from flexrealign.fusion import ALIGNED, REF, fuse_logits, mask_untokenized
+from flexrealign.fusion import ALIGNED, REF, fuse_checked, mask_untokenized
 from flexrealign.generation import LamSchedule, row_thinking
 from flexrealign.thinking import ThinkingState
 from flexrealign.vllm_plugin.config import record_served_model
@@ -178,6 +179,8 @@ class InRaLogitsProcessor(LogitsProcessor):
         self._lam_rows: torch.Tensor | None = None  # (B,) rebuilt after a batch change or a stage switch
         self._force: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, tokens) forced next step
         self._ban: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, tokens) banned next step
+        self._bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # logit_bias completion
+        self._bias_top = -1  # the highest row with a logit_bias completion
         self.paths: dict[int, frozenset[str]] = {}  # row -> the paths that request can ever need
         self.live_paths: frozenset[str] = BOTH_PATHS  # their union over the batch (both when it is empty)
         global _live_processor
@@ -243,8 +246,24 @@ class InRaLogitsProcessor(LogitsProcessor):
             for b in t.banned:
                 ban[0].append(i), ban[1].append(b)
         self._lam_rows = torch.tensor(lams, dtype=torch.float32).to(self.device, non_blocking=True)  # (B,)
+        self._bias = self._bias_tensors(lams)
         self._force = tuple(torch.tensor(x, device=self.device) for x in force) if force[0] else None  # type: ignore[assignment]
         self._ban = tuple(torch.tensor(x, device=self.device) for x in ban) if ban[0] else None  # type: ignore[assignment]
+
+    def _bias_tensors(self, lams: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(rows, tokens, values): the (1 - lam) * b that fusion leaves out of each logit_bias entry b (vLLM
+        added b to the aligned half only), for rows not at lam 1; with the highest row, on the device."""
+        entries = [(row, token, (1.0 - lams[row]) * b) for row, bias in self.biases.items() if row < len(lams)
+                   and lams[row] != 1 for token, b in bias.items()]  # fmt: skip
+        if not entries:
+            return None
+        rows, tokens, values = zip(*entries, strict=True)
+        self._bias_top = max(rows)
+        return (
+            torch.tensor(rows, dtype=torch.long, device=self.device),
+            torch.tensor(tokens, dtype=torch.long, device=self.device),
+            torch.tensor(values, dtype=torch.float32, device=self.device),
+        )
 
     def _lam_tensor(self, batch: int) -> torch.Tensor:
         if self._lam_rows is None or self._lam_rows.shape[0] < batch:
@@ -260,14 +279,16 @@ class InRaLogitsProcessor(LogitsProcessor):
             )
         lam = self._lam_tensor(logits.shape[0])  # (B,)
         aligned, ref = logits[:, :V], logits[:, V:]  # (B, V) each
+        # lam was validated when each request entered (validate_params): no check, and no read of the device
         fused = mask_untokenized(
-            fuse_logits(ref, aligned, lam), self.num_tokens, self.suppressed
+            fuse_checked(ref, aligned, lam), self.num_tokens, self.suppressed
         )  # (B, V) fp32
-        for row, bias in self.biases.items():
-            if row < fused.shape[0] and lam[row] != 1:
-                tokens = torch.tensor(list(bias), dtype=torch.long, device=fused.device)  # (K,)
-                values = torch.tensor(list(bias.values()), dtype=torch.float32, device=fused.device)  # (K,)
-                fused[row, tokens] += (1.0 - lam[row]) * values
+        if self._bias is not None:
+            rows, tokens, values = self._bias
+            if self._bias_top >= fused.shape[0]:  # rows past this batch (never seen; filtered, at a sync)
+                keep = rows < fused.shape[0]
+                rows, tokens, values = rows[keep], tokens[keep], values[keep]
+            fused.index_put_((rows, tokens), values, accumulate=True)  # the rest of each logit_bias
         if self._ban is not None:
             fused[self._ban] = float("-inf")  # minimum not reached: EOS and the end marker
         if self._force is not None:
