@@ -120,6 +120,19 @@ class ThinkingLimits:
     def active(self) -> bool:
         return self.thinking_token_budget is not None or self.min_thinking_tokens > 0
 
+    def plan_args(self, spec: LamSpec) -> dict[str, Any]:
+        """`thinking.thinking_plan`'s keyword arguments for these limits under `spec` (whose marker wins).
+
+        Args:
+            spec: the request's lam or LamSchedule.
+
+        Returns:
+            budget, min_tokens, closing and end_marker.
+        """
+        marker = (spec.marker if isinstance(spec, LamSchedule) else None) or self.marker
+        return {"budget": self.thinking_token_budget, "min_tokens": self.min_thinking_tokens,
+                "closing": self.closing, "end_marker": marker}  # fmt: skip
+
 
 # ------------------------------------------------------------------------------------- one field's check
 def _real(name: str, value: Any) -> float:
@@ -218,7 +231,9 @@ class Dial:
         given = self.given(("lam", "lam_turns", "lam_think", "lam_answer"))
         if not fused:
             if given:
-                raise self.error("lam applies to InRa and DeRa models; this is a plain model, with a single path", given)
+                raise self.error(
+                    "lam applies to InRa and DeRa models; this is a plain model, with a single path", given
+                )
             return None
         if self.lam_turns is not None:
             if messages is None:
@@ -248,10 +263,8 @@ class Dial:
         """
         if not self.needs_marker:
             return
-        lams = (self.lam_think or 0.0, self.lam_answer or 0.0)
         try:
-            thinking_plan(tokenizer, *lams, budget=self.thinking_token_budget, closing=self.thinking_closing,
-                          min_tokens=self.min_thinking_tokens or 0, end_marker=self.lam_marker)  # fmt: skip
+            thinking_plan(tokenizer, 0.0, 0.0, **self.limits().plan_args(0.0))
         except MissingThinkMarker as e:
             raise self.error(str(e), [*self.needs_marker, *self.given(["lam_marker"])],
                              "missing_think_marker") from e  # fmt: skip

@@ -123,12 +123,8 @@ def row_thinking(
     """
     needed = isinstance(spec, LamSchedule) or limits.active
     lams = spec.lams if isinstance(spec, LamSchedule) else (float(spec), float(spec))
-    marker = (spec.marker if isinstance(spec, LamSchedule) else None) or limits.marker
-    try:
-        plan = thinking_plan(
-            tokenizer, *lams, budget=limits.thinking_token_budget, min_tokens=limits.min_thinking_tokens,
-            closing=limits.closing, end_marker=marker, eos=eos,
-        )  # fmt: skip
+    try:  # the limits say how they reach the plan, so that a new dial field does not pass through here
+        plan = thinking_plan(tokenizer, *lams, eos=eos, **limits.plan_args(spec))
     except MissingThinkMarker:
         if needed:
             raise
