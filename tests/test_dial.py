@@ -71,7 +71,7 @@ def test_each_field_refuses_a_bad_value_naming_it(name, value, said):
 
 def test_every_field_is_declared_once_with_its_check_and_help():
     assert FIELD_NAMES == (
-        "lam", "lam_turns", "lam_think", "lam_answer", "lam_marker", "thinking_token_budget",
+        "lam", "lam_turns", "lam_think", "lam_answer", "lam_start_marker", "lam_marker", "thinking_token_budget",
         "min_thinking_tokens", "thinking_closing", "reasoning_effort",
     )  # fmt: skip
     for _name, meta in dial_fields():
@@ -175,6 +175,24 @@ def test_the_limits_and_schedule_check_themselves_too():
     assert err.value.param == "lam_answer"
     with pytest.raises(ValueError, match="two lams"):
         LamSchedule((1.0,))
+
+
+def test_a_start_marker_reaches_the_thinking_state_from_every_surface():
+    from flexrealign.commands.generate import DialArgs
+    from flexrealign.rows import row_thinking
+    from flexrealign.serving.protocol import LamArgs
+    from helpers import qwen3_tokenizer
+
+    tok = qwen3_tokenizer()
+    d = parse_dial({"lam_marker": "</r>", "lam_start_marker": "<r>", "thinking_token_budget": 2})
+    state = row_thinking(tok, 0.5, d.limits(), tok("Hi")["input_ids"], set())
+    assert (state.plan.markers.start_text, state.plan.markers.end_text) == ("<r>", "</r>")
+    assert not state.thinking  # nothing opened a block yet: the start marker is seen
+    d = parse_dial({"lam_marker": "</r>", "thinking_token_budget": 2})
+    assert row_thinking(tok, 0.5, d.limits(), tok("Hi")["input_ids"], set()).thinking  # thinks from the start
+    assert (
+        "lam_start_marker" in LamArgs.model_fields and "think_start_marker" in DialArgs.__dataclass_fields__
+    )
 
 
 def test_the_module_is_pure_python():

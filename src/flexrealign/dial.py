@@ -96,7 +96,8 @@ LamSpec = float | LamSchedule
 class ThinkingLimits:
     """Hard thinking limits of one request (vLLM's names): at most `thinking_token_budget` thinking tokens,
     at least `min_thinking_tokens`; `closing` is text forced before the end marker when the budget runs
-    out (e.g. "Time is up; answering now."). `marker` overrides the tokenizer's think-end marker.
+    out (e.g. "Time is up; answering now."). `marker` and `start_marker` override the tokenizer's think
+    markers.
 
     Raises:
         DialError: a negative or non-int count, or limits that do not fit together.
@@ -106,6 +107,7 @@ class ThinkingLimits:
     min_thinking_tokens: int = 0
     closing: str | None = None
     marker: str | None = None
+    start_marker: str | None = None
 
     def __post_init__(self) -> None:
         if self.thinking_token_budget is not None:
@@ -131,7 +133,7 @@ class ThinkingLimits:
         """
         marker = (spec.marker if isinstance(spec, LamSchedule) else None) or self.marker
         return {"budget": self.thinking_token_budget, "min_tokens": self.min_thinking_tokens,
-                "closing": self.closing, "end_marker": marker}  # fmt: skip
+                "closing": self.closing, "end_marker": marker, "start_marker": self.start_marker}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- one field's check
@@ -186,6 +188,8 @@ class Dial:
                                                  "being generated picks its entry")  # fmt: skip
     lam_think: float | None = _field(_real, "lam while thinking, until the think-end marker; with lam_answer")
     lam_answer: float | None = _field(_real, "lam after the think-end marker")
+    lam_start_marker: str | None = _field(_text, "overrides the tokenizer's think-start marker (default: its "
+                                          "<think>): a block it opens counts", flag="think_start_marker")  # fmt: skip
     lam_marker: str | None = _field(_text, "overrides the tokenizer's think-end marker (default: its </think>)",
                                     flag="think_marker")  # fmt: skip
     thinking_token_budget: int | None = _field(_count, "at most this many thinking tokens; then the closing "
@@ -247,7 +251,7 @@ class Dial:
     def limits(self) -> ThinkingLimits:
         """The hard thinking limits (with lam_marker, the end marker they force)."""
         return ThinkingLimits(self.thinking_token_budget, self.min_thinking_tokens or 0, self.thinking_closing,
-                              self.lam_marker)  # fmt: skip
+                              self.lam_marker, self.lam_start_marker)  # fmt: skip
 
     @property
     def needs_marker(self) -> list[str]:

@@ -346,12 +346,13 @@ def thinking_plan(
     closing: str | None = None,
     end_marker: str | None = None,
     eos: Iterable[int] = (),
+    start_marker: str | None = None,
 ) -> ThinkingPlan:
-    """A ThinkingPlan with the markers of `tokenizer` (or `end_marker`) and `closing` encoded to token ids.
+    """A ThinkingPlan with the markers of `tokenizer` (or `end_marker`, `start_marker`) and `closing` encoded to token ids.
 
     Raises MissingThinkMarker when the tokenizer has no marker, ValueError for inconsistent limits.
     """
-    markers = think_markers(tokenizer, end=end_marker)
+    markers = think_markers(tokenizer, end=end_marker, start=start_marker)
     if closing and markers.end_text and markers.end_text in closing:  # encoded in context it may not match
         raise ValueError(
             f"the thinking closing text must not contain the think-end marker {markers.end_text!r}: it is forced after it"
