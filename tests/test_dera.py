@@ -27,3 +27,14 @@ def test_tokenizer_mismatch_fails(stories260k):
     other.add_tokens(["<new_token>"])
     with pytest.raises(ValueError, match="tokenizers differ"):
         DeRa(model, model, tokenizers=(tok, other))
+
+
+def test_forward_refuses_unknown_keywords_naming_the_close_match():
+    model = DeRa(tiny_model("qwen2", seed=0), tiny_model("qwen2", seed=1))
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(TypeError, match="'lamda'.*did you mean 'lam'"):
+        model(ids, lamda=0.5)
+    with pytest.raises(TypeError, match="output_attentions"):
+        model(ids, output_attentions=True)
+    out = model(ids, lam=0.5, return_dict=True, output_attentions=False, cache_position=torch.arange(3))
+    assert out.logits.shape[:2] == (1, 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
 import torch
@@ -14,6 +15,36 @@ from flexrealign.fusion import ALIGNED, REF, LamLike, as_lam_tensor, fuse_paths,
 from flexrealign.hf_compat import OUTPUT_CACHE_FIELD
 
 BOTH = "both"  # a cache holding the two paths stacked on the batch axis: rows [aligned; ref]
+
+# Keywords that Hugging Face callers (Trainer, TRL, lm-eval, GenerationMixin-style loops) pass and that mean
+# nothing here when falsy: positions come from position_ids, the output is always a dataclass, and
+# num_items_in_batch only rescales a loss that Trainer also averages. Truthy requests for attentions or
+# hidden states are refused, because they would silently come back empty.
+NO_OP_KEYWORDS = {
+    "return_dict": lambda v: v is None or bool(v),
+    "output_attentions": lambda v: not v,
+    "output_hidden_states": lambda v: not v,
+    "cache_position": lambda v: True,
+    "num_items_in_batch": lambda v: True,
+}
+FORWARD_KEYWORDS = (
+    "input_ids", "attention_mask", "lam", "cache", "use_cache", "position_ids", "labels", "logits_to_keep",
+    "paths", "past_key_values",
+)
+
+
+def check_forward_kwargs(extra: dict[str, object], known: Iterable[str]) -> None:
+    """Refuse keywords that forward would drop, naming the closest known one; allow NO_OP_KEYWORDS."""
+    for key, value in extra.items():
+        allowed = NO_OP_KEYWORDS.get(key)
+        if allowed is not None and allowed(value):
+            continue
+        if allowed is not None:
+            raise TypeError(f"forward() does not support {key}={value!r} (two-path models return fused logits only)")
+        names = [*known, *NO_OP_KEYWORDS]
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known keywords: {', '.join(names)}"
+        raise TypeError(f"forward() got an unexpected keyword argument {key!r}{hint}")
 
 
 class PathCache:
@@ -111,7 +142,12 @@ class FusedCausalLM(nn.Module):
         at lam == 1 the aligned logits exactly; a batch where every row is 0 (or 1) runs one path only.
         paths: force the paths to compute (a generation whose lam changes mid-way needs both from the start).
         cache: the PathCache to extend (`past_key_values` is its older name, as in transformers < 5.24).
+
+        Raises:
+            TypeError: on a keyword this forward does not know (a typo such as `lamda=` would otherwise run
+                at lam = 1); see `check_forward_kwargs` for the Hugging Face keywords accepted as no-ops.
         """
+        check_forward_kwargs(unused, FORWARD_KEYWORDS)
         if past_key_values is not None:
             if cache is not None:
                 raise ValueError("give the cache once, as cache= (past_key_values= is its older name)")
