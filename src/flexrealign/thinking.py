@@ -192,11 +192,6 @@ class ThinkingPlan:
     def lams(self) -> tuple[float, float]:
         return (self.lam_think, self.lam_answer)
 
-    @property
-    def is_plain(self) -> bool:
-        """No stage switch and no limit: the machine only counts."""
-        return self.lam_think == self.lam_answer and self.budget is None and self.min_tokens == 0
-
 
 class ThinkingState:
     """One request's machine. Feed every generated token to `push`; before each step read `lam`,

@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -466,8 +465,3 @@ def plot_accuracy_vs_tokens(
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
-
-
-def elapsed(t0: float) -> str:
-    s = time.time() - t0
-    return f"{s / 60:.1f} min" if s >= 120 else f"{s:.1f} s"

@@ -59,13 +59,6 @@ BOTH_PATHS: frozenset[str] = frozenset((ALIGNED, REF))
 _live_processor: weakref.ref[InRaLogitsProcessor] | None = None  # this process's processor (one engine)
 
 
-def request_lam(params: SamplingParams) -> float:
-    """The lam a request starts with (its thinking-stage lam under a schedule); VLLMValidationError (HTTP 400)
-    for bad dial values."""
-    spec = dial_request(params.extra_args).lam
-    return spec.lams[0] if isinstance(spec, LamSchedule) else float(spec)
-
-
 def lam_paths(lams: Iterable[float]) -> frozenset[str]:
     """The paths needed to serve every lam in `lams`: ref unless all are 1, aligned unless all are 0."""
     lams = list(lams)
