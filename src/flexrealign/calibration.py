@@ -23,20 +23,25 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from flexrealign.atomic import atomic_file
+from flexrealign.dial import (  # noqa: F401  (CALIBRATE_HINT, blame, expand_effort: re-exported)
+    CALIBRATE_HINT,
+    EFFORT_LAM_KEYS,
+    DialError,
+    blame,
+    dial_fields,
+    expand_effort,
+)
 from flexrealign.thinking import LIMIT_KEYS, limit_conflict
 
 CALIBRATION_FILE = "flexrealign_calibration.json"
 EFFORTS = ("none", "low", "medium", "high")
 LOW_TOLERANCE = 2.0  # Pass@1 points below lam = 0 that `low` may lose
-EFFORT_LAM_KEYS = ("lam", "lam_think", "lam_answer", "lam_marker")  # dropped whole when a request gives a lam
 DIAL_KEYS = (*EFFORT_LAM_KEYS, *LIMIT_KEYS)  # the request fields an effort may stand for
-REQUEST_LAM_KEYS = ("lam", "lam_turns", "lam_think", "lam_answer")  # any of them in a request: its own lam
 TEMPLATE_KEYS = ("enable_thinking",)  # the chat template arguments an effort may set
 _MISSING = object()
 
@@ -80,12 +85,6 @@ def _count(key: str, value: Any, low: int = 0) -> int:
     return value
 
 
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise CalibrationError(key, value, "must be a non-empty string")
-    return value
-
-
 @dataclass(frozen=True)
 class CurvePoint:
     lam: float
@@ -101,9 +100,12 @@ class CurvePoint:
         _count("samples", self.samples, low=1)
 
 
-_EFFORT_CHECKS = {"lam": _real, "lam_think": _real, "lam_answer": _real, "lam_marker": _text,
-                  "thinking_token_budget": _count, "min_thinking_tokens": _count,
-                  "thinking_closing": _text}  # fmt: skip
+def _dial_value(name: str, value: Any) -> Any:
+    """`value` checked as the request field `name` is (`flexrealign.dial`): an effort stands for request fields."""
+    try:
+        return dict(dial_fields())[name]["check"](name, value)
+    except DialError as e:
+        raise CalibrationError(name, value, e.problem) from None
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,9 @@ class Effort:
     thinking_closing: str | None = None
 
     def __post_init__(self) -> None:
-        for name, check in _EFFORT_CHECKS.items():
+        for name in DIAL_KEYS:
             if getattr(self, name) is not None:
-                object.__setattr__(self, name, check(name, getattr(self, name)))
+                object.__setattr__(self, name, _dial_value(name, getattr(self, name)))
         self._check_template()
         self._check_together()
 
@@ -191,36 +193,6 @@ class Effort:
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-def expand_effort(
-    explicit: Mapping[str, Any], effort: Effort | None
-) -> tuple[dict[str, Any], frozenset[str]]:
-    """A request's dial fields with `effort` expanded under them: the fields the client sent win, the lam
-    fields as a group (any of lam, lam_turns, lam_think, lam_answer drops the effort's lam, schedule and
-    marker), the thinking limits one by one. A field sent as None counts as not sent.
-
-    Args:
-        explicit: the request's fields (name -> value).
-        effort: the effort the request names, or None.
-
-    Returns:
-        (the fields to validate and serve, the names among them that came from the effort).
-    """
-    out = dict(explicit)
-    if effort is None:
-        return out, frozenset()
-    own = effort.dial()
-    if any(explicit.get(k) is not None for k in REQUEST_LAM_KEYS):
-        own = {k: v for k, v in own.items() if k not in EFFORT_LAM_KEYS}
-    taken = {k: v for k, v in own.items() if explicit.get(k) is None}
-    return out | taken, frozenset(taken)
-
-
-def blame(keys: Iterable[str], taken: frozenset[str]) -> str | None:
-    """The field to name for an error about `keys`: the first one the client sent, None when all came from
-    the effort (the error is then the effort's: name reasoning_effort)."""
-    return next((k for k in keys if k not in taken), None)
 
 
 @dataclass
@@ -345,8 +317,3 @@ def load_calibration(folder: str | os.PathLike | None) -> Calibration | None:
     except (ValueError, OSError) as e:  # JSONDecodeError, UnicodeDecodeError and CalibrationError included
         raise ValueError(f"{path} is not a valid calibration: {e}. Fix the file, or rerun flexrealign "
                          "calibrate") from e  # fmt: skip
-
-
-CALIBRATE_HINT = (
-    "flexrealign calibrate --model CHECKPOINT --benchmark FILE.jsonl --lam -0.5 0 0.5 1 1.5 --n-problems 50"
-)

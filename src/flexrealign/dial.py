@@ -4,18 +4,11 @@ Every surface (`flexrealign generate`, the HTTP server, the vLLM plugin) hands `
 fields below and gets a `Dial` back, or a `DialError` naming the offending field, which the surface turns into
 its own error (a 400, a `VLLMValidationError`, a usage error). The fields are declared once, on `Dial`: the
 server's request schema and the CLI's flags are built from `dial_fields()`, so a new field is added here, where
-it acts in decoding, and in the docs.
-
-    lam                        one lam for the whole reply (any finite real; 0 = reference, 1 = aligned)
-    lam_turns                  chats: one lam per assistant turn, the turn being generated picks
-    lam_think, lam_answer      a lam per thinking stage (`LamSchedule`); lam_marker overrides the end marker
-    thinking_token_budget      at most this many thinking tokens (`ThinkingLimits`), then the end marker is
-    min_thinking_tokens        forced; at least this many; thinking_closing is forced before the marker
-    reasoning_effort           an effort of the checkpoint's calibration: the fields it stands for, under the
-                               request's own (`calibration.expand_effort`)
-
-An error about a value the effort supplied names `reasoning_effort` and the effort, not a field the client
-never sent.
+it acts in decoding, and in the docs. The fields: lam, lam_turns (chats), lam_think with lam_answer (a
+`LamSchedule`) and its markers, the `ThinkingLimits` (thinking_token_budget, min_thinking_tokens,
+thinking_closing), and reasoning_effort: the fields an effort of the checkpoint's calibration stands for,
+expanded under the request's own (`expand_effort`). An error about a value the effort supplied names
+`reasoning_effort` and the effort, not a field the client never sent.
 """
 
 from __future__ import annotations
@@ -24,13 +17,23 @@ import difflib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
-from flexrealign.calibration import CALIBRATE_HINT, Calibration, Effort, blame, expand_effort
 from flexrealign.thinking import LIMIT_KEYS, MissingThinkMarker, limit_conflict, thinking_plan
 
-_UNSET = object()
 LOOKALIKE = ("lam", "think", "min_think", "reasoning")  # an unknown key with these prefixes is a typo
+EFFORT_LAM_KEYS = ("lam", "lam_think", "lam_answer", "lam_marker")  # dropped whole when a request gives a lam
+REQUEST_LAM_KEYS = ("lam", "lam_turns", "lam_think", "lam_answer")  # any of them in a request: its own lam
+CALIBRATE_HINT = (
+    "flexrealign calibrate --model CHECKPOINT --benchmark FILE.jsonl --lam -0.5 0 0.5 1 1.5 --n-problems 50"
+)
+
+
+class EffortTable(Protocol):
+    """What `parse_dial` reads of a calibration (`flexrealign.calibration.Calibration`): its efforts by name,
+    each with `dial()` (the request fields it stands for) and `chat_template_kwargs`."""
+
+    efforts: Mapping[str, Any]
 
 
 class DialError(ValueError):
@@ -41,11 +44,15 @@ class DialError(ValueError):
         param: the dial field at fault (`reasoning_effort` when the effort supplied the value).
         code: a short class of the problem (`invalid_lam`, `lam_out_of_range`, `missing_think_marker`, ...).
         value: the offending value, when there is one.
+        problem: what is wrong without the field and value ("must be an int >= 0"); default: the message.
     """
 
-    def __init__(self, message: str, param: str, code: str = "invalid_value", value: Any = None) -> None:
+    def __init__(
+        self, message: str, param: str, code: str = "invalid_value", value: Any = None, problem: str = ""
+    ) -> None:
         super().__init__(message)
         self.message, self.param, self.code, self.value = message, param, code, value
+        self.problem = problem or message
 
 
 # ----------------------------------------------------------------------------------- lam and hard limits
@@ -53,10 +60,8 @@ class DialError(ValueError):
 class LamSchedule:
     """A think/answer lam schedule: `lams[0]` while a think block is open, `lams[1]` outside one.
 
-    The stage is decided from token ids by `flexrealign.thinking`: the markers come from the tokenizer
-    (`<think>` / `</think>`, special or not); a prompt that leaves a block open starts thinking, any other
-    starts answering until the model opens one. `markers=(text,)` overrides the end marker (encoded by the
-    tokenizer; several tokens are matched as a sequence).
+    The stage is decided from token ids by `flexrealign.thinking`. `markers=(text,)` overrides the end marker
+    (encoded by the tokenizer; several tokens are matched as a sequence).
 
     Example:
         >>> LamSchedule.think_answer(-0.5, 1.0)  # think at lam = -0.5, answer at lam = 1
@@ -123,47 +128,42 @@ class ThinkingLimits:
         return self.thinking_token_budget is not None or self.min_thinking_tokens > 0
 
     def plan_args(self, spec: LamSpec) -> dict[str, Any]:
-        """`thinking.thinking_plan`'s keyword arguments for these limits under `spec` (whose marker wins).
-
-        Args:
-            spec: the request's lam or LamSchedule.
-
-        Returns:
-            budget, min_tokens, closing and end_marker.
-        """
+        """`thinking.thinking_plan`'s keyword arguments for these limits under `spec` (a schedule's marker wins)."""
         marker = (spec.marker if isinstance(spec, LamSchedule) else None) or self.marker
         return {"budget": self.thinking_token_budget, "min_tokens": self.min_thinking_tokens,
                 "closing": self.closing, "end_marker": marker, "start_marker": self.start_marker}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- one field's check
+def _bad(name: str, value: Any, problem: str, code: str = "invalid_value") -> DialError:
+    return DialError(f"{name} {problem}, got {value!r}", name, code, value, problem)
+
+
 def _real(name: str, value: Any) -> float:
     try:  # an int too large for a float (JSON allows 400 digits) is not a finite number either
         ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     except OverflowError:
         ok = False
     if not ok:
-        raise DialError(f"{name} must be a finite number, got {value!r}", name, "invalid_lam", value)
+        raise _bad(name, value, "must be a finite number", "invalid_lam")
     return float(value)
 
 
 def _reals(name: str, value: Any) -> tuple[float, ...]:
     if not isinstance(value, (list, tuple)) or not value:
-        raise DialError(
-            f"{name} must be a non-empty list of finite numbers, got {value!r}", name, value=value
-        )
+        raise _bad(name, value, "must be a non-empty list of finite numbers")
     return tuple(_real(name, v) for v in value)
 
 
 def _count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise DialError(f"{name} must be an int >= 0, got {value!r}", name, value=value)
+        raise _bad(name, value, "must be an int >= 0")
     return value
 
 
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise DialError(f"{name} must be a non-empty string, got {value!r}", name, value=value)
+        raise _bad(name, value, "must be a non-empty string")
     return value
 
 
@@ -215,7 +215,8 @@ class Dial:
         if key is not None or not keys:
             return DialError(message, key or "reasoning_effort", code, getattr(self, key) if key else None)
         value = getattr(self, keys[0])
-        return DialError(f"reasoning_effort {self.reasoning_effort!r} stands for {keys[0]}={_shown(value)}, "
+        value = list(value) if isinstance(value, tuple) else value
+        return DialError(f"reasoning_effort {self.reasoning_effort!r} stands for {keys[0]}={value!r}, "
                          f"and {message}", "reasoning_effort", code, self.reasoning_effort)  # fmt: skip
 
     def lam_spec(self, messages: list[dict] | None = None, fused: bool = True, default: float = 1.0):
@@ -276,10 +277,6 @@ class Dial:
             raise self.error(str(e), ["thinking_closing", "thinking_token_budget"]) from e
 
 
-def _shown(value: Any) -> str:
-    return repr(list(value) if isinstance(value, tuple) else value)
-
-
 def dial_fields() -> list[tuple[str, Mapping[str, Any]]]:
     """(name, metadata) of each field a request may send: `check`, `type` (of one value), `help`, `flag` (the
     CLI's name, or None), `many` (the CLI takes several values). The surfaces build their schemas and flags
@@ -290,10 +287,39 @@ def dial_fields() -> list[tuple[str, Mapping[str, Any]]]:
 FIELD_NAMES: tuple[str, ...] = tuple(name for name, _ in dial_fields())
 
 
+# ------------------------------------------------------------------------------------- reasoning_effort
+def expand_effort(explicit: Mapping[str, Any], effort: Any) -> tuple[dict[str, Any], frozenset[str]]:
+    """A request's dial fields with `effort` expanded under them: the fields the client sent win, the lam
+    fields as a group (any of lam, lam_turns, lam_think, lam_answer drops the effort's lam, schedule and
+    marker), the thinking limits one by one. A field sent as None counts as not sent.
+
+    Args:
+        explicit: the request's fields (name -> value).
+        effort: the effort the request names, or None.
+
+    Returns:
+        (the fields to validate and serve, the names among them that came from the effort).
+    """
+    out = dict(explicit)
+    if effort is None:
+        return out, frozenset()
+    own = effort.dial()
+    if any(explicit.get(k) is not None for k in REQUEST_LAM_KEYS):
+        own = {k: v for k, v in own.items() if k not in EFFORT_LAM_KEYS}
+    taken = {k: v for k, v in own.items() if explicit.get(k) is None}
+    return out | taken, frozenset(taken)
+
+
+def blame(keys: Iterable[str], taken: frozenset[str]) -> str | None:
+    """The field to name for an error about `keys`: the first one the client sent, None when all came from
+    the effort (the error is then the effort's: name reasoning_effort)."""
+    return next((k for k in keys if k not in taken), None)
+
+
 # ------------------------------------------------------------------------------------------------ parsing
 def parse_dial(
     values: Mapping[str, Any],
-    calibration: Calibration | None = None,
+    calibration: EffortTable | None = None,
     *,
     lam_range: tuple[float | None, float | None] = (None, None),
     native_effort: bool = False,
@@ -344,7 +370,7 @@ def _known(values: Mapping[str, Any], ignore_unknown: bool) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in FIELD_NAMES}
 
 
-def _effort(name: str | None, calibration: Calibration | None, native: bool) -> Effort | None:
+def _effort(name: str | None, calibration: EffortTable | None, native: bool) -> Any:
     """The calibrated effort `name` stands for; never ignored silently (but see `native_effort`)."""
     if name is None or (native and calibration is None):
         return None
@@ -378,5 +404,5 @@ def _check_together(dial: Dial, lam_range: tuple[float | None, float | None]) ->
         raise dial.error(*conflict)
 
 
-__all__ = ["FIELD_NAMES", "Dial", "DialError", "LamSchedule", "LamSpec", "ThinkingLimits", "dial_fields",
-           "parse_dial"]  # fmt: skip
+__all__ = ["CALIBRATE_HINT", "FIELD_NAMES", "Dial", "DialError", "LamSchedule", "LamSpec", "ThinkingLimits",
+           "blame", "dial_fields", "expand_effort", "parse_dial"]  # fmt: skip

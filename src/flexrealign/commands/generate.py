@@ -11,12 +11,12 @@ calibration."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 
 from flexrealign.calibration import load_calibration
 from flexrealign.commands._args import fail, parse
-from flexrealign.dial import Dial, DialError, LamSchedule, dial_fields, parse_dial
+from flexrealign.dial import Dial, DialError, LamSchedule, ThinkingLimits, dial_fields, parse_dial
 from flexrealign.generation import generate
 from flexrealign.inra import InRaModel
 from flexrealign.loading import load_dera, load_model, load_tokenizer
@@ -169,6 +169,12 @@ def _setting(dial: Dial, prompts: list, dual: bool, tok, template: dict | None) 
         lam = dial.lam_spec(None, dual)
     dial.check_tokenizer(tok)
     limits = dial.limits()
+    taken = ThinkingLimits(
+        limits.thinking_token_budget, limits.min_thinking_tokens, limits.closing, limits.marker
+    )
+    left = [f.name for f in fields(limits) if getattr(limits, f.name) != getattr(taken, f.name)]
+    if left:  # refuse, never drop: generate() takes these four limits only
+        raise DialError(f"flexrealign generate cannot pass the limit {left[0]!r} on yet", left[0])
     chats = prompts and isinstance(prompts[0], list)
     native = {"reasoning_effort": dial.reasoning_effort} if dial.reasoning_effort and template_takes(
         tok, "reasoning_effort") else {}  # fmt: skip
