@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flexrealign.generation import LamSchedule, LamSpec, ThinkingLimits, check_sampling, row_thinking
+from flexrealign.sampling import RowSampling
 from flexrealign.thinking import ThinkingState
 
 
@@ -38,6 +39,10 @@ class SamplingParams:
             check_sampling(self.max_tokens, self.temperature, self.top_p, self.top_k)
         except ValueError as e:
             raise InvalidRequest(str(e)) from e
+
+    @property
+    def sampling(self) -> RowSampling:
+        return RowSampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
 
 
 @dataclass(frozen=True)
