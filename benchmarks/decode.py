@@ -56,9 +56,9 @@ def build(shape: str, variant: str, dtype: torch.dtype, device: str, base=None, 
 
     `base` / `inra` reuse models already built (the in-process timing pass shares one base model).
     """
-    from flexrealign.dera import DeRa
-    from flexrealign.inra import InRaModel
-    from flexrealign.tiny import tiny_model
+    from flexrealign.core.dera import DeRa
+    from flexrealign.core.inra import InRaModel
+    from flexrealign.core.tiny import tiny_model
 
     if base is None:
         torch.manual_seed(0)
@@ -113,7 +113,7 @@ def make_prompts(shape: str, batch: int, prompt_len: int) -> list[str]:
 
 def decode_once(model, variant: str, prompts: list[str], n: int, device: str) -> float:
     """Seconds to generate `n` tokens for every prompt (greedy, EOS ignored)."""
-    from flexrealign.generation import generate
+    from flexrealign.decoding.generation import generate
 
     lam = None if variant in ("hf_generate", "loop_base") else float(variant.split("lam")[1].split("_")[0])
     start = time.perf_counter()

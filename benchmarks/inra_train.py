@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flexrealign.inra_train import InRaTrainConfig, build_inra_model
-from flexrealign.tiny import tiny_model
+from flexrealign.core.tiny import tiny_model
+from flexrealign.training.inra_train import InRaTrainConfig, build_inra_model
 
 MODEL = dict(
     vocab_size=8192, hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1408

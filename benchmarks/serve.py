@@ -56,8 +56,8 @@ CONCURRENCY = (1, 4, 16)
 
 def save_model(folder: Path) -> dict:
     """Build the benchmark model (seeded) and save it with the stories tokenizer; returns its shape."""
-    from flexrealign.inra import InRaModel
-    from flexrealign.tiny import tiny_model
+    from flexrealign.core.inra import InRaModel
+    from flexrealign.core.tiny import tiny_model
     from flexrealign.vllm_plugin.tiny import bpe_tokenizer
 
     model = InRaModel.from_base(tiny_model(**SHAPE, max_position_embeddings=1024))

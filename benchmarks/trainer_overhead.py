@@ -23,8 +23,8 @@ import torch
 from flexrealign.testbed.stages import new_model, sft_rows, trainer_fields, trra_rows
 from flexrealign.testbed.task import make_problems
 from flexrealign.testbed.tokenizer import build_tokenizer
-from flexrealign.trra.data import CompletionCollator, completion_positions, prepare_dataset
-from flexrealign.trra.loss import trra_loss
+from flexrealign.training.trra.data import CompletionCollator, completion_positions, prepare_dataset
+from flexrealign.training.trra.loss import trra_loss
 
 
 def bare_loop(model, batches, lr: float, loss_fn) -> float:
@@ -81,7 +81,7 @@ def main() -> None:
         print(f"keep_freed_memory: {keep_freed_memory()}")
     from trl import SFTConfig, SFTTrainer
 
-    from flexrealign.trra import TrRaConfig, TrRaTrainer
+    from flexrealign.training.trra import TrRaConfig, TrRaTrainer
 
     tok = build_tokenizer()
     probs = make_problems(a.steps * a.batch_size, 1)

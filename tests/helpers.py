@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flexrealign.inra import InRaModel
+from flexrealign.core.inra import InRaModel
 
 
 def perturb_adapter(model: InRaModel, scale: float = 0.05, seed: int = 1) -> InRaModel:
@@ -86,7 +86,7 @@ def qwen3_thinking_tokenizer():
 
 def qwen3_inra(tok, seed: int = 0) -> InRaModel:
     """A tiny random Qwen3-family InRa model over the full Qwen3 vocabulary, adapter perturbed so lam matters."""
-    from flexrealign.tiny import tiny_model
+    from flexrealign.core.tiny import tiny_model
 
     base = tiny_model("qwen3", seed=seed, vocab_size=len(tok), hidden_size=32, num_layers=2)
     return perturb_adapter(InRaModel.from_base(base), scale=0.5, seed=3).eval()

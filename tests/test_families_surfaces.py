@@ -2,7 +2,7 @@
 `flexrealign generate`, `export`, the server, lm-eval and `calibrate`, on tiny InRa checkpoints saved to disk.
 
 The older four families go through the same surfaces in their own test modules; the maths of every family
-is in tests/test_families.py.
+is in tests/core/test_families.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from flexrealign.cli import main
-from flexrealign.generation import generate
-from flexrealign.loading import load_model, load_tokenizer
-from flexrealign.rows import LamSchedule
+from flexrealign.conversion.loading import load_model, load_tokenizer
+from flexrealign.decoding.generation import generate
+from flexrealign.decoding.rows import LamSchedule
 from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint
 
 NEW = ["qwen3_moe", "gemma3_text", "gpt_oss", "smollm3"]

@@ -1,6 +1,6 @@
 """One request, every surface, the same tokens (issue 20): a seeded, sampled request with a think/answer lam
 schedule and a thinking budget, through `generate`, `flexrealign generate`, the server (plain and streamed)
-and lm-eval's `generate_until`. They all run one decode step (`flexrealign.step`), so they must agree."""
+and lm-eval's `generate_until`. They all run one decode step (`flexrealign.decoding.step`), so they must agree."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from flexrealign.cli import main
-from flexrealign.generation import generate
-from flexrealign.loading import load_model, load_tokenizer
-from flexrealign.rows import LamSchedule
+from flexrealign.conversion.loading import load_model, load_tokenizer
+from flexrealign.decoding.generation import generate
+from flexrealign.decoding.rows import LamSchedule
 from flexrealign.serving import Engine, create_app
 from flexrealign.serving.server import BackgroundServer
 from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint

@@ -9,18 +9,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from flexrealign.adapter import AdapterConfig
-from flexrealign.dera import DeRa
-from flexrealign.fusion import fuse_logits
-from flexrealign.generation import GenerationResult, LamSchedule, chat, generate
-from flexrealign.inra import InRaModel
+from flexrealign.core.adapter import AdapterConfig
+from flexrealign.core.dera import DeRa
+from flexrealign.core.fusion import fuse_logits
+from flexrealign.core.inra import InRaModel
+from flexrealign.decoding.generation import GenerationResult, LamSchedule, chat, generate
 
 __version__ = "0.1.0"
 
 # Training classes pull in TRL and datasets; import them only when asked for.
 _LAZY = {
-    "TrRaConfig": "flexrealign.trra",
-    "TrRaTrainer": "flexrealign.trra",
+    "TrRaConfig": "flexrealign.training.trra",
+    "TrRaTrainer": "flexrealign.training.trra",
 }
 
 

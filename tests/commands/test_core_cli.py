@@ -5,9 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from flexrealign.cli import main
-from flexrealign.generation import generate
-from flexrealign.inra import InRaModel
-from flexrealign.loading import load_model, load_tokenizer
+from flexrealign.conversion.loading import load_model, load_tokenizer
+from flexrealign.core.inra import InRaModel
+from flexrealign.decoding.generation import generate
 from helpers import perturb_adapter
 
 

@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from flexrealign.adapter import AdapterConfig
+from flexrealign.core.adapter import AdapterConfig
+from flexrealign.core.inra import InRaModel
+from flexrealign.core.tiny import tiny_model
 from flexrealign.eval import harness
 from flexrealign.eval.benchmarks import Problem
 from flexrealign.eval.harness import (
@@ -21,10 +23,8 @@ from flexrealign.eval.harness import (
     load_generations,
     record_key,
 )
-from flexrealign.inra import InRaModel
 from flexrealign.testbed.task import make_problems
 from flexrealign.testbed.tokenizer import build_tokenizer
-from flexrealign.tiny import tiny_model
 
 
 @pytest.fixture(scope="module")

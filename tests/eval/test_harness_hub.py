@@ -10,13 +10,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from flexrealign.adapter import AdapterConfig
 from flexrealign.commands import eval as eval_cmd
+from flexrealign.core.adapter import AdapterConfig
+from flexrealign.core.inra import InRaModel
+from flexrealign.core.tiny import tiny_model
 from flexrealign.eval.harness import ModelSpec, load_model
-from flexrealign.inra import InRaModel
 from flexrealign.testbed.task import make_problems
 from flexrealign.testbed.tokenizer import build_tokenizer
-from flexrealign.tiny import tiny_model
 from helpers import hub_cache, perturb_adapter
 
 REPO = "some-org/an-inra-checkpoint"

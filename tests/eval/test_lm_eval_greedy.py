@@ -10,10 +10,10 @@ pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install 'fl
 
 import torch  # noqa: E402
 
+from flexrealign.core.inra import InRaModel  # noqa: E402
+from flexrealign.core.tiny import tiny_model  # noqa: E402
+from flexrealign.decoding.generation import generate  # noqa: E402
 from flexrealign.eval.lm_eval_model import FlexRealignLM  # noqa: E402
-from flexrealign.generation import generate  # noqa: E402
-from flexrealign.inra import InRaModel  # noqa: E402
-from flexrealign.tiny import tiny_model  # noqa: E402
 from helpers import perturb_adapter, qwen3_tokenizer  # noqa: E402
 
 LAM, PAD_ROWS, N = 1.5, 8, 6

@@ -17,8 +17,8 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from flexrealign.commands import export  # noqa: E402
+from flexrealign.core.inra import InRaModel  # noqa: E402
 from flexrealign.eval.lm_eval_model import FlexRealignLM, _sampling  # noqa: E402
-from flexrealign.inra import InRaModel  # noqa: E402
 from helpers import perturb_adapter, shared_path  # noqa: E402
 
 N_DOCS = 5
@@ -126,7 +126,7 @@ def test_dera_pair_at_lam_equals_inra(checkpoints, task_dir):
 
 
 def test_lam_on_a_plain_model_is_refused(tmp_path):
-    from flexrealign.tiny import tiny_model
+    from flexrealign.core.tiny import tiny_model
 
     tiny_model("llama").save_pretrained(tmp_path / "plain")
     with pytest.raises(ValueError, match="plain model"):
@@ -136,8 +136,8 @@ def test_lam_on_a_plain_model_is_refused(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback applies on machines without CUDA")
 def test_lm_eval_default_device_falls_back_to_cpu(tmp_path):
     """lm-eval's CLI passes device="cuda:0" when --device is not given; `--model hf` then runs on the CPU."""
+    from flexrealign.core.tiny import tiny_model
     from flexrealign.testbed.tokenizer import build_tokenizer
-    from flexrealign.tiny import tiny_model
 
     tiny_model("llama").save_pretrained(tmp_path / "plain")
     lm = FlexRealignLM(

@@ -8,8 +8,8 @@ import functools
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from flexrealign.generation import LamSpec, generate
-from flexrealign.inra import InRaModel
+from flexrealign.core.inra import InRaModel
+from flexrealign.decoding.generation import LamSpec, generate
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"

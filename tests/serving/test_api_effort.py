@@ -9,9 +9,9 @@ import logging
 import openai
 import pytest
 
-from flexrealign.calibration import Calibration
-from flexrealign.dial import DialError, parse_dial
-from flexrealign.generation import LamSchedule, generate
+from flexrealign.decoding.calibration import Calibration
+from flexrealign.decoding.dial import DialError, parse_dial
+from flexrealign.decoding.generation import LamSchedule, generate
 from flexrealign.serving import Engine, create_app
 from flexrealign.serving.params import ServerConfig
 from flexrealign.serving.server import BackgroundServer

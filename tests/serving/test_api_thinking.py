@@ -6,8 +6,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from flexrealign.calibration import Calibration, CurvePoint, choose_efforts
-from flexrealign.generation import LamSchedule, generate
+from flexrealign.decoding.calibration import Calibration, CurvePoint, choose_efforts
+from flexrealign.decoding.generation import LamSchedule, generate
 from flexrealign.serving import Engine, create_app
 from flexrealign.serving.server import BackgroundServer
 from helpers import qwen3_inra, qwen3_thinking_tokenizer

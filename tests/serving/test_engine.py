@@ -11,12 +11,12 @@ import pytest
 import torch
 from servertools import PROMPTS, References, perturbed, stories_inra
 
-from flexrealign.dera import DeRa
-from flexrealign.generation import LamSchedule, generate
-from flexrealign.inra import InRaModel
+from flexrealign.core.dera import DeRa
+from flexrealign.core.inra import InRaModel
+from flexrealign.core.tiny import tiny_model
+from flexrealign.decoding.generation import LamSchedule, generate
 from flexrealign.serving import engine as engine_module
 from flexrealign.serving.engine import Engine, Event, InvalidRequest, SamplingParams
-from flexrealign.tiny import tiny_model
 
 N = 10  # new tokens per request: enough to span several merges, short enough for a loaded CPU
 

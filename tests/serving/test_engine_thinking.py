@@ -7,7 +7,7 @@ import queue
 
 import pytest
 
-from flexrealign.generation import LamSchedule, ThinkingLimits, generate
+from flexrealign.decoding.generation import LamSchedule, ThinkingLimits, generate
 from flexrealign.serving.engine import Engine, Event, InvalidRequest, SamplingParams
 from helpers import qwen3_inra, qwen3_thinking_tokenizer
 

@@ -17,14 +17,14 @@ import json
 import httpx
 import pytest
 
-from flexrealign.calibration import Calibration, CurvePoint, choose_efforts
-from flexrealign.generation import generate
-from flexrealign.inra import InRaModel
-from flexrealign.prompts import template_takes
-from flexrealign.rows import LamSchedule
+from flexrealign.core.inra import InRaModel
+from flexrealign.core.tiny import tiny_model
+from flexrealign.decoding.calibration import Calibration, CurvePoint, choose_efforts
+from flexrealign.decoding.generation import generate
+from flexrealign.decoding.prompts import template_takes
+from flexrealign.decoding.rows import LamSchedule
 from flexrealign.serving import Engine, create_app
 from flexrealign.serving.server import BackgroundServer
-from flexrealign.tiny import tiny_model
 from flexrealign.vllm_plugin.tiny import bpe_tokenizer
 from helpers import perturb_adapter
 

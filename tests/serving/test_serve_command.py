@@ -18,9 +18,9 @@ from servertools import PROMPTS, chat_tokenizer, stories_inra
 from transformers import LlamaForCausalLM
 
 from flexrealign.commands.serve import run
-from flexrealign.generation import generate
-from flexrealign.inra import InRaModel
-from flexrealign.loading import load
+from flexrealign.conversion.loading import load
+from flexrealign.core.inra import InRaModel
+from flexrealign.decoding.generation import generate
 
 
 @pytest.fixture(scope="module")

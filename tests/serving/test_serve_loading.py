@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from flexrealign.commands import serve
-from flexrealign.generation import generate
-from flexrealign.inra import InRaModel
-from flexrealign.tiny import tiny_model
+from flexrealign.core.inra import InRaModel
+from flexrealign.core.tiny import tiny_model
+from flexrealign.decoding.generation import generate
 from helpers import perturb_adapter
 
 gguf = pytest.importorskip("gguf")

@@ -8,11 +8,11 @@ from __future__ import annotations
 import openai
 import pytest
 
-from flexrealign.generation import generate
+from flexrealign.core.tiny import tiny_model
+from flexrealign.decoding.generation import generate
+from flexrealign.decoding.thinking import think_markers
 from flexrealign.serving import Engine, create_app
 from flexrealign.serving.server import BackgroundServer
-from flexrealign.thinking import think_markers
-from flexrealign.tiny import tiny_model
 from helpers import qwen3_thinking_tokenizer, qwen3_tokenizer, scripted_model
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]

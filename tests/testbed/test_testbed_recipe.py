@@ -109,8 +109,8 @@ def test_calibrate_writes_a_curve_whose_tokens_fall_as_lam_rises(demo_out, tmp_p
     import json
     import shutil
 
-    from flexrealign.calibration import CALIBRATION_FILE, load_calibration
     from flexrealign.commands import calibrate
+    from flexrealign.decoding.calibration import CALIBRATION_FILE, load_calibration
 
     ckpt = tmp_path / "inra"
     shutil.copytree(demo_out / "models" / "inra", ckpt)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from flexrealign.generation import encode_prompts
+from flexrealign.core.tiny import tiny_config
+from flexrealign.decoding.generation import encode_prompts
 from flexrealign.testbed.task import make_problems
 from flexrealign.testbed.tokenizer import build_tokenizer
-from flexrealign.tiny import tiny_config
 
 
 def test_round_trip_of_every_trace() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from vllm_common import FAMILIES
 
-from flexrealign.calibration import Calibration, CurvePoint, choose_efforts, save_calibration
+from flexrealign.decoding.calibration import Calibration, CurvePoint, choose_efforts, save_calibration
 from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint
 
 # a made-up curve: efforts none = lam 2 with budget 0, low = lam 1, medium = lam 0, high = lam -1

@@ -13,8 +13,8 @@ pytest.importorskip("vllm", reason="vllm is not installed (pip install flexreali
 from vllm import SamplingParams  # noqa: E402
 from vllm.exceptions import VLLMValidationError  # noqa: E402
 
-from flexrealign.calibration import CALIBRATION_FILE, Calibration  # noqa: E402
-from flexrealign.generation import LamSchedule, ThinkingLimits  # noqa: E402
+from flexrealign.decoding.calibration import CALIBRATION_FILE, Calibration  # noqa: E402
+from flexrealign.decoding.generation import LamSchedule, ThinkingLimits  # noqa: E402
 from flexrealign.vllm_plugin.config import record_served_model  # noqa: E402
 from flexrealign.vllm_plugin.logits import InRaLogitsProcessor  # noqa: E402
 from flexrealign.vllm_plugin.requests import dial_request, set_served_model  # noqa: E402

@@ -26,10 +26,10 @@ from vllm_common import (  # noqa: E402
     shutdown_llm,
 )
 
-from flexrealign.fusion import mask_untokenized  # noqa: E402
-from flexrealign.generation import generate  # noqa: E402
-from flexrealign.inra import InRaModel  # noqa: E402
-from flexrealign.stopping import find_stop  # noqa: E402
+from flexrealign.core.fusion import mask_untokenized  # noqa: E402
+from flexrealign.core.inra import InRaModel  # noqa: E402
+from flexrealign.decoding.generation import generate  # noqa: E402
+from flexrealign.decoding.stopping import find_stop  # noqa: E402
 from flexrealign.vllm_plugin.requests import dial_request  # noqa: E402
 
 pytestmark = pytest.mark.vllm

@@ -19,7 +19,7 @@ from vllm import SamplingParams  # noqa: E402
 from vllm.exceptions import VLLMValidationError  # noqa: E402
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402
 
-from flexrealign.fusion import fuse_logits  # noqa: E402
+from flexrealign.core.fusion import fuse_logits  # noqa: E402
 from flexrealign.vllm_plugin import INRA_ARCHITECTURES, LOGITS_PROCESSOR_FQCN  # noqa: E402
 from flexrealign.vllm_plugin.config import (  # noqa: E402
     InRaEngineConfig,

@@ -20,8 +20,8 @@ openai = pytest.importorskip("openai", reason="the openai client is not installe
 
 from vllm_common import ENGINE_ARGS, LAMS, MAX_NEW_TOKENS, PROMPTS, reference_tokens  # noqa: E402
 
-from flexrealign.generation import generate  # noqa: E402
-from flexrealign.inra import InRaModel  # noqa: E402
+from flexrealign.core.inra import InRaModel  # noqa: E402
+from flexrealign.decoding.generation import generate  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 START_TIMEOUT_S = 480

@@ -28,9 +28,9 @@ from vllm_common import (  # noqa: E402
     shutdown_llm,
 )
 
-from flexrealign.adapter import base_model_config  # noqa: E402
-from flexrealign.families import FAMILIES as FAMILY_TABLE  # noqa: E402
-from flexrealign.families import VLLM_CLASSES  # noqa: E402
+from flexrealign.core.adapter import base_model_config  # noqa: E402
+from flexrealign.core.families import FAMILIES as FAMILY_TABLE  # noqa: E402
+from flexrealign.core.families import VLLM_CLASSES  # noqa: E402
 from flexrealign.vllm_plugin import INRA_ARCHITECTURES, LOGITS_PROCESSOR_FQCN  # noqa: E402
 from flexrealign.vllm_plugin.config import check_engine_config, hf_sliding_rule  # noqa: E402
 from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint  # noqa: E402

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from vllm import LLM, SamplingParams  # noqa: E402
 from vllm_common import ENGINE_ARGS, reference_tokens, shutdown_llm  # noqa: E402
 
-from flexrealign.inra import InRaModel  # noqa: E402
+from flexrealign.core.inra import InRaModel  # noqa: E402
 from helpers import perturb_adapter  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.real]

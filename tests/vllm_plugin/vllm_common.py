@@ -7,8 +7,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from flexrealign.generation import generate
-from flexrealign.inra import InRaModel
+from flexrealign.core.inra import InRaModel
+from flexrealign.decoding.generation import generate
 
 LAMS = (-1.0, 0.0, 0.5, 1.0, 2.0)
 # The third prompt is longer than MAX_BATCHED_TOKENS, so its prefill is chunked over several steps.

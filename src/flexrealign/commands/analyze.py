@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from flexrealign.atomic import atomic_file
 from flexrealign.commands._args import fail, parse
-from flexrealign.data_prep import load_any_dataset
-from flexrealign.inra_train.analysis import (
+from flexrealign.conversion.loading import load_plain, load_tokenizer
+from flexrealign.core.atomic import atomic_file
+from flexrealign.training.data_prep import load_any_dataset
+from flexrealign.training.inra_train.analysis import (
     Budget,
     batches,
     format_table,
@@ -23,7 +24,6 @@ from flexrealign.inra_train.analysis import (
     layer_significance,
     text_pair,
 )
-from flexrealign.loading import load_plain, load_tokenizer
 
 TITLES = {
     "layers": "Layer significance (paper Table 3): fine-tune only the bottom-k vs only the top-k layers",

@@ -52,7 +52,7 @@ class CalibrateArgs:
 
 def curve_from_generations(done: dict, label: str, lams: list[float], problems: list) -> list:
     """One CurvePoint per lam from the harness's finished generations (thinking tokens counted on ids)."""
-    from flexrealign.calibration import CurvePoint
+    from flexrealign.decoding.calibration import CurvePoint
 
     ids = {p.id for p in problems}
     points = []
@@ -69,10 +69,10 @@ def curve_from_generations(done: dict, label: str, lams: list[float], problems: 
 
 def calibrate(args: CalibrateArgs) -> Path:
     """Measure, choose the efforts, write the file; returns its path."""
-    from flexrealign.calibration import Calibration, choose_efforts, save_calibration
+    from flexrealign.conversion.loading import is_two_path, load_tokenizer, model_kind
+    from flexrealign.decoding.calibration import Calibration, choose_efforts, save_calibration
     from flexrealign.eval.benchmarks import load_benchmark
     from flexrealign.eval.harness import EvalConfig, ModelSpec, evaluate, load_generations
-    from flexrealign.loading import is_two_path, load_tokenizer, model_kind
 
     if not Path(args.model).is_dir():  # the calibration is written into the checkpoint
         raise ValueError(f"{args.model} is not a local folder: calibrate writes into the checkpoint folder")
@@ -107,8 +107,8 @@ def run(argv: list[str]) -> int:
     Returns:
         The exit status: 0, or 2 with the error on stderr.
     """
-    from flexrealign.calibration import load_calibration
     from flexrealign.commands._args import fail, parse
+    from flexrealign.decoding.calibration import load_calibration
 
     (args,) = parse([CalibrateArgs], argv, "calibrate", __doc__.splitlines()[0])
     try:

@@ -28,8 +28,8 @@ class ConvertGGUFArgs:
 
 
 def run(argv: list[str]) -> int:
-    from flexrealign.checkpoint import CheckpointError
-    from flexrealign.gguf_convert import convert_gguf
+    from flexrealign.conversion.gguf_convert import convert_gguf
+    from flexrealign.core.checkpoint import CheckpointError
 
     (args,) = parse([ConvertGGUFArgs], argv, "convert-gguf", __doc__)
     try:

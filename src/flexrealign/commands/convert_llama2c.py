@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flexrealign.commands._args import parse
-from flexrealign.llama2c import convert_llama2c
+from flexrealign.conversion.llama2c import convert_llama2c
 
 
 @dataclass

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flexrealign.checkpoint import CheckpointError
 from flexrealign.commands._args import fail, parse
+from flexrealign.core.checkpoint import CheckpointError
 
 
 @dataclass
@@ -45,8 +45,13 @@ def filter_length(argv: list[str]) -> int:
 
     The paper (§4.1) trains on OpenR1-Math-220k rows with generations of 4k to 8k tokens.
     """
-    from flexrealign.trra.data import DataArguments, filter_by_completion_length, load_rows, save_rows
-    from flexrealign.trra.models import load_tokenizer
+    from flexrealign.training.trra.data import (
+        DataArguments,
+        filter_by_completion_length,
+        load_rows,
+        save_rows,
+    )
+    from flexrealign.training.trra.models import load_tokenizer
 
     data, args = parse(
         [DataArguments, FilterLengthArguments], argv, "data filter-length", filter_length.__doc__
@@ -65,22 +70,22 @@ def filter_length(argv: list[str]) -> int:
 
 
 def short_cot(argv: list[str]) -> int:
-    """Fast-thinking SFT data (paper §4.2): keep only what follows `</think>`; see flexrealign.data_prep."""
-    from flexrealign.data_prep import run_short_cot
+    """Fast-thinking SFT data (paper §4.2): keep only what follows `</think>`; see flexrealign.training.data_prep."""
+    from flexrealign.training.data_prep import run_short_cot
 
     return run_short_cot(argv)
 
 
 def prefs(argv: list[str]) -> int:
-    """DPO preference pairs in TRL's prompt/chosen/rejected form (paper §4.3); see flexrealign.data_prep."""
-    from flexrealign.data_prep import run_prefs
+    """DPO preference pairs in TRL's prompt/chosen/rejected form (paper §4.3); see flexrealign.training.data_prep."""
+    from flexrealign.training.data_prep import run_prefs
 
     return run_prefs(argv)
 
 
 def shortest(argv: list[str]) -> int:
-    """Concise-answer SFT data: the shortest acceptable of k sampled answers per prompt; see flexrealign.data_select."""
-    from flexrealign.data_select import run_shortest
+    """Concise-answer SFT data: the shortest acceptable of k sampled answers per prompt; see flexrealign.training.data_select."""
+    from flexrealign.training.data_select import run_shortest
 
     return run_shortest(argv)
 

@@ -41,7 +41,7 @@ class DemoArgs:
         default=False,
         metadata={
             "help": "The real-model demo instead: make SmolLM2-135M-Instruct more concise (sample, keep the "
-            "shortest, InRa SFT, lam sweep, TrRa at lam 2; about 15 min on 2 cores). See flexrealign.realdemo."
+            "shortest, InRa SFT, lam sweep, TrRa at lam 2; about 15 min on 2 cores). See flexrealign.testbed.realdemo."
         },
     )
 

@@ -1,4 +1,4 @@
-"""`flexrealign demo --real`: the real-model demo (see flexrealign.realdemo), kept apart from the testbed demo."""
+"""`flexrealign demo --real`: the real-model demo (see flexrealign.testbed.realdemo), kept apart from the testbed demo."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def shared_dir() -> Path:
 
 def run_real(args) -> int:
     from flexrealign.commands.demo import quiet_hf_progress
-    from flexrealign.gguf_convert import INSTALL_HINT, smollm2_gguf
-    from flexrealign.realdemo import RealDemoConfig, run_real_demo
+    from flexrealign.conversion.gguf_convert import INSTALL_HINT, smollm2_gguf
+    from flexrealign.testbed.realdemo import RealDemoConfig, run_real_demo
 
     shared = shared_dir()
     if not (shared / "data" / "benchmarks" / "gsm8k.jsonl").is_file():

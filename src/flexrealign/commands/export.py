@@ -11,10 +11,10 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Literal
 
-from flexrealign.checkpoint import atomic_dir
 from flexrealign.commands._args import fail, parse
-from flexrealign.inra import InRaModel
-from flexrealign.loading import load_model, load_tokenizer
+from flexrealign.conversion.loading import load_model, load_tokenizer
+from flexrealign.core.checkpoint import atomic_dir
+from flexrealign.core.inra import InRaModel
 
 
 @dataclass

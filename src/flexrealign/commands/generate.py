@@ -4,7 +4,7 @@ A bare --prompt meets a chat model as a user message: when the tokenizer has a c
 rendered through it (as one user turn, with the generation prompt); --raw sends the text as it is. Thinking
 models take a lam per stage (--lam-think/--lam-answer) and hard limits (--thinking-token-budget,
 --min-thinking-tokens, --thinking-closing); the think markers come from the tokenizer (--think-marker
-overrides the end marker). The dial flags are built from `flexrealign.dial`'s fields and parsed by its
+overrides the end marker). The dial flags are built from `flexrealign.decoding.dial`'s fields and parsed by its
 `parse_dial`, as the server and the vLLM plugin parse theirs; --reasoning_effort reads the checkpoint's
 calibration."""
 
@@ -14,13 +14,13 @@ import json
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 
-from flexrealign.calibration import load_calibration
 from flexrealign.commands._args import fail, parse
-from flexrealign.dial import Dial, DialError, LamSchedule, ThinkingLimits, dial_fields, parse_dial
-from flexrealign.generation import generate
-from flexrealign.inra import InRaModel
-from flexrealign.loading import load_dera, load_model, load_tokenizer
-from flexrealign.prompts import template_takes
+from flexrealign.conversion.loading import load_dera, load_model, load_tokenizer
+from flexrealign.core.inra import InRaModel
+from flexrealign.decoding.calibration import load_calibration
+from flexrealign.decoding.dial import Dial, DialError, LamSchedule, ThinkingLimits, dial_fields, parse_dial
+from flexrealign.decoding.generation import generate
+from flexrealign.decoding.prompts import template_takes
 
 
 @dataclass
@@ -122,7 +122,7 @@ def _dial_args_check(self) -> None:
         parse_dial(values, native_effort=True)  # the effort is looked up once the checkpoint is known
 
 
-# the dial's fields as flags (`flexrealign.dial.Dial`); --lam takes several values, each answered in turn
+# the dial's fields as flags (`flexrealign.decoding.dial.Dial`); --lam takes several values, each answered in turn
 DialArgs = make_dataclass(
     "DialArgs",
     [(meta["flag"] or name, _flag_type(meta), field(default=None, metadata={"help": meta["help"] + (

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from accelerate import PartialState
 
-from flexrealign.checkpoint import CheckpointError
 from flexrealign.commands._args import fail, parse
-from flexrealign.inra_train import InRaTrainConfig, train_inra
+from flexrealign.core.checkpoint import CheckpointError
+from flexrealign.training.inra_train import InRaTrainConfig, train_inra
 
 
 def run(argv: list[str]) -> int:

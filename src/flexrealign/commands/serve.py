@@ -6,8 +6,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from flexrealign.checkpoint import resolve_dtype
 from flexrealign.commands._args import fail, parse
+from flexrealign.core.checkpoint import resolve_dtype
 
 log = logging.getLogger("flexrealign.serve")
 
@@ -73,8 +73,8 @@ def run(argv: list[str]) -> int:
     )
     import uvicorn
 
-    from flexrealign.calibration import load_calibration
-    from flexrealign.loading import load
+    from flexrealign.conversion.loading import load
+    from flexrealign.decoding.calibration import load_calibration
     from flexrealign.serving import Engine, create_app
 
     try:

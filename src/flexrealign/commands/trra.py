@@ -10,8 +10,8 @@ the YAML file given by --config; flags override the file.
 
 from __future__ import annotations
 
-from flexrealign.checkpoint import CheckpointError
 from flexrealign.commands._args import fail, parse
+from flexrealign.core.checkpoint import CheckpointError
 
 DESCRIPTION = (
     "Training-time realignment (paper §3.1): train a student (initialised from ref_model) to match, on the "
@@ -27,7 +27,7 @@ def run(argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from flexrealign.trra import DataArguments, TrRaConfig, run_trra
+    from flexrealign.training.trra import DataArguments, TrRaConfig, run_trra
 
     config, data = parse([TrRaConfig, DataArguments], argv, "trra", DESCRIPTION)
     try:
@@ -39,8 +39,8 @@ def _train(argv: list[str]) -> int:
 
 
 def _cache_teachers(argv: list[str]) -> int:
-    from flexrealign.trra import DataArguments, TrRaConfig, build_teacher_cache
-    from flexrealign.trra.data import load_rows
+    from flexrealign.training.trra import DataArguments, TrRaConfig, build_teacher_cache
+    from flexrealign.training.trra.data import load_rows
 
     config, data = parse([TrRaConfig, DataArguments], argv, "trra cache-teachers", DESCRIPTION)
     if data.dataset_name is None:

@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from flexrealign.atomic import atomic_file
-from flexrealign.dera import DeRa
+from flexrealign.conversion.loading import is_adapter_dir, is_two_path, load, model_kind
+from flexrealign.core.atomic import atomic_file
+from flexrealign.core.dera import DeRa
+from flexrealign.core.inra import InRaModel
+from flexrealign.decoding.generation import GenerationResult, Prompt
 from flexrealign.eval.benchmarks import DEFAULT_TEMPLATE, Problem, build_messages
 from flexrealign.eval.grading import grade
-from flexrealign.generation import GenerationResult, Prompt
-from flexrealign.inra import InRaModel
-from flexrealign.loading import is_adapter_dir, is_two_path, load, model_kind
 
 GENERATIONS = "generations.jsonl"
 PAPER_LAMS = (-0.5, 0.0, 0.5, 1.0, 1.5)
@@ -167,7 +167,7 @@ def append_generations(path: str | os.PathLike, records: Sequence[dict]) -> None
 
 # ------------------------------------------------------------------------------------------------- models
 def load_model(spec: ModelSpec, device: str | torch.device = "auto") -> tuple:
-    """(model, tokenizer) for `spec` through the one loader (`flexrealign.loading.load`), in eval mode on
+    """(model, tokenizer) for `spec` through the one loader (`flexrealign.conversion.loading.load`), in eval mode on
     `device` (the GPU when there is one)."""
     if spec.loaded is not None:
         return spec.loaded
@@ -176,8 +176,8 @@ def load_model(spec: ModelSpec, device: str | torch.device = "auto") -> tuple:
 
 
 def flexrealign_engine(model: torch.nn.Module, tokenizer, cfg: EvalConfig) -> GenerateFn:
-    """Generation through our own decode loop (`flexrealign.generation.generate`)."""
-    from flexrealign.generation import generate
+    """Generation through our own decode loop (`flexrealign.decoding.generation.generate`)."""
+    from flexrealign.decoding.generation import generate
 
     def run(prompts: list[Prompt], lam: float | None, seeds: list[int]) -> GenerationResult:
         return generate(

@@ -32,11 +32,11 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from flexrealign.fused import FusedCausalLM
-from flexrealign.fusion import mask_untokenized
-from flexrealign.generation import LamSchedule, check_sampling, generate
-from flexrealign.loading import load_dera, load_model, load_tokenizer, resolve_device
-from flexrealign.prompts import suppressed_ids
+from flexrealign.conversion.loading import load_dera, load_model, load_tokenizer, resolve_device
+from flexrealign.core.fused import FusedCausalLM
+from flexrealign.core.fusion import mask_untokenized
+from flexrealign.decoding.generation import LamSchedule, check_sampling, generate
+from flexrealign.decoding.prompts import suppressed_ids
 
 MODEL_NAME = "flexrealign"
 _SAMPLING_KEYS = {"do_sample", "temperature", "top_p", "top_k", "seed"}

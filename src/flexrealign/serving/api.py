@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from flexrealign.calibration import Calibration
-from flexrealign.generation import LamSpec
-from flexrealign.prompts import template_takes
+from flexrealign.decoding.calibration import Calibration
+from flexrealign.decoding.generation import LamSpec
+from flexrealign.decoding.prompts import template_takes
 from flexrealign.serving.audit import Refused, audit_rendering
 from flexrealign.serving.engine import (
     Engine,
@@ -62,7 +62,7 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app serving `engine` as `model_name`. The engine's lifecycle stays with the caller.
 
-    calibration: the model's reasoning_effort table (`flexrealign.calibration.load_calibration(ckpt)`); without
+    calibration: the model's reasoning_effort table (`flexrealign.decoding.calibration.load_calibration(ckpt)`); without
     one, requests with reasoning_effort get a 400 that says how to calibrate.
     """
     app = FastAPI(title="flexrealign", summary="OpenAI-compatible server with per-request lam")

@@ -35,7 +35,7 @@ from jinja2.exceptions import TemplateError
 from pydantic import BaseModel
 from transformers import PreTrainedTokenizerBase
 
-from flexrealign.prompts import render_chat
+from flexrealign.decoding.prompts import render_chat
 from flexrealign.serving.protocol import ChatCompletionRequest, CompletionRequest, LamArgs
 
 Check = tuple[Callable[[Any], bool], str]  # (the value asks for nothing we lack, why it is refused)

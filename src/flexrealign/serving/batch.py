@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flexrealign.rows import RowState
-from flexrealign.sampling import Sampler
+from flexrealign.decoding.rows import RowState
+from flexrealign.decoding.sampling import Sampler
+from flexrealign.decoding.step import row_lams
 from flexrealign.serving.kvcache import Cache, merge_rows, select_rows, trim_left
 from flexrealign.serving.requests import RequestHandle
-from flexrealign.step import row_lams
 
 
 @dataclass

@@ -22,11 +22,19 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from flexrealign.fused import FusedCausalLM
-from flexrealign.fusion import ALIGNED, REF, needed_paths
-from flexrealign.prompts import Prompt, encode_prompts, eos_ids, left_pad, pad_token_id, suppressed_ids
-from flexrealign.rows import LamSpec, RowState
-from flexrealign.sampling import row_generators
+from flexrealign.core.fused import FusedCausalLM
+from flexrealign.core.fusion import ALIGNED, REF, needed_paths
+from flexrealign.decoding.prompts import (
+    Prompt,
+    encode_prompts,
+    eos_ids,
+    left_pad,
+    pad_token_id,
+    suppressed_ids,
+)
+from flexrealign.decoding.rows import LamSpec, RowState
+from flexrealign.decoding.sampling import row_generators
+from flexrealign.decoding.step import decode_step, next_logits
 from flexrealign.serving.batch import Batch, Row
 from flexrealign.serving.kvcache import is_mergeable, new_cache
 from flexrealign.serving.requests import (  # noqa: F401  (re-exported: the engine's public types)
@@ -40,7 +48,6 @@ from flexrealign.serving.requests import (  # noqa: F401  (re-exported: the engi
     check_prompt,
     request_thinking,
 )
-from flexrealign.step import decode_step, next_logits
 
 log = logging.getLogger("flexrealign.serve")
 

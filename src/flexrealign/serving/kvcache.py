@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from flexrealign.fused import BOTH, FusedCausalLM, PathCache
+from flexrealign.core.fused import BOTH, FusedCausalLM, PathCache
 
 Cache = DynamicCache | PathCache
 

@@ -1,4 +1,4 @@
-"""Request validation for the HTTP API: the server's bounds, and the request's dial (`flexrealign.dial`: lam,
+"""Request validation for the HTTP API: the server's bounds, and the request's dial (`flexrealign.decoding.dial`: lam,
 thinking limits, reasoning_effort) turned into what the engine takes (a LamSpec, ThinkingLimits,
 SamplingParams). The dial is parsed by `parse_dial`, as in the CLI and the vLLM plugin; this module only reads
 the fields from the body and turns a DialError into a 400."""
@@ -9,8 +9,8 @@ import logging
 import math
 from dataclasses import dataclass
 
-from flexrealign.calibration import Calibration
-from flexrealign.dial import FIELD_NAMES, Dial, DialError, LamSpec, ThinkingLimits, parse_dial
+from flexrealign.decoding.calibration import Calibration
+from flexrealign.decoding.dial import FIELD_NAMES, Dial, DialError, LamSpec, ThinkingLimits, parse_dial
 from flexrealign.serving.audit import Refused, audit_request
 from flexrealign.serving.engine import Engine, SamplingParams
 from flexrealign.serving.errors import APIError

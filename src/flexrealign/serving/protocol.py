@@ -10,11 +10,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from flexrealign.dial import dial_fields
+from flexrealign.decoding.dial import dial_fields
 
 
 def _dial_args() -> type[BaseModel]:
-    """The dial fields of `flexrealign.dial`, as optional body fields. Their values are checked once, by
+    """The dial fields of `flexrealign.decoding.dial`, as optional body fields. Their values are checked once, by
     `parse_dial` (the schema takes any JSON value, so that every surface answers a bad value alike)."""
     fields: dict[str, Any] = {
         name: (Any, Field(None, description=meta["help"])) for name, meta in dial_fields()
@@ -22,7 +22,7 @@ def _dial_args() -> type[BaseModel]:
     return create_model("LamArgs", __config__=ConfigDict(extra="forbid"), __doc__=_DIAL_DOC, **fields)
 
 
-_DIAL_DOC = """The lam and thinking fields (`flexrealign.dial.Dial`); exactly one of lam, lam_turns (chat only) or
+_DIAL_DOC = """The lam and thinking fields (`flexrealign.decoding.dial.Dial`); exactly one of lam, lam_turns (chat only) or
 the lam_think/lam_answer pair may be set. The thinking limits and reasoning_effort combine with any of them (an
 explicit lam wins over the effort's lam)."""
 LamArgs = _dial_args()

@@ -7,9 +7,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flexrealign.generation import LamSchedule, LamSpec, ThinkingLimits, check_sampling, row_thinking
-from flexrealign.sampling import RowSampling
-from flexrealign.thinking import ThinkingState
+from flexrealign.decoding.generation import LamSchedule, LamSpec, ThinkingLimits, check_sampling, row_thinking
+from flexrealign.decoding.sampling import RowSampling
+from flexrealign.decoding.thinking import ThinkingState
 
 
 class InvalidRequest(ValueError):

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from flexrealign.conversion.loading import load_causal_lm
 from flexrealign.eval.harness import GENERATIONS, EvalConfig, ModelSpec, Row, evaluate, load_generations
-from flexrealign.loading import load_causal_lm
 from flexrealign.testbed.effects import Effect, hard_pass_at_1, paper_effects, task_checks
 from flexrealign.testbed.stages import (
     Example,

@@ -1,7 +1,7 @@
 """The testbed's training stages, each run by the product's own trainer, exactly as a user would run it.
 
 - reference, aligned: plain SFT with TRL's `SFTTrainer` (flexrealign adds nothing to plain SFT);
-- TrRa students and TrRa-iter: `TrRaConfig` + `TrRaTrainer`, saved with `flexrealign.trra.iterate.save_model`
+- TrRa students and TrRa-iter: `TrRaConfig` + `TrRaTrainer`, saved with `flexrealign.training.trra.iterate.save_model`
   (what `flexrealign trra` runs);
 - the InRa adapter: `InRaTrainConfig` + `train_inra` (what `flexrealign inra-train` runs).
 
@@ -20,9 +20,9 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from flexrealign.hf_compat import checkpointing_field
-from flexrealign.inra import InRaModel
-from flexrealign.tiny import tiny_config
+from flexrealign.core.hf_compat import checkpointing_field
+from flexrealign.core.inra import InRaModel
+from flexrealign.core.tiny import tiny_config
 
 Example = tuple[str, str]  # (question, completion text)
 
@@ -92,7 +92,7 @@ def train_sft(
     """Full-weight SFT with TRL's SFTTrainer (completion tokens only); saves the model and tokenizer to `out`."""
     from trl import SFTConfig, SFTTrainer
 
-    from flexrealign.checkpoint import atomic_dir
+    from flexrealign.core.checkpoint import atomic_dir
 
     with tempfile.TemporaryDirectory(prefix="sft-") as work:
         args = SFTConfig(output_dir=work, **fields)
@@ -119,8 +119,8 @@ def train_trra(
 ) -> PreTrainedModel:
     """TrRa (paper §3.1, Eq. 6): a fresh copy of `ref` distilled toward softmax(lam * z_aligned + (1 - lam) * z_ref)
     by `TrRaTrainer`; saved to `out` like `flexrealign trra` saves it. `trra_options` are extra TrRaConfig fields."""
-    from flexrealign.trra import TrRaConfig, TrRaTrainer
-    from flexrealign.trra.iterate import save_model
+    from flexrealign.training.trra import TrRaConfig, TrRaTrainer
+    from flexrealign.training.trra.iterate import save_model
 
     with tempfile.TemporaryDirectory(prefix="trra-") as work:
         args = TrRaConfig(output_dir=work, lam=lam, **fields, **(trra_options or {}))
@@ -152,7 +152,7 @@ def train_inra_adapter(
 ) -> InRaModel:
     """An InRa layer adapter (paper §3.2) on a frozen copy of `ref`, SFT through the aligned path by `train_inra`
     (what `flexrealign inra-train --method sft` runs); the checkpoint and `adapter/` are written to `out`."""
-    from flexrealign.inra_train import InRaTrainConfig, train_inra
+    from flexrealign.training.inra_train import InRaTrainConfig, train_inra
 
     config = InRaTrainConfig(
         base_model="", method="sft", output_dir=str(out), adapter_init=adapter_init, learning_rate=lr,

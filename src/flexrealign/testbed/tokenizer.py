@@ -11,7 +11,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"
-SPECIAL = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3 match flexrealign.tiny.tiny_config's pad/bos/eos ids
+SPECIAL = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3 match flexrealign.core.tiny.tiny_config's pad/bos/eos ids
 THINK_TOKENS = ("<think>", "</think>")
 WORDS = ("user", "assistant", "system", "verify", "\\boxed{", *"ABCDEFGH")  # A-H: the task's term labels
 SYMBOLS = tuple("0123456789") + tuple("+-*/=()[]{}.,:;?!") + ("}", " ", "\n")

@@ -3,14 +3,14 @@
 `pip install flexrealign[vllm]` installs the `vllm.general_plugins` entry point `flexrealign_inra`, which
 vLLM calls in every process it starts. `register()` then:
 
-1. registers the InRa model classes (`InRaQwen2ForCausalLM`, ..., one per family of `flexrealign.families`
+1. registers the InRa model classes (`InRaQwen2ForCausalLM`, ..., one per family of `flexrealign.core.families`
    with a `vllm_class`) with `ModelRegistry`;
 2. wraps the "hf" config parser so that a checkpoint whose config.json has an `inra` entry selects the
    InRa class of its architecture (the saved `architectures` stay unchanged, so plain Hugging Face still
    loads the lam = 1 model), and an InRa checkpoint of an architecture without an InRa class fails clearly;
 3. adds a config hook for the InRa architectures that installs the fusing logits processor and switches
    logprobs to the processed (fused) distribution;
-4. makes vLLM choose stop strings by flexrealign's rule (`flexrealign.stopping`), as `generate` does.
+4. makes vLLM choose stop strings by flexrealign's rule (`flexrealign.decoding.stopping`), as `generate` does.
 
 So `vllm serve PATH` and `LLM(PATH)` work with no extra flags; each request picks its lam with
 `SamplingParams(extra_args={"lam": 0.5})` or, over HTTP, `"vllm_xargs": {"lam": 0.5}` (default 1.0).
@@ -19,10 +19,10 @@ This module imports vLLM only inside `register()`, so importing flexrealign neve
 
 from __future__ import annotations
 
-from flexrealign.families import VLLM_CLASSES
+from flexrealign.core.families import VLLM_CLASSES
 
 # base architecture (config.json "architectures") -> the InRa class registered for it: the family table's
-# `vllm_class` entries (flexrealign.families), under the name the plugin's modules import
+# `vllm_class` entries (flexrealign.core.families), under the name the plugin's modules import
 INRA_ARCHITECTURES: dict[str, str] = VLLM_CLASSES
 MODELS_MODULE = "flexrealign.vllm_plugin.models"
 LOGITS_PROCESSOR_FQCN = "flexrealign.vllm_plugin.logits:InRaLogitsProcessor"

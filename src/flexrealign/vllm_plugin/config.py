@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flexrealign.adapter import base_model_config
+from flexrealign.core.adapter import base_model_config
 from flexrealign.vllm_plugin import INRA_ARCHITECTURES, LOGITS_PROCESSOR_FQCN
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def hf_sliding_rule(hf_config: Any) -> None:
 
 def record_served_model(model_config: Any) -> None:
     """Load the checkpoint's reasoning_effort calibration and note its tokenizer, for request validation."""
-    from flexrealign.calibration import load_calibration
+    from flexrealign.decoding.calibration import load_calibration
     from flexrealign.vllm_plugin.requests import set_served_model
 
     calibration = load_calibration(getattr(model_config, "model", None))  # None: a Hub name, no calibration
@@ -195,7 +195,7 @@ def salt_prefix_cache_by_paths() -> None:
     from vllm.exceptions import VLLMValidationError
     from vllm.v1.core import kv_cache_utils
 
-    from flexrealign.fusion import ALIGNED
+    from flexrealign.core.fusion import ALIGNED
     from flexrealign.vllm_plugin.logits import request_paths
 
     inner = getattr(kv_cache_utils, "generate_block_hash_extra_keys", None)

@@ -13,7 +13,7 @@ first V columns (the aligned half):
 allowed_token_ids (a V-wide mask over a 2V-wide row) and prompt_logprobs (computed outside the sampler,
 without processors) cannot work and are refused per request in `validate_params`.
 
-Thinking (`flexrealign.thinking`, the same state machine as `generate` and `flexrealign serve`): a request
+Thinking (`flexrealign.decoding.thinking`, the same state machine as `generate` and `flexrealign serve`): a request
 with lam_think/lam_answer, a thinking budget, a minimum or a reasoning_effort (see `requests.py`) gets a
 ThinkingState built from its prompt ids when it joins the batch. `update_state` feeds it the request's new
 output ids (vLLM hands the processor a live reference to that list) and rebuilds the per-row lam and the
@@ -44,9 +44,9 @@ from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from flexrealign.fusion import ALIGNED, REF, fuse_checked, mask_untokenized
-from flexrealign.generation import LamSchedule, row_thinking
-from flexrealign.thinking import ThinkingState
+from flexrealign.core.fusion import ALIGNED, REF, fuse_checked, mask_untokenized
+from flexrealign.decoding.generation import LamSchedule, row_thinking
+from flexrealign.decoding.thinking import ThinkingState
 from flexrealign.vllm_plugin.config import record_served_model
 from flexrealign.vllm_plugin.requests import DEFAULT_LAM, check_markers, dial_request
 

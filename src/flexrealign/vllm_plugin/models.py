@@ -1,5 +1,5 @@
 """InRa model classes for vLLM, built on vLLM's own model classes (subclassed), one per family of
-`flexrealign.families` that names a `vllm_class`.
+`flexrealign.core.families` that names a `vllm_class`.
 
     aligned path   self.model      vLLM's stock model over all L + n checkpoint layers (adapter first)
     reference path self.ref_model  the same class over the L original layers, sharing their weights
@@ -54,7 +54,7 @@ from vllm.model_executor.models.qwen3_moe import Qwen3MoeForCausalLM, Qwen3MoeMo
 from vllm.model_executor.models.utils import extract_layer_index, maybe_prefix
 from vllm.sequence import IntermediateTensors
 
-from flexrealign.fusion import ALIGNED
+from flexrealign.core.fusion import ALIGNED
 from flexrealign.vllm_plugin.config import check_engine_config, path_salt_installed, select_inra_architecture
 from flexrealign.vllm_plugin.family_layers import gpt_oss_layer, smollm3_layer
 from flexrealign.vllm_plugin.logits import BOTH_PATHS, live_paths

@@ -1,6 +1,6 @@
 """What one vLLM request asks of the dial, read from `SamplingParams.extra_args` (`vllm_xargs` over HTTP).
 
-The keys and rules are those of `flexrealign.dial` (lam, lam_think/lam_answer with lam_marker, the thinking
+The keys and rules are those of `flexrealign.decoding.dial` (lam, lam_think/lam_answer with lam_marker, the thinking
 limits, reasoning_effort), parsed by the same `parse_dial` as `flexrealign serve` and `flexrealign generate`;
 this module only turns a `DialError` into vLLM's `VLLMValidationError` (HTTP 400 before the request reaches
 the engine, from the processor's `validate_params`). Keys that do not look like dial keys are left to other
@@ -19,8 +19,8 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
-from flexrealign.calibration import Calibration
-from flexrealign.dial import Dial, DialError, LamSchedule, LamSpec, ThinkingLimits, parse_dial
+from flexrealign.decoding.calibration import Calibration
+from flexrealign.decoding.dial import Dial, DialError, LamSchedule, LamSpec, ThinkingLimits, parse_dial
 
 DEFAULT_LAM = 1.0  # as flexrealign.generate: a request without lam gets the aligned model
 

@@ -32,7 +32,7 @@ from vllm.config import VllmConfig, get_current_vllm_config
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 from vllm.model_executor.models import utils as vllm_utils
 
-from flexrealign.adapter import base_model_config
+from flexrealign.core.adapter import base_model_config
 
 # A stock layer constructor, as vLLM models hand it to make_layers: layer_fn(prefix=...) -> layer.
 LayerFn = Callable[..., nn.Module]

@@ -1,16 +1,16 @@
-"""vLLM's stop strings under flexrealign's rule (`flexrealign.stopping`), so that vLLM and `generate` agree.
+"""vLLM's stop strings under flexrealign's rule (`flexrealign.decoding.stopping`), so that vLLM and `generate` agree.
 
 vLLM's `check_stop_strings` already ends a completion at the stop string that completes first and holds
 back a possible stop-string prefix while streaming; it breaks ties (stop strings completing at the same
 character, one a suffix of the other) by list order. `register()` wraps it so that the stop string is chosen
-by `flexrealign.stopping.find_stop` (ties: the one that starts first), and vLLM's own function does the rest
+by `flexrealign.decoding.stopping.find_stop` (ties: the one that starts first), and vLLM's own function does the rest
 (truncation, `include_stop_str_in_output`). The wrapper runs in vLLM's front-end process, where text is
 detokenized.
 """
 
 from __future__ import annotations
 
-from flexrealign.stopping import find_stop
+from flexrealign.decoding.stopping import find_stop
 
 
 def use_flexrealign_stop_rule() -> None:

@@ -16,9 +16,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from flexrealign.adapter import AdapterConfig
-from flexrealign.inra import InRaModel
-from flexrealign.tiny import tiny_model
+from flexrealign.core.adapter import AdapterConfig
+from flexrealign.core.inra import InRaModel
+from flexrealign.core.tiny import tiny_model
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, as tiny_config's pad/bos/eos
 THINK_TOKENS = ("<think>", "</think>")  # so that the thinking dial has markers to work with

@@ -1,0 +1,49 @@
+"""DeRa (Liu et al., 2024), the baseline: two separate models whose logits are fused per token."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from transformers import DynamicCache, PreTrainedModel
+
+from flexrealign.core.fused import FusedCausalLM, PathCache
+from flexrealign.core.fusion import ALIGNED, REF
+from flexrealign.core.hf_compat import with_cache
+from flexrealign.core.vocab import check_same_vocab
+
+
+class DeRa(FusedCausalLM):
+    """Decoding-time realignment: `forward(..., lam=...)` runs the reference and aligned models and fuses them.
+
+    Same interface as `InRaModel`, so one decoding loop serves both; it costs two full models of memory and
+    compute, which InRa avoids by sharing all but the adapter.
+    """
+
+    def __init__(
+        self, ref_model: PreTrainedModel, aligned_model: PreTrainedModel, tokenizers: Iterable = ()
+    ) -> None:
+        super().__init__()
+        check_same_vocab({"ref": ref_model, "aligned": aligned_model}, tuple(tokenizers))
+        self.ref_model = ref_model.requires_grad_(False)
+        self.aligned_model = aligned_model.requires_grad_(False)
+        self.config = ref_model.config
+
+    def new_cache(self, paths: Iterable[str]) -> PathCache:
+        models = {REF: self.ref_model, ALIGNED: self.aligned_model}
+        paths = tuple(paths)
+        return PathCache(paths, {p: DynamicCache(config=models[p].config) for p in paths})
+
+    def _path_logits(self, input_ids, attention_mask, position_ids, cache, paths, logits_to_keep):
+        models = {REF: self.ref_model, ALIGNED: self.aligned_model}
+        logits = {}
+        for p in paths:
+            out = models[p](
+                input_ids=input_ids.to(models[p].device),
+                attention_mask=attention_mask.to(models[p].device) if attention_mask is not None else None,
+                position_ids=position_ids.to(models[p].device),
+                use_cache=cache is not None,
+                logits_to_keep=logits_to_keep,
+                **with_cache(models[p], cache[p] if cache is not None else None),
+            )
+            logits[p] = out.logits.to(input_ids.device)  # (B, T', V)
+        return logits

@@ -1,0 +1,1 @@
+"""Decoding: the dial, thinking state, sampling, the one decode step, generate() and effort calibration."""

@@ -1,0 +1,1 @@
+"""Training: TrRa, InRa's adapter training, distributed helpers and data preparation."""
