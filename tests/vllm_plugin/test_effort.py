@@ -15,9 +15,12 @@ from vllm.exceptions import VLLMValidationError  # noqa: E402
 
 from flexrealign.decoding.calibration import CALIBRATION_FILE, Calibration  # noqa: E402
 from flexrealign.decoding.generation import LamSchedule, ThinkingLimits  # noqa: E402
-from flexrealign.vllm_plugin.config import record_served_model  # noqa: E402
 from flexrealign.vllm_plugin.logits import InRaLogitsProcessor  # noqa: E402
-from flexrealign.vllm_plugin.requests import dial_request, set_served_model  # noqa: E402
+from flexrealign.vllm_plugin.requests import (  # noqa: E402
+    dial_request,
+    record_served_model,  # noqa: E402
+    set_served_model,
+)
 from flexrealign.vllm_plugin.tiny import bpe_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.vllm

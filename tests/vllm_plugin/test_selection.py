@@ -364,7 +364,7 @@ def test_processor_follows_every_think_block():
 
 # ---------------------------------------------------------------------------------- path skipping
 def test_request_paths_cover_every_lam():
-    from flexrealign.vllm_plugin.logits import lam_paths, request_paths
+    from flexrealign.vllm_plugin.requests import lam_paths, request_paths
 
     assert request_paths(SamplingParams(extra_args={"lam": 1.0})) == {"aligned"}
     assert request_paths(SamplingParams()) == {"aligned"}  # no lam: the aligned model

@@ -69,25 +69,96 @@ def filter_length(argv: list[str]) -> int:
     return 0
 
 
-def short_cot(argv: list[str]) -> int:
-    """Fast-thinking SFT data (paper §4.2): keep only what follows `</think>`; see flexrealign.training.data_prep."""
-    from flexrealign.training.data_prep import run_short_cot
+@dataclass
+class PrepArgs:
+    input: str = field(
+        metadata={"help": "Source records: a .json/.jsonl/.parquet file or a Hub dataset name."}
+    )
+    output: str = field(metadata={"help": "Output .jsonl file (written atomically)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    split: str = field(default="train", metadata={"help": "Split of a Hub dataset (e.g. train_prefs)."})
+    max_samples: int | None = field(default=None, metadata={"help": "Read only the first N records."})
 
-    return run_short_cot(argv)
+
+def _prep(argv: list[str], name: str, record_fn: str) -> int:
+    from flexrealign.training import data_prep
+
+    (args,) = parse([PrepArgs], argv, f"data {name}", data_prep.__doc__)
+    records = data_prep.load_any_dataset(args.input, args.dataset_config, args.split, args.max_samples)
+    stats = data_prep.PrepStats()
+    data_prep.write_jsonl(data_prep.convert(records, getattr(data_prep, record_fn), stats), args.output)
+    print(f"{name}: {stats.summary()}; wrote {args.output}")
+    return 0
+
+
+def short_cot(argv: list[str]) -> int:
+    """Fast-thinking SFT data (paper §4.2): keep only what follows `</think>`; see flexrealign.training.data_prep.
+
+    `flexrealign data short-cot --input open-r1/OpenR1-Math-220k --output short_cot.jsonl`
+    """
+    return _prep(argv, "short-cot", "short_cot_record")
 
 
 def prefs(argv: list[str]) -> int:
-    """DPO preference pairs in TRL's prompt/chosen/rejected form (paper §4.3); see flexrealign.training.data_prep."""
-    from flexrealign.training.data_prep import run_prefs
+    """DPO preference pairs in TRL's prompt/chosen/rejected form (paper §4.3); see flexrealign.training.data_prep.
 
-    return run_prefs(argv)
+    `flexrealign data prefs --input HuggingFaceH4/ultrafeedback_binarized --split train_prefs --output p.jsonl`
+    """
+    return _prep(argv, "prefs", "preference_record")
+
+
+@dataclass
+class ShortestArgs:
+    generations: str = field(
+        metadata={"help": "generations.jsonl written by `flexrealign eval --n_samples k`."}
+    )
+    problems: str = field(
+        metadata={"help": "The problems that were sampled: a benchmark name or FILE.jsonl."}
+    )
+    output: str = field(metadata={"help": "Output .jsonl of prompt/completion records (written atomically)."})
+    accept: str = field(
+        default="answered", metadata={"help": "correct | answered | finished | any (see above)."}
+    )
+    model: str | None = field(
+        default=None, metadata={"help": "Use only this model label's samples (default: all in the file)."}
+    )
+    template: str | None = field(
+        default=None, metadata={"help": "The user-message template the samples were made with (default: eval's)."}
+    )
 
 
 def shortest(argv: list[str]) -> int:
-    """Concise-answer SFT data: the shortest acceptable of k sampled answers per prompt; see flexrealign.training.data_select."""
-    from flexrealign.training.data_select import run_shortest
+    """Concise-answer SFT data: the shortest acceptable of k sampled answers per prompt; see
+    flexrealign.training.data_select.
 
-    return run_shortest(argv)
+    `flexrealign data shortest --generations run/generations.jsonl --problems train.jsonl --output short.jsonl`
+    """
+    from flexrealign.eval.benchmarks import DEFAULT_TEMPLATE, load_benchmark
+    from flexrealign.eval.harness import load_generations
+    from flexrealign.training import data_select
+    from flexrealign.training.data_prep import PrepStats, write_jsonl
+
+    (args,) = parse([ShortestArgs], argv, "data shortest", data_select.__doc__)
+    if args.accept not in data_select.ACCEPT_RULES:
+        return fail(f"--accept must be one of {', '.join(data_select.ACCEPT_RULES)}, not {args.accept!r}")
+    try:
+        generations = load_generations(args.generations)
+        if args.model is not None:
+            generations = {k: r for k, r in generations.items() if r["model"] == args.model}
+        if not generations:
+            raise ValueError(
+                f"no generations in {args.generations}" + (f" for {args.model}" if args.model else "")
+            )
+        problems = load_benchmark(args.problems)
+    except (ValueError, FileNotFoundError) as e:
+        return fail(str(e))
+    stats = PrepStats()
+    template = DEFAULT_TEMPLATE if args.template is None else args.template
+    records = data_select.shortest_records(generations, problems, args.accept, template, stats)
+    write_jsonl(records, args.output)
+    mean = sum(r["tokens"] for r in records) / max(1, len(records))
+    print(f"shortest: {stats.summary()}; mean kept length {mean:.1f} tokens; wrote {args.output}")
+    return 0
 
 
 # name -> (function, one-line summary)

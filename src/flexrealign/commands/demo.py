@@ -7,6 +7,8 @@ numbers. Every stage is cached in the results folder, so a second run only re-re
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,8 +103,6 @@ def run(argv: list[str]) -> int:
 
     (args,) = parse([DemoArgs], argv, "demo", __doc__.splitlines()[0])
     if args.real:
-        from flexrealign.commands.demo_real import run_real
-
         return run_real(args)
     from flexrealign.testbed.recipe import CacheMismatch, RecipeConfig, hard_min_terms, run_recipe
     from flexrealign.testbed.report import reading
@@ -125,4 +125,36 @@ def run(argv: list[str]) -> int:
     footer = f"Wall time: {time.time() - t0:.0f} s. {stage_times(result)}"
     (out / "summary.md").write_text(f"# flexrealign demo\n\n{text}\n{footer}\n")
     print(f"\n{text}\nResults folder: {out}\nPlot: {result.plot}\n{footer}")
+    return 0
+
+
+# --------------------------------------------------------------------------- --real: SmolLM2 made concise
+def shared_dir() -> Path:
+    """../shared beside the checkout, or $FLEXREALIGN_SHARED (the GSM8K questions come from there)."""
+    if os.environ.get("FLEXREALIGN_SHARED"):
+        return Path(os.environ["FLEXREALIGN_SHARED"])
+    return Path(__file__).resolve().parents[3].parent / "shared"
+
+
+def run_real(args) -> int:
+    from flexrealign.cli import main
+    from flexrealign.commands._args import fail
+    from flexrealign.conversion.gguf_convert import INSTALL_HINT, smollm2_gguf
+    from flexrealign.testbed.realdemo import RealDemoConfig, run_real_demo
+
+    shared = shared_dir()
+    if not (shared / "data" / "benchmarks" / "gsm8k.jsonl").is_file():
+        return fail(f"GSM8K questions not found under {shared}; set FLEXREALIGN_SHARED to the shared/ folder")
+    try:
+        smollm2_gguf()
+    except FileNotFoundError:
+        return fail(f"the real demo needs SmolLM2-135M-Instruct: {INSTALL_HINT}")
+    out = Path(args.out if args.out != "./flexrealign-demo" else "./flexrealign-demo-real").resolve()
+    if args.force and out.exists():
+        shutil.rmtree(out)
+    quiet_hf_progress()
+    cfg = RealDemoConfig.quick() if args.quick else RealDemoConfig()
+    print(f"flexrealign demo --real: making SmolLM2-135M-Instruct more concise, results in {out}")
+    text = run_real_demo(out, cfg, shared, main)
+    print(f"\n{text}\nResults folder: {out}")
     return 0

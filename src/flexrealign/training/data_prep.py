@@ -139,36 +139,3 @@ def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> None:
     with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-@dataclass
-class PrepArgs:
-    input: str = field(
-        metadata={"help": "Source records: a .json/.jsonl/.parquet file or a Hub dataset name."}
-    )
-    output: str = field(metadata={"help": "Output .jsonl file (written atomically)."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    split: str = field(default="train", metadata={"help": "Split of a Hub dataset (e.g. train_prefs)."})
-    max_samples: int | None = field(default=None, metadata={"help": "Read only the first N records."})
-
-
-def _run(argv: list[str], name: str, fn: Callable[[Record], tuple[Record | None, str]]) -> int:
-    from flexrealign.commands._args import parse
-
-    (args,) = parse([PrepArgs], argv, f"data {name}", __doc__)
-    records = load_any_dataset(args.input, args.dataset_config, args.split, args.max_samples)
-    stats = PrepStats()
-    write_jsonl(convert(records, fn, stats), args.output)
-    print(f"{name}: {stats.summary()}; wrote {args.output}")
-    return 0
-
-
-def run_short_cot(argv: list[str]) -> int:
-    """`flexrealign data short-cot --input open-r1/OpenR1-Math-220k --output short_cot.jsonl`"""
-    return _run(argv, "short-cot", short_cot_record)
-
-
-def run_prefs(argv: list[str]) -> int:
-    """`flexrealign data prefs --input HuggingFaceH4/ultrafeedback_binarized --split train_prefs --output p.jsonl`"""
-    return _run(argv, "prefs", preference_record)

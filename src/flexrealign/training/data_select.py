@@ -16,14 +16,13 @@ same template as the sampling run, so training sees exactly the prompts the samp
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
-from flexrealign.eval.benchmarks import DEFAULT_TEMPLATE, Problem, build_messages, load_benchmark
-from flexrealign.eval.harness import load_generations
-from flexrealign.training.data_prep import PrepStats, write_jsonl
+from flexrealign.eval.benchmarks import Problem, build_messages
+from flexrealign.training.data_prep import PrepStats
 
 Accept = Literal["correct", "answered", "finished", "any"]
+ACCEPT_RULES: tuple[str, ...] = get_args(Accept)
 _NUMBER = re.compile(r"\d")
 
 
@@ -68,47 +67,3 @@ def shortest_records(
             }
         )
     return out
-
-
-@dataclass
-class ShortestArgs:
-    generations: str = field(
-        metadata={"help": "generations.jsonl written by `flexrealign eval --n_samples k`."}
-    )
-    problems: str = field(
-        metadata={"help": "The problems that were sampled: a benchmark name or FILE.jsonl."}
-    )
-    output: str = field(metadata={"help": "Output .jsonl of prompt/completion records (written atomically)."})
-    accept: Accept = field(
-        default="answered", metadata={"help": "correct | answered | finished | any (see above)."}
-    )
-    model: str | None = field(
-        default=None, metadata={"help": "Use only this model label's samples (default: all in the file)."}
-    )
-    template: str = field(
-        default=DEFAULT_TEMPLATE, metadata={"help": "The user-message template the samples were made with."}
-    )
-
-
-def run_shortest(argv: list[str]) -> int:
-    """`flexrealign data shortest --generations run/generations.jsonl --problems train.jsonl --output short.jsonl`"""
-    from flexrealign.commands._args import fail, parse
-
-    (args,) = parse([ShortestArgs], argv, "data shortest", __doc__)
-    try:
-        generations = load_generations(args.generations)
-        if args.model is not None:
-            generations = {k: r for k, r in generations.items() if r["model"] == args.model}
-        if not generations:
-            raise ValueError(
-                f"no generations in {args.generations}" + (f" for {args.model}" if args.model else "")
-            )
-        problems = load_benchmark(args.problems)
-    except (ValueError, FileNotFoundError) as e:
-        return fail(str(e))
-    stats = PrepStats()
-    records = shortest_records(generations, problems, args.accept, args.template, stats)
-    write_jsonl(records, args.output)
-    mean = sum(r["tokens"] for r in records) / max(1, len(records))
-    print(f"shortest: {stats.summary()}; mean kept length {mean:.1f} tokens; wrote {args.output}")
-    return 0

@@ -19,14 +19,7 @@ This module imports vLLM only inside `register()`, so importing flexrealign neve
 
 from __future__ import annotations
 
-from flexrealign.core.families import VLLM_CLASSES
-
-# base architecture (config.json "architectures") -> the InRa class registered for it: the family table's
-# `vllm_class` entries (flexrealign.core.families), under the name the plugin's modules import
-INRA_ARCHITECTURES: dict[str, str] = VLLM_CLASSES
-MODELS_MODULE = "flexrealign.vllm_plugin.models"
-LOGITS_PROCESSOR_FQCN = "flexrealign.vllm_plugin.logits:InRaLogitsProcessor"
-LAM_KEY = "lam"  # the SamplingParams.extra_args / vllm_xargs key carrying a request's lam
+from flexrealign.vllm_plugin.names import INRA_ARCHITECTURES, LAM_KEY, LOGITS_PROCESSOR_FQCN, MODELS_MODULE
 
 _registered = False
 

@@ -21,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from flexrealign.core.adapter import base_model_config
-from flexrealign.vllm_plugin import INRA_ARCHITECTURES, LOGITS_PROCESSOR_FQCN
+from flexrealign.vllm_plugin.names import INRA_ARCHITECTURES, LOGITS_PROCESSOR_FQCN
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -93,6 +93,8 @@ class InRaEngineConfig:
 
     @classmethod
     def verify_and_update_config(cls, vllm_config: VllmConfig) -> None:
+        from flexrealign.vllm_plugin.requests import record_served_model  # imports vLLM: only once it runs
+
         if cls.stock is not None:
             cls.stock.verify_and_update_config(vllm_config)
         model_config = vllm_config.model_config
@@ -133,18 +135,6 @@ def hf_sliding_rule(hf_config: Any) -> None:
         hf_config, "use_sliding_window", False
     ):
         hf_config.sliding_window = None
-
-
-def record_served_model(model_config: Any) -> None:
-    """Load the checkpoint's reasoning_effort calibration and note its tokenizer, for request validation."""
-    from flexrealign.decoding.calibration import load_calibration
-    from flexrealign.vllm_plugin.requests import set_served_model
-
-    calibration = load_calibration(getattr(model_config, "model", None))  # None: a Hub name, no calibration
-    tokenizer = getattr(model_config, "tokenizer", None)
-    set_served_model(calibration, tokenizer, bool(getattr(model_config, "trust_remote_code", False)))
-    if calibration is not None:
-        logger.info("InRa: reasoning_effort %s", {k: e.to_json() for k, e in calibration.efforts.items()})
 
 
 def is_inra_logits_processor(proc: object) -> bool:
@@ -196,7 +186,7 @@ def salt_prefix_cache_by_paths() -> None:
     from vllm.v1.core import kv_cache_utils
 
     from flexrealign.core.fusion import ALIGNED
-    from flexrealign.vllm_plugin.logits import request_paths
+    from flexrealign.vllm_plugin.requests import request_paths
 
     inner = getattr(kv_cache_utils, "generate_block_hash_extra_keys", None)
     if inner is None or _path_salt["installed"]:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -47,8 +46,13 @@ from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 from flexrealign.core.fusion import ALIGNED, REF, fuse_checked, mask_untokenized
 from flexrealign.decoding.generation import LamSchedule, row_thinking
 from flexrealign.decoding.thinking import ThinkingState
-from flexrealign.vllm_plugin.config import record_served_model
-from flexrealign.vllm_plugin.requests import DEFAULT_LAM, check_markers, dial_request
+from flexrealign.vllm_plugin.requests import (
+    DEFAULT_LAM,
+    check_markers,
+    dial_request,
+    record_served_model,
+    request_paths,
+)
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -57,23 +61,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 BOTH_PATHS: frozenset[str] = frozenset((ALIGNED, REF))
 _live_processor: weakref.ref[InRaLogitsProcessor] | None = None  # this process's processor (one engine)
-
-
-def lam_paths(lams: Iterable[float]) -> frozenset[str]:
-    """The paths needed to serve every lam in `lams`: ref unless all are 1, aligned unless all are 0."""
-    lams = list(lams)
-    need = {REF} if any(lam != 1 for lam in lams) else set()
-    return frozenset(need | ({ALIGNED} if any(lam != 0 for lam in lams) else set()))
-
-
-def request_paths(params: SamplingParams) -> frozenset[str]:
-    """The paths a request can ever need: those of every lam it may take (all stages of its schedule).
-
-    Every stage counts, since a path skipped in one step leaves a hole in that path's KV cache that no
-    later step (a later stage with another lam) can fill.
-    """
-    spec = dial_request(params.extra_args).lam
-    return lam_paths(spec.lams if isinstance(spec, LamSchedule) else [float(spec)])
 
 
 def live_paths() -> frozenset[str]:

@@ -14,13 +14,21 @@ it several times (its paths, its validation, its row).
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllm.exceptions import VLLMValidationError
 
+from flexrealign.core.fusion import ALIGNED, REF
 from flexrealign.decoding.calibration import Calibration
 from flexrealign.decoding.dial import Dial, DialError, LamSchedule, LamSpec, ThinkingLimits, parse_dial
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LAM = 1.0  # as flexrealign.generate: a request without lam gets the aligned model
 
@@ -110,4 +118,41 @@ def check_markers(request: DialRequest) -> None:
         raise validation_error(e) from None
 
 
-__all__ = ["DEFAULT_LAM", "DialRequest", "check_markers", "dial_request", "set_served_model"]
+def lam_paths(lams: Iterable[float]) -> frozenset[str]:
+    """The paths needed to serve every lam in `lams`: ref unless all are 1, aligned unless all are 0."""
+    lams = list(lams)
+    need = {REF} if any(lam != 1 for lam in lams) else set()
+    return frozenset(need | ({ALIGNED} if any(lam != 0 for lam in lams) else set()))
+
+
+def request_paths(params: SamplingParams) -> frozenset[str]:
+    """The paths a request can ever need: those of every lam it may take (all stages of its schedule).
+
+    Every stage counts, since a path skipped in one step leaves a hole in that path's KV cache that no
+    later step (a later stage with another lam) can fill.
+    """
+    spec = dial_request(params.extra_args).lam
+    return lam_paths(spec.lams if isinstance(spec, LamSchedule) else [float(spec)])
+
+
+def record_served_model(model_config: Any) -> None:
+    """Load the checkpoint's reasoning_effort calibration and note its tokenizer, for request validation."""
+    from flexrealign.decoding.calibration import load_calibration
+
+    calibration = load_calibration(getattr(model_config, "model", None))  # None: a Hub name, no calibration
+    tokenizer = getattr(model_config, "tokenizer", None)
+    set_served_model(calibration, tokenizer, bool(getattr(model_config, "trust_remote_code", False)))
+    if calibration is not None:
+        logger.info("InRa: reasoning_effort %s", {k: e.to_json() for k, e in calibration.efforts.items()})
+
+
+__all__ = [
+    "DEFAULT_LAM",
+    "DialRequest",
+    "check_markers",
+    "dial_request",
+    "lam_paths",
+    "record_served_model",
+    "request_paths",
+    "set_served_model",
+]
