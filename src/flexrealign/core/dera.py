@@ -16,7 +16,36 @@ class DeRa(FusedCausalLM):
     """Decoding-time realignment: `forward(..., lam=...)` runs the reference and aligned models and fuses them.
 
     Same interface as `InRaModel`, so one decoding loop serves both; it costs two full models of memory and
-    compute, which InRa avoids by sharing all but the adapter.
+    compute, which InRa avoids by sharing all but the adapter. Both models are frozen.
+
+    Args:
+        ref_model: the reference model pi_ref (a Hugging Face causal LM).
+        aligned_model: the aligned model, fine-tuned from `ref_model`; it must share its output vocabulary.
+        tokenizers: optional tokenizers to check as well (all must hold the same tokens).
+
+    Returns:
+        `forward(input_ids (B, T), attention_mask (B, T), lam=...)` returns a `CausalLMOutputWithPast` whose
+        `logits` are the fused fp32 logits, shape (B, T, V).
+
+    Raises:
+        ValueError: the two models (or the tokenizers) do not share one vocabulary; from `forward`, a
+            non-finite lam or one whose length is not B.
+
+    Example:
+        ```python
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from flexrealign.core.dera import DeRa
+        from flexrealign.decoding.generation import generate
+
+        tok = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B")
+        ref = AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-0.5B")
+        aligned = AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
+        model = DeRa(ref, aligned, tokenizers=[tok])
+        ids = tok(["Hello"], return_tensors="pt").input_ids  # (B, T)
+        logits = model(ids, lam=0.5).logits  # (B, T, V), fp32
+        out = generate(model, tok, "Hello", lam=0.5, max_new_tokens=16)
+        ```
+    Each step's logits follow the paper's Eq. 5, softmax(lam * h_aligned + (1 - lam) * h_ref) (`fuse_logits`).
     """
 
     def __init__(

@@ -43,11 +43,23 @@ def as_lam_tensor(lam: LamLike, batch_size: int, device: torch.device | str | No
 
 
 def fuse_logits(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, lam: LamLike) -> torch.Tensor:
-    """Fused logits lam * aligned + (1 - lam) * ref (the paper's Eq. 5, before the softmax), in fp32.
+    """Fused logits lam * aligned + (1 - lam) * ref: the paper's Eq. 5 before the softmax, in fp32.
 
-    ref_logits, aligned_logits: (B, ..., V) or (V,), any float dtype. lam: a finite real, or one per row of
-    the leading (batch) axis, shape (B,). Returns fp32 logits of the same shape. Raises ValueError for a shape
-    mismatch or a non-finite lam.
+    pi_hat(. | x, y_<t) = softmax(lam * h_aligned + (1 - lam) * h_ref), per token; apply `torch.softmax` (or
+    sample) on the result to get pi_hat.
+
+    Args:
+        ref_logits: logits of the reference model, shape (B, T, V), (B, V) or (V,), any float dtype.
+        aligned_logits: logits of the aligned model, the same shape as `ref_logits`.
+        lam: the alignment strength, any finite real (0: reference, 1: aligned, > 1 extrapolates, < 0 moves
+            away from the aligned model), or one value per row of the leading (batch) axis, shape (B,).
+
+    Returns:
+        fp32 fused logits of the same shape as the inputs, e.g. (B, T, V).
+
+    Raises:
+        ValueError: the two shapes differ (the models do not share a vocabulary), the logits have no axis, or
+            `lam` is non-finite, a bool, or has neither one value nor B values.
 
     Non-finite logits follow one rule, at every lam:
     * a token that is impossible under either model (logit -inf, as `mask_untokenized`, bad-words lists and
@@ -57,6 +69,14 @@ def fuse_logits(ref_logits: torch.Tensor, aligned_logits: torch.Tensor, lam: Lam
       largest finite fp32 value (with its sign), so the result never holds NaN or +inf.
     Rows with lam == 0 return the reference logits and rows with lam == 1 the aligned logits bit for bit
     wherever both are finite, so those settings reproduce the underlying models exactly.
+
+    Example:
+        >>> import torch
+        >>> ref, aligned = torch.zeros(2, 3, 5), torch.ones(2, 3, 5)  # (B, T, V)
+        >>> fuse_logits(ref, aligned, 0.25)[0, 0]
+        tensor([0.2500, 0.2500, 0.2500, 0.2500, 0.2500])
+        >>> fuse_logits(ref, aligned, [0.0, 2.0])[:, 0, 0]  # one lam per row
+        tensor([0., 2.])
     """
     if ref_logits.shape != aligned_logits.shape:
         raise ValueError(

@@ -45,7 +45,28 @@ PathBatching = Literal["concat", "sequential"]
 
 
 class InRaModel(FusedCausalLM):
-    """A Hugging Face causal LM with an InRa layer adapter; `forward(..., lam=...)` fuses the two paths."""
+    """A Hugging Face causal LM with an InRa layer adapter; `forward(..., lam=...)` fuses the two paths.
+
+    The aligned path runs the adapter layers before the L original layers, the reference path skips them; the
+    logits are fused as in the paper's Eq. 5, softmax(lam * h_aligned + (1 - lam) * h_ref). Build one with
+    `from_base` (fresh adapter), `from_pretrained` (a saved checkpoint) or `from_adapter`.
+
+    Args:
+        base: the frozen base (reference) model, of a family in `flexrealign.core.families`.
+        adapter: the adapter layers, run before layer 0 on the aligned path.
+        adapter_config: how the adapter was built (`AdapterConfig`).
+
+    Raises:
+        ValueError: `base` is not a supported decoder family.
+
+    Example:
+        ```python
+        model = InRaModel.from_pretrained("path/to/inra-checkpoint")
+        tok = AutoTokenizer.from_pretrained("path/to/inra-checkpoint")
+        batch = tok(["Hello", "Hi there"], return_tensors="pt", padding=True)  # input_ids (B, T)
+        logits = model(batch.input_ids, batch.attention_mask, lam=[0.0, 1.5]).logits  # (B, T, V) fp32
+        ```
+    """
 
     def __init__(self, base: PreTrainedModel, adapter: nn.ModuleList, adapter_config: AdapterConfig) -> None:
         super().__init__()
@@ -63,7 +84,26 @@ class InRaModel(FusedCausalLM):
     # ----------------------------------------------------------------------------------------- construction
     @classmethod
     def from_base(cls, model: PreTrainedModel, config: AdapterConfig | None = None) -> InRaModel:
-        """Wrap `model` with fresh adapter layers copied from its bottom layer (identity at init by default)."""
+        """Wrap `model` with fresh adapter layers copied from its bottom layer (identity at init by default).
+
+        Args:
+            model: the base (reference) causal LM; used in place and frozen, never copied.
+            config: number of adapter layers and their init; default `AdapterConfig()` (1 layer, identity).
+
+        Returns:
+            An `InRaModel` whose only trainable parameters are the adapter's; at identity init every lam gives
+            the base model's logits, (B, T, V).
+
+        Raises:
+            ValueError: `model` is not a supported decoder family.
+
+        Example:
+            ```python
+            base = AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-0.5B")
+            model = InRaModel.from_base(base, AdapterConfig(num_layers=1, init="identity"))
+            model.save_pretrained("out/inra")  # after training the adapter
+            ```
+        """
         config = config or AdapterConfig()
         return cls(model, make_adapter_layers(model, config), config)
 
@@ -71,7 +111,26 @@ class InRaModel(FusedCausalLM):
     def from_pretrained(
         cls, path: str | os.PathLike, trust_remote_code: bool = False, **hf_kwargs
     ) -> InRaModel:
-        """Load an InRa checkpoint written by `save_pretrained` (a local folder or a Hub name)."""
+        """Load an InRa checkpoint written by `save_pretrained` (a local folder or a Hub name).
+
+        Args:
+            path: the checkpoint: a standard HF model with L + n layers and an 'inra' config entry.
+            trust_remote_code: passed to `AutoConfig`/`AutoModelForCausalLM.from_pretrained`.
+            **hf_kwargs: more `from_pretrained` keywords (`dtype` defaults to "auto", `device_map`, ...).
+
+        Returns:
+            The `InRaModel`, its first n layers split off as the adapter (no weights copied).
+
+        Raises:
+            CheckpointError: (a ValueError) missing or corrupt config or weights.
+            ValueError: the config has no valid 'inra' entry (not an InRa checkpoint).
+
+        Example:
+            ```python
+            model = InRaModel.from_pretrained("out/inra", dtype=torch.bfloat16)
+            out = generate(model, tok, "What is 2 + 2?", lam=0.5, max_new_tokens=32)
+            ```
+        """
         merged_cfg = wrap_load_errors(
             f"the config of {path}",
             lambda: AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code),

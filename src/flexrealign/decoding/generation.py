@@ -77,7 +77,14 @@ def generate(
 
     Args:
         lam: for InRaModel / DeRa, one value for all prompts, one per prompt, or a `LamSchedule` (think at one
+    Each step samples from the model's next-token logits (B, V); for InRaModel / DeRa those are the paper's
+    Eq. 5 fusion, softmax(lam * h_aligned + (1 - lam) * h_ref), at each row's current lam.
+
             lam until the think-end marker, answer at another); default 1.0 (the aligned model). Plain models
+        model: an `InRaModel`, a `DeRa`, or a plain Hugging Face causal LM.
+        tokenizer: the model's tokenizer (its chat template renders message prompts).
+        prompts: one prompt or a list; a prompt is a string or a list of {"role", "content"} messages.
+        max_new_tokens: the most tokens generated per prompt.
             take None.
         lam_turns: for message prompts, one lam per assistant turn; the turn being generated picks its entry.
         temperature: 0 is greedy; top_k 0 and top_p 1 disable those filters.
@@ -98,14 +105,26 @@ def generate(
             that many thinking tokens. think_marker overrides the tokenizer's think-end marker (text).
 
     Returns:
-        GenerationResult with texts, token ids, finish reasons, prompt and reasoning token counts.
+        `GenerationResult`, one entry per prompt in each list: `texts`, `token_ids` (generated ids, EOS
+        included), `num_tokens`, `finish_reasons` ("stop" or "length"), `prompt_tokens`, `reasoning_tokens`.
 
     Raises:
-        ValueError for bad lam or sampling values; `flexrealign.decoding.thinking.MissingThinkMarker` (a ValueError)
-        when a schedule or budget is asked of a tokenizer with no think marker.
+        ValueError: a bad lam (non-finite, wrong count, or a lam given to a plain model) or sampling value
+            (max_new_tokens < 1, temperature < 0, top_p outside (0, 1], top_k < 0).
+        MissingThinkMarker: (`flexrealign.decoding.thinking`, a ValueError) a schedule or thinking budget is
+            asked of a tokenizer with no think marker.
 
     Example:
-        >>> generate(model, tok, [chat], lam=LamSchedule.think_answer(-0.5, 1.0), thinking_token_budget=512)
+        ```python
+        from flexrealign import InRaModel, LamSchedule, generate
+
+        model = InRaModel.from_pretrained("out/inra")
+        tok = AutoTokenizer.from_pretrained("out/inra")  # saved by save_pretrained(..., tokenizer=tok)
+        chat = [{"role": "user", "content": "What is 17 * 23?"}]
+        out = generate(model, tok, [chat], lam=LamSchedule.think_answer(-0.5, 1.0), thinking_token_budget=512)
+        print(out.texts[0], out.finish_reasons[0], out.reasoning_tokens[0])
+        out = generate(model, tok, ["Hi", "Hello"], lam=[0.0, 1.5], temperature=0.7, seed=0)
+        ```
     """
     prompts = [prompts] if isinstance(prompts, str) or _is_messages(prompts) else list(prompts)
     specs = _lam_specs(model, prompts, lam, lam_turns)

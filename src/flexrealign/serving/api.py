@@ -88,6 +88,8 @@ def _engine(request: Request) -> Engine:
 # ------------------------------------------------------------------------------------------------- routes
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
+    """Liveness: `{"status": "ok", "active": n, "pending": m}` with 200, or `"down"` with 503 once the generation
+    engine has stopped."""
     engine: Engine = request.app.state.engine
     body = {"status": "ok" if engine.is_alive else "down", "active": engine.num_active}
     return JSONResponse(body | {"pending": engine.num_pending}, status_code=200 if engine.is_alive else 503)
@@ -114,19 +116,38 @@ def _model_card(request: Request) -> dict:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict:
+    """The one model this server serves, as OpenAI lists models, plus its `lam` range (default, min, max; null
+    for a plain model) and the `reasoning_efforts` it offers, each with the lam (and budget) it means."""
     return {"object": "list", "data": [_model_card(request)]}
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, request: Request) -> dict:
+    """The model card of `model` (as in `/v1/models`); 404 `model_not_found` for any other name."""
     check_model(model, request.app.state.config)
     return _model_card(request)
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    """OpenAI's completions, with lam and the thinking fields (lam, lam_think/lam_answer, thinking_token_budget,
-    min_thinking_tokens, thinking_closing, reasoning_effort) at the top level or in vllm_xargs."""
+    """OpenAI's completions. `prompt` is a string, a list of token ids, or a batch of exactly one of those;
+    `stream: true` answers with server-sent events ending in `data: [DONE]`.
+
+    The alignment dial may be sent at the top level or in `vllm_xargs` (not both):
+
+    - `lam`: the alignment strength of the whole reply, any finite real (0: the reference model, 1: the
+      aligned model, > 1 beyond it), fusing the logits as softmax(lam * h_aligned + (1 - lam) * h_ref);
+    - `lam_think` with `lam_answer`: one lam until the think-end marker, another after it
+      (`lam_marker`, `lam_start_marker` override the tokenizer's markers);
+    - `thinking_token_budget`, `min_thinking_tokens`, `thinking_closing`: limits on the thinking tokens;
+    - `reasoning_effort`: a level of the checkpoint's calibration (its lam and budget; an explicit lam wins).
+
+    Errors (OpenAI's error body): 400 for a bad dial field (non-finite lam, lam outside the server's range, two
+    lam forms at once, an unknown effort, a field in both places), a body that fails validation, an
+    unsupported option or a prompt or max_tokens over the limits, with `param` naming the field; 401 for a
+    missing API key when one is required; 404 for another model; 500 if generation fails; 503 when the engine
+    is down.
+    """
     engine, cfg = _engine(request), request.app.state.config
     check_common(body, cfg)
     dial = request_dial(body, cfg)
@@ -138,9 +159,19 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    """OpenAI's chat completions; `reasoning_effort` maps to the calibrated lam (and budget), an explicit lam
-    wins; an effort that skips thinking renders the chat with enable_thinking=False. A chat template that reads
-    reasoning_effort itself (gpt-oss) gets the level too, and without a calibration only it."""
+    """OpenAI's chat completions. `messages` are rendered by the model's chat template (`chat_template_kwargs`
+    are passed to it); `stream: true` answers with server-sent events ending in `data: [DONE]`.
+
+    The dial fields are those of `/v1/completions` (`lam`, `lam_think`/`lam_answer`, the thinking limits,
+    `reasoning_effort`, at the top level or in `vllm_xargs`), plus `lam_turns`: one lam per assistant turn.
+    `reasoning_effort` maps to the calibrated lam (and budget), an explicit lam wins; an effort that skips
+    thinking renders the chat with enable_thinking=False. A chat template that reads reasoning_effort itself
+    (gpt-oss) gets the level too, and without a calibration only it. Thinking tokens are counted in
+    `usage.completion_tokens_details.reasoning_tokens`.
+
+    Errors: as `/v1/completions` (400 naming the bad dial field or option, 401, 404, 500, 503), and 400 for
+    messages that the chat template cannot render faithfully.
+    """
     engine, cfg = _engine(request), request.app.state.config
     check_common(body, cfg)
     native = template_takes(engine.tokenizer, "reasoning_effort")

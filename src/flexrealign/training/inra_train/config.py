@@ -18,7 +18,30 @@ _CHOICES = {
 
 @dataclass
 class InRaTrainConfig:
-    """Train only an InRa layer adapter on a frozen base model (paper §3.2) by SFT, DPO or TrRa."""
+    """Train only an InRa layer adapter on a frozen base model (paper §3.2) by SFT, DPO or TrRa.
+
+    With method="trra" the adapter's aligned path is distilled toward softmax(lam * h_aligned + (1 - lam) *
+    h_base) (the paper's Eq. 5 teacher, Eq. 6 loss); the reference path is the frozen base itself.
+
+    Args:
+        base_model, dataset: the frozen base (folder, Hub name or .gguf) and the training data.
+        method: "sft" (prompt/completion rows), "dpo" (prompt/chosen/rejected) or "trra" (needs aligned_model).
+        num_adapter_layers, adapter_init, adapter_type, lora_r, lora_alpha: the adapter and how it trains.
+        output_dir: where the InRa checkpoint (and `<output_dir>/adapter`) is saved; "" saves nothing.
+        The other fields are the usual `TrainingArguments` (learning_rate, max_steps, batch sizes, ...).
+
+    Raises:
+        ValueError: on construction, for an unknown method/adapter_init/adapter_type/dtype, a count < 1,
+            a learning_rate, beta or lora_alpha <= 0, warmup_ratio outside [0, 1), method="trra" without
+            aligned_model, or neither num_train_epochs > 0 nor max_steps >= 1.
+
+    Example:
+        ```python
+        config = InRaTrainConfig(
+            base_model="Qwen/Qwen2.5-0.5B", method="sft", dataset="data/sft.jsonl", output_dir="out/inra"
+        )
+        ```
+    """
 
     base_model: str = field(
         default="",

@@ -168,6 +168,28 @@ def train_inra(
 
     `base`, `tokenizer` and `train_dataset` default to loading `config.base_model` and `config.dataset`.
     The base model object is used in place (frozen, never copied).
+
+    Args:
+        config: the `InRaTrainConfig` (method, adapter, optimisation, output_dir).
+        base: the base model to wrap (default: loaded from `config.base_model` in `config.dtype`).
+        tokenizer: its tokenizer (default: loaded from `config.base_model` or the base's name).
+        train_dataset: the rows for `config.method` (default: loaded from `config.dataset`).
+
+    Returns:
+        `InRaTrainResult` with the trained `InRaModel` (LoRA merged, eval mode), the final `metrics` and the
+        trainer's `log_history`. With `output_dir`, the checkpoint is saved as `InRaModel.save_pretrained`
+        writes it, and the adapter alone in `<output_dir>/adapter`.
+
+    Raises:
+        ValueError: no base model or dataset is given, in `config` or as arguments.
+        RuntimeError: the optimizer would update tensors outside the adapter.
+
+    Example:
+        ```python
+        config = InRaTrainConfig(base_model="Qwen/Qwen2.5-0.5B", dataset="data/sft.jsonl", output_dir="out/inra")
+        result = train_inra(config)
+        fused = result.model(input_ids, lam=0.5).logits  # input_ids (B, T) -> (B, T, V)
+        ```
     """
     if base is None:
         if not config.base_model:

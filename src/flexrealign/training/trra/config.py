@@ -16,8 +16,35 @@ class TrRaConfig(SFTConfig):
     """Configuration of `TrRaTrainer` and of the `flexrealign trra` command.
 
     The student is trained to match, on the completion tokens of the data, the teacher
-    softmax(lam * aligned_logits + (1 - lam) * ref_logits). Every `SFTConfig`/`TrainingArguments` field applies
-    as usual (learning rate, batch size, max_length, save_steps, resume_from_checkpoint, ...).
+    pi_hat = softmax(lam * aligned_logits + (1 - lam) * ref_logits) (the paper's Eq. 5), by minimising
+    KL(pi_student || pi_hat) per token (Eq. 6, `divergence="reverse_kl"`). Every `SFTConfig`/`TrainingArguments`
+    field applies as usual (learning rate, batch size, max_length, save_steps, resume_from_checkpoint, ...).
+
+    Args:
+        ref_model, aligned_model, student_model: the two teachers and the student's initialisation (folders
+            or Hub names; the student defaults to the reference).
+        lam: the teacher's alignment strength, any finite real (0: reference, 1: aligned, > 1 extrapolates).
+        divergence: "reverse_kl" (Eq. 6), "forward_kl" or "jsd" (with `jsd_beta`).
+        teacher_dtype, teacher_cache, loss_chunk_size: how the teachers are run (or read from a cache) and
+            the loss chunked, so that no full (B, T, V) tensor is built.
+        iterations: TrRa-iter rounds; lmbda, temperature, max_new_tokens: on-policy sampling (lmbda > 0).
+
+    Raises:
+        ValueError: on construction, for an unknown divergence or teacher_dtype, jsd_beta outside (0, 1),
+            loss_chunk_size or iterations < 1, lmbda outside [0, 1], a non-finite lam, or an SFTConfig
+            option that TrRa does not support.
+
+    Example:
+        ```python
+        args = TrRaConfig(
+            output_dir="out/trra-lam1.5",
+            ref_model="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+            aligned_model="path/to/aligned",
+            lam=1.5,
+            learning_rate=1e-5,
+            max_length=4096,
+        )
+        ```
     """
 
     ref_model: str | None = field(

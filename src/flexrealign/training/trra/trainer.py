@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -108,10 +109,41 @@ class TrRaTrainer(SFTTrainer):
     raw (prompt/completion or messages rows) or already tokenised by `flexrealign.training.trra.data.prepare_dataset`.
     With `args.teacher_cache`, the teachers are not loaded at all: their hidden states come from the cache.
     Only the loss differs from SFTTrainer; logging, checkpointing, resuming and distribution are the Trainer's.
+    The loss is the paper's Eq. 6, KL(pi_student || pi_hat) per completion token, pi_hat as in Eq. 5, computed
+    in chunks of `args.loss_chunk_size` tokens from hidden states so that no (B, T, V) logits are built.
+
+    Args:
+        model, ref_model, aligned_model: student and teachers (`PreTrainedModel` or name/path; None: from args).
+        args: a `TrRaConfig`. train_dataset, eval_dataset: prompt/completion or messages rows, or tokenised.
+        processing_class: the tokenizer (default: the reference's). callbacks, optimizers: as in `Trainer`.
+
+    Raises:
+        TypeError: `args` is not a `TrRaConfig`.
+        ValueError: no student or tokenizer can be found, the student is a teacher object, the models'
+            vocabularies differ, a teacher that `lam` needs is missing, or `teacher_cache` does not match.
+
+    Example:
+        ```python
+        data = Dataset.from_list([{"prompt": "2 + 2 =", "completion": " 4"}])
+        args = TrRaConfig(output_dir="out", ref_model="path/to/ref", aligned_model="path/to/aligned", lam=1.5)
+        TrRaTrainer(args=args, train_dataset=data).train()
+        ```
     """
 
     _tag_names = ["trl", "flexrealign", "trra"]
     _name = "TrRa"
+    _paper = {
+        "title": "Flexible Realignment of Language Models",
+        "id": "2506.12704",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{zhu2025flexible,
+                title        = {{Flexible Realignment of Language Models}},
+                author       = {Wenhong Zhu and Ruobing Xie and Weinan Zhang and Rui Wang},
+                year         = 2025,
+                eprint       = {arXiv:2506.12704},
+            }"""),
+    }
 
     def __init__(
         self,
