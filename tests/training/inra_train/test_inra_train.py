@@ -9,16 +9,16 @@ import itertools
 import pytest
 import torch
 from datasets import Dataset
-
-from flexrealign.core.inra import InRaModel
-from flexrealign.core.tiny import tiny_model
-from flexrealign.training.inra_train import InRaPathView, InRaTrainConfig, build_inra_model, train_inra
-from flexrealign.training.inra_train.metrics import (
+from inra_metrics import (
     completion_nll,
     reward_margins,
     tensor_digests,
     unique_parameter_bytes,
 )
+
+from flexrealign.core.inra import InRaModel
+from flexrealign.core.tiny import tiny_model
+from flexrealign.training.inra_train import InRaPathView, InRaTrainConfig, build_inra_model, train_inra
 from flexrealign.training.inra_train.train import check_optimizer_params, make_dpo_trainer
 
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -7,12 +7,12 @@ import json
 
 import torch
 from datasets import Dataset
+from inra_metrics import tensor_digests, unique_parameter_bytes
 
 from flexrealign.cli import main
 from flexrealign.core.tiny import tiny_model
 from flexrealign.training.inra_train import InRaTrainConfig, build_inra_model
 from flexrealign.training.inra_train.analysis import Budget, batches, init_ablation, layer_significance
-from flexrealign.training.inra_train.metrics import tensor_digests, unique_parameter_bytes
 from flexrealign.training.inra_train.train import check_optimizer_params, make_trra_trainer
 from flexrealign.training.trra.loss import ALIGNED
 
