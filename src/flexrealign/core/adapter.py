@@ -12,10 +12,12 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from flexrealign.core.families import ATTN_OUT, family_of
+from flexrealign.core.keywords import refuse_unknown_keywords
 
 AdapterInit = Literal["identity", "kaiming"]
 
 
+@refuse_unknown_keywords
 @dataclass
 class AdapterConfig:
     """How to build the layer adapter (paper §3.2; `init="kaiming"` is the Table 4 ablation)."""

@@ -9,12 +9,15 @@ from transformers import DynamicCache, PreTrainedModel
 from flexrealign.core.fused import FusedCausalLM, PathCache
 from flexrealign.core.fusion import ALIGNED, REF
 from flexrealign.core.hf_compat import with_cache
+from flexrealign.core.keywords import refuse_unknown_keywords
 from flexrealign.core.vocab import check_same_vocab
 
 
+@refuse_unknown_keywords
 class DeRa(FusedCausalLM):
     """Decoding-time realignment: `forward(..., lam=...)` runs the reference and aligned models and fuses them.
 
+    Each step's logits follow the paper's Eq. 5, softmax(lam * h_aligned + (1 - lam) * h_ref) (`fuse_logits`).
     Same interface as `InRaModel`, so one decoding loop serves both; it costs two full models of memory and
     compute, which InRa avoids by sharing all but the adapter. Both models are frozen.
 
@@ -45,7 +48,6 @@ class DeRa(FusedCausalLM):
         logits = model(ids, lam=0.5).logits  # (B, T, V), fp32
         out = generate(model, tok, "Hello", lam=0.5, max_new_tokens=16)
         ```
-    Each step's logits follow the paper's Eq. 5, softmax(lam * h_aligned + (1 - lam) * h_ref) (`fuse_logits`).
     """
 
     def __init__(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 import torch
@@ -13,6 +12,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from flexrealign.core.fusion import ALIGNED, REF, LamLike, as_lam_tensor, fuse_paths, needed_paths
 from flexrealign.core.hf_compat import OUTPUT_CACHE_FIELD
+from flexrealign.core.keywords import unknown_keyword_error
 
 BOTH = "both"  # a cache holding the two paths stacked on the batch axis: rows [aligned; ref]
 
@@ -41,10 +41,7 @@ def check_forward_kwargs(extra: dict[str, object], known: Iterable[str]) -> None
             continue
         if allowed is not None:
             raise TypeError(f"forward() does not support {key}={value!r} (two-path models return fused logits only)")
-        names = [*known, *NO_OP_KEYWORDS]
-        close = difflib.get_close_matches(key, names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; known keywords: {', '.join(names)}"
-        raise TypeError(f"forward() got an unexpected keyword argument {key!r}{hint}")
+        raise unknown_keyword_error("forward()", key, [*known, *NO_OP_KEYWORDS])
 
 
 class PathCache:

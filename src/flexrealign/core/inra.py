@@ -38,6 +38,7 @@ from flexrealign.core.checkpoint import (
 from flexrealign.core.fused import BOTH, FusedCausalLM, PathCache
 from flexrealign.core.fusion import ALIGNED, REF
 from flexrealign.core.hf_compat import with_cache
+from flexrealign.core.keywords import refuse_unknown_keywords
 
 ADAPTER_CONFIG_NAME = "inra_config.json"
 ADAPTER_WEIGHTS_PREFIX = "inra_adapter"
@@ -83,6 +84,7 @@ class InRaModel(FusedCausalLM):
 
     # ----------------------------------------------------------------------------------------- construction
     @classmethod
+    @refuse_unknown_keywords
     def from_base(cls, model: PreTrainedModel, config: AdapterConfig | None = None) -> InRaModel:
         """Wrap `model` with fresh adapter layers copied from its bottom layer (identity at init by default).
 
@@ -108,6 +110,7 @@ class InRaModel(FusedCausalLM):
         return cls(model, make_adapter_layers(model, config), config)
 
     @classmethod
+    @refuse_unknown_keywords
     def from_pretrained(
         cls, path: str | os.PathLike, trust_remote_code: bool = False, **hf_kwargs
     ) -> InRaModel:
@@ -170,6 +173,7 @@ class InRaModel(FusedCausalLM):
         return cls(merged, adapter, AdapterConfig(num_layers=n, init=meta.get("init", "identity")))
 
     @classmethod
+    @refuse_unknown_keywords
     def from_adapter(
         cls, adapter_dir: str | os.PathLike, base: PreTrainedModel | str | None = None, **hf_kwargs
     ) -> InRaModel:

@@ -14,6 +14,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from flexrealign.core.fused import FusedCausalLM, PathCache
 from flexrealign.core.fusion import ALIGNED, REF, as_lam_tensor, needed_paths
+from flexrealign.core.keywords import refuse_unknown_keywords
 from flexrealign.decoding.prompts import (  # noqa: F401  (re-exported: generation's public helpers)
     Messages,
     Prompt,
@@ -51,6 +52,7 @@ class GenerationResult:
 
 
 # ------------------------------------------------------------------------------------------------ decoding
+@refuse_unknown_keywords
 def generate(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -75,16 +77,16 @@ def generate(
 ) -> GenerationResult:
     """Generate a completion for each prompt (a string, or a list of chat messages rendered by the chat template).
 
-    Args:
-        lam: for InRaModel / DeRa, one value for all prompts, one per prompt, or a `LamSchedule` (think at one
     Each step samples from the model's next-token logits (B, V); for InRaModel / DeRa those are the paper's
     Eq. 5 fusion, softmax(lam * h_aligned + (1 - lam) * h_ref), at each row's current lam.
 
-            lam until the think-end marker, answer at another); default 1.0 (the aligned model). Plain models
+    Args:
         model: an `InRaModel`, a `DeRa`, or a plain Hugging Face causal LM.
         tokenizer: the model's tokenizer (its chat template renders message prompts).
         prompts: one prompt or a list; a prompt is a string or a list of {"role", "content"} messages.
         max_new_tokens: the most tokens generated per prompt.
+        lam: for InRaModel / DeRa, one value for all prompts, one per prompt, or a `LamSchedule` (think at one
+            lam until the think-end marker, answer at another); default 1.0 (the aligned model). Plain models
             take None.
         lam_turns: for message prompts, one lam per assistant turn; the turn being generated picks its entry.
         temperature: 0 is greedy; top_k 0 and top_p 1 disable those filters.
@@ -283,6 +285,7 @@ def check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k:
         raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {top_k!r}")
 
 
+@refuse_unknown_keywords(also=generate)
 def chat(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,

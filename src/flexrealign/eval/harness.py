@@ -27,6 +27,7 @@ from flexrealign.conversion.loading import is_adapter_dir, is_two_path, load, mo
 from flexrealign.core.atomic import atomic_file
 from flexrealign.core.dera import DeRa
 from flexrealign.core.inra import InRaModel
+from flexrealign.core.keywords import refuse_unknown_keywords
 from flexrealign.decoding.generation import GenerationResult, Prompt
 from flexrealign.eval.benchmarks import DEFAULT_TEMPLATE, Problem, build_messages
 from flexrealign.eval.grading import grade
@@ -81,6 +82,7 @@ class ModelSpec:
         return self.kind in ("inra", "dera")
 
 
+@refuse_unknown_keywords
 @dataclass
 class EvalConfig:
     """How to evaluate (the paper's protocol by default)."""

@@ -9,6 +9,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+from flexrealign.core.keywords import refuse_unknown_keywords
 from flexrealign.decoding.calibration import Calibration
 from flexrealign.decoding.dial import FIELD_NAMES, Dial, DialError, LamSpec, ThinkingLimits, parse_dial
 from flexrealign.serving.audit import Refused, audit_request
@@ -20,6 +21,7 @@ LAM_FIELDS = frozenset(FIELD_NAMES)
 log = logging.getLogger("flexrealign.serve")
 
 
+@refuse_unknown_keywords
 @dataclass(frozen=True)
 class ServerConfig:
     model_name: str

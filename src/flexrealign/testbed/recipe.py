@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel
 
 from flexrealign.conversion.loading import load_causal_lm
+from flexrealign.core.keywords import refuse_unknown_keywords
 from flexrealign.eval.harness import GENERATIONS, EvalConfig, ModelSpec, Row, evaluate, load_generations
 from flexrealign.testbed.effects import Effect, hard_pass_at_1, paper_effects, task_checks
 from flexrealign.testbed.stages import (
@@ -47,6 +48,7 @@ REFERENCE, ALIGNED, INRA, INRA_KAIMING, TRRA_ITER = (
 )
 
 
+@refuse_unknown_keywords
 @dataclass
 class RecipeConfig:
     """Sizes and step counts; `quick()` is the shortened configuration used by tests."""

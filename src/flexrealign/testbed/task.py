@@ -31,6 +31,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from flexrealign.core.keywords import refuse_unknown_keywords
+
 THINK, END_THINK, VERIFY = "<think>", "</think>", "verify"
 LABELS = "ABCDEFGH"  # term names; at most len(LABELS) terms
 GUESS, CAREFUL, CONCISE = "guess", "careful", "concise"
@@ -62,6 +64,7 @@ LONG_STYLE = TraceStyle(careful=0.6, careful_verify=(0.0, 1.0), concise_verify=(
 SHORT_STYLE = TraceStyle(careful=0.36, careful_verify=(0.0, 1.0), concise_verify=(0.75, 0.25))
 
 
+@refuse_unknown_keywords
 @dataclass(frozen=True)
 class TaskConfig:
     """Difficulty (number of terms) and the two trace styles. `guess_prob` is shared by both styles."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from flexrealign.core.keywords import refuse_unknown_keywords
+
 Method = Literal["sft", "dpo", "trra"]
 AdapterType = Literal["layer", "lora"]
 
@@ -16,6 +18,7 @@ _CHOICES = {
 }
 
 
+@refuse_unknown_keywords
 @dataclass
 class InRaTrainConfig:
     """Train only an InRa layer adapter on a frozen base model (paper §3.2) by SFT, DPO or TrRa.

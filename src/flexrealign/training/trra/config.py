@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from flexrealign.core.keywords import refuse_unknown_keywords
 from flexrealign.training.trra.loss import DEFAULT_CHUNK_SIZE, DIVERGENCES, check_lam
 
 TEACHER_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
+@refuse_unknown_keywords
 @dataclass
 class TrRaConfig(SFTConfig):
     """Configuration of `TrRaTrainer` and of the `flexrealign trra` command.
