@@ -44,8 +44,7 @@ VARIANTS = [
     "loop_base",
     "inra_lam0",
     "inra_lam1",
-    "inra_lam0.5_sequential",
-    "inra_lam0.5_concat",
+    "inra_lam0.5",
     "dera_lam0.5",
 ]
 TARGETS = {"inra_lam0": 0.97, "inra_lam1": 0.93}  # of loop_base, on the median (issue 13)
@@ -72,7 +71,6 @@ def build(shape: str, variant: str, dtype: torch.dtype, device: str, base=None, 
                 p.add_(torch.randn_like(p) * 0.02)
     if variant.startswith("dera"):
         return DeRa(base, inra.to_aligned_model())
-    inra.path_batching = "concat" if variant.endswith("concat") else "sequential"
     return inra.eval()
 
 
@@ -140,20 +138,13 @@ def time_interleaved(shape: str, batch: int, variants: list[str], args: argparse
     models = {v: build(shape, v, dtype, args.device, base=base, inra=inra) for v in variants}
     prompts = make_prompts(shape, batch, args.prompt_len)
     for v in variants:  # warm-up: allocator, kernels
-        _set_batching(models[v], v)
         decode_once(models[v], v, prompts, 4, args.device)
     seconds: dict[str, list[float]] = {v: [] for v in variants}
     for rep in range(args.repeats):
         for v in variants[rep % len(variants) :] + variants[: rep % len(variants)]:
-            _set_batching(models[v], v)
             seconds[v].append(decode_once(models[v], v, prompts, args.new_tokens, args.device))
         print(f"  {shape} b={batch} repeat {rep + 1}/{args.repeats}", flush=True)
     return seconds
-
-
-def _set_batching(model, variant: str) -> None:
-    if hasattr(model, "path_batching"):  # InRa variants share one model; each sets its own path batching
-        model.path_batching = "concat" if variant.endswith("concat") else "sequential"
 
 
 def summarize(shape: str, batch: int, seconds: dict, new_tokens: int) -> list[dict]:

@@ -74,14 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"flexrealign: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name = f"flexrealign.commands.{COMMANDS[name][0]}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        print(f"flexrealign {name}: not yet available in this version", file=sys.stderr)
-        return 2
+    module = importlib.import_module(f"flexrealign.commands.{COMMANDS[name][0]}")
     return int(module.run(rest) or 0)
 
 

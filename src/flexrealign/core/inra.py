@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -42,7 +41,6 @@ from flexrealign.core.keywords import refuse_unknown_keywords
 
 ADAPTER_CONFIG_NAME = "inra_config.json"
 ADAPTER_WEIGHTS_PREFIX = "inra_adapter"
-PathBatching = Literal["concat", "sequential"]
 
 
 class InRaModel(FusedCausalLM):
@@ -77,10 +75,6 @@ class InRaModel(FusedCausalLM):
         self.adapter_config = adapter_config
         self.config = base.config
         self._adapter_hf_config = adapter_model_config(base.config, len(adapter))
-        # How the two paths share the original layers: "concat" stacks them on the batch axis (one pass,
-        # 2B rows); "sequential" runs them in turn (B rows twice). Measured with benchmarks/decode.py on the
-        # Qwen2.5-0.5B shape (2-core CPU, fp32): concat 3.3 vs 2.6 tok/s at batch 1, 11.2 vs 7.3 at batch 8.
-        self.path_batching: PathBatching = "concat"
 
     # ----------------------------------------------------------------------------------------- construction
     @classmethod
@@ -200,7 +194,10 @@ class InRaModel(FusedCausalLM):
         caches: dict[str, DynamicCache] = {}
         if ALIGNED in paths:
             caches["adapter"] = DynamicCache(config=self._adapter_hf_config)
-        if len(paths) == 2 and self.path_batching == "concat":
+        # Both paths cached: they share the original layers stacked on the batch axis (one pass of 2B rows),
+        # which beat running them in turn (B rows twice) on the Qwen2.5-0.5B shape (2-core CPU, fp32, measured
+        # with benchmarks/decode.py): 3.3 vs 2.6 tok/s at batch 1, 11.2 vs 7.3 at batch 8.
+        if len(paths) == 2:
             caches[BOTH] = DynamicCache(config=self.config)
         else:
             caches.update({p: DynamicCache(config=self.config) for p in paths})
