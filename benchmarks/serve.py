@@ -58,7 +58,10 @@ def save_model(folder: Path) -> dict:
     """Build the benchmark model (seeded) and save it with the stories tokenizer; returns its shape."""
     from flexrealign.core.inra import InRaModel
     from flexrealign.core.tiny import tiny_model
-    from flexrealign.vllm_plugin.tiny import bpe_tokenizer
+
+    # The word-level tokenizer builder is a test fixture (tests/tiny_checkpoints.py), kept out of the package.
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_checkpoints import bpe_tokenizer
 
     model = InRaModel.from_base(tiny_model(**SHAPE, max_position_embeddings=1024))
     g = torch.Generator().manual_seed(0)

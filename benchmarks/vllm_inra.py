@@ -35,6 +35,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -81,7 +82,9 @@ def build_checkpoints(args: argparse.Namespace, root: Path) -> tuple[Path, Path]
     """Save the base model and its InRa checkpoint (both with a small tokenizer) under `root`."""
     import torch
 
-    from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint
+    # The tiny checkpoint builder is a test fixture (tests/tiny_checkpoints.py), kept out of the package.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tiny_checkpoints import tiny_inra_checkpoint
 
     config = dict(
         vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_layers=args.num_layers,

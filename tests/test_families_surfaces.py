@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from tiny_checkpoints import tiny_inra_checkpoint
 from transformers import AutoModelForCausalLM
 
 from flexrealign.cli import main
 from flexrealign.conversion.loading import load_model, load_tokenizer
 from flexrealign.decoding.generation import generate
 from flexrealign.decoding.rows import LamSchedule
-from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint
 
 NEW = ["qwen3_moe", "gemma3_text", "gpt_oss", "smollm3"]
 SMALL = dict(vocab_size=300, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64)

@@ -8,6 +8,7 @@ import json
 
 import httpx
 import pytest
+from tiny_checkpoints import tiny_inra_checkpoint
 
 from flexrealign.cli import main
 from flexrealign.conversion.loading import load_model, load_tokenizer
@@ -15,7 +16,6 @@ from flexrealign.decoding.generation import generate
 from flexrealign.decoding.rows import LamSchedule
 from flexrealign.serving import Engine, create_app
 from flexrealign.serving.server import BackgroundServer
-from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint
 
 PROMPT = "the word of his time <think>"
 THINK, ANSWER, BUDGET, N, SEED = -1.0, 1.5, 4, 12, 7

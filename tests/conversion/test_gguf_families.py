@@ -21,6 +21,7 @@ import torch
 gguf = pytest.importorskip("gguf")
 
 from gguf_writer import write_gguf  # noqa: E402
+from tiny_checkpoints import bpe_tokenizer  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from flexrealign.conversion import gguf_convert  # noqa: E402
@@ -28,7 +29,6 @@ from flexrealign.conversion.gguf_convert import convert_gguf, load_gguf  # noqa:
 from flexrealign.core.checkpoint import CheckpointError  # noqa: E402
 from flexrealign.core.inra import InRaModel  # noqa: E402
 from flexrealign.core.tiny import tiny_model  # noqa: E402
-from flexrealign.vllm_plugin.tiny import bpe_tokenizer  # noqa: E402
 from helpers import perturb_adapter  # noqa: E402
 
 VOCAB = 300  # 256 byte tokens, 4 specials, 2 think tokens, 38 merges

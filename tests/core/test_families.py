@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 from datasets import Dataset
+from tiny_checkpoints import bpe_tokenizer
 from transformers import AutoModelForCausalLM
 
 from flexrealign.core.adapter import AdapterConfig, base_model_config, merged_model_config
@@ -20,7 +21,6 @@ from flexrealign.core.inra import InRaModel
 from flexrealign.core.tiny import tiny_model
 from flexrealign.decoding.generation import generate
 from flexrealign.decoding.rows import LamSchedule
-from flexrealign.vllm_plugin.tiny import bpe_tokenizer
 from helpers import perturb_adapter
 
 VOCAB = 300  # the BPE test tokenizer's smallest size is 262 (specials, think markers, 256 bytes)

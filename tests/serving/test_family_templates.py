@@ -16,6 +16,7 @@ import json
 
 import httpx
 import pytest
+from tiny_checkpoints import bpe_tokenizer
 
 from flexrealign.core.inra import InRaModel
 from flexrealign.core.tiny import tiny_model
@@ -25,7 +26,6 @@ from flexrealign.decoding.prompts import template_takes
 from flexrealign.decoding.rows import LamSchedule
 from flexrealign.serving import Engine, create_app
 from flexrealign.serving.server import BackgroundServer
-from flexrealign.vllm_plugin.tiny import bpe_tokenizer
 from helpers import perturb_adapter
 
 GPT_OSS_LIKE = (

@@ -17,8 +17,7 @@ from helpers import perturb_adapter
 gguf = pytest.importorskip("gguf")
 
 from gguf_writer import write_gguf  # noqa: E402
-
-from flexrealign.vllm_plugin.tiny import bpe_tokenizer  # noqa: E402
+from tiny_checkpoints import bpe_tokenizer  # noqa: E402
 
 VOCAB = 300
 PROMPT = "the cat sat on"

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tiny_checkpoints import tiny_inra_checkpoint
 from vllm_common import FAMILIES
 
 from flexrealign.decoding.calibration import Calibration, CurvePoint, choose_efforts, save_calibration
-from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint
 
 # a made-up curve: efforts none = lam 2 with budget 0, low = lam 1, medium = lam 0, high = lam -1
 CURVE = [CurvePoint(-1.0, 90.0, 99.0, 70.0, 8), CurvePoint(0.0, 60.0, 70.0, 66.0, 8),

