@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from vllm.exceptions import VLLMValidationError
 
 from flexrealign.core.fusion import ALIGNED, REF
-from flexrealign.decoding.calibration import Calibration
+from flexrealign.decoding.calibration import Calibration, load_calibration
 from flexrealign.decoding.dial import Dial, DialError, LamSchedule, LamSpec, ThinkingLimits, parse_dial
 
 if TYPE_CHECKING:
@@ -137,8 +137,6 @@ def request_paths(params: SamplingParams) -> frozenset[str]:
 
 def record_served_model(model_config: Any) -> None:
     """Load the checkpoint's reasoning_effort calibration and note its tokenizer, for request validation."""
-    from flexrealign.decoding.calibration import load_calibration
-
     calibration = load_calibration(getattr(model_config, "model", None))  # None: a Hub name, no calibration
     tokenizer = getattr(model_config, "tokenizer", None)
     set_served_model(calibration, tokenizer, bool(getattr(model_config, "trust_remote_code", False)))
