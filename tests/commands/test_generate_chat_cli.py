@@ -48,6 +48,12 @@ def test_thinking_flags(ckpt, capsys):
     assert run(ckpt, "--prompt", PROMPT, "--thinking-token-budget", "3", "--max-new-tokens", "8") == 0
     (rec,) = records(capsys)
     assert rec["reasoning_tokens"] == 3 and "</think>" in rec["text"]
+    # --think-start-marker reaches the thinking state: with a start marker the prompt never opens, no block
+    # is open, so nothing counts as thinking and nothing is forced (this flag was refused before)
+    args = ("--prompt", PROMPT, "--thinking-token-budget", "3", "--think-start-marker", "<tool_call>")
+    assert run(ckpt, *args) == 0
+    (rec,) = records(capsys)
+    assert rec["reasoning_tokens"] == 0
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     assert "chat template" in capsys.readouterr().out

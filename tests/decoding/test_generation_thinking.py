@@ -76,6 +76,20 @@ def test_budget_per_row_in_a_mixed_batch(inra, tok):
         assert_decoded_at(inra, p, ids, range(k + 1, len(ids)), 1.5)  # the answer at lam_answer
 
 
+def test_typed_limits_equal_the_keywords(inra, tok):
+    from flexrealign.decoding.dial import ThinkingLimits
+
+    schedule, prompts = LamSchedule.think_answer(-0.5, 1.5), [CHAT, OTHER]
+    keywords = generate(inra, tok, prompts, lam=schedule, max_new_tokens=N, thinking_token_budget=[9, 12],
+                        thinking_closing=CLOSING)  # fmt: skip
+    typed = [ThinkingLimits(9, closing=CLOSING), ThinkingLimits(12, closing=CLOSING)]
+    assert generate(inra, tok, prompts, lam=schedule, max_new_tokens=N, thinking=typed) == keywords
+    with pytest.raises(ValueError, match="not both"):
+        generate(inra, tok, prompts, lam=schedule, thinking=typed, thinking_token_budget=9)
+    with pytest.raises(ValueError, match="one ThinkingLimits per prompt"):
+        generate(inra, tok, prompts, lam=schedule, thinking=typed[:1])
+
+
 def _count(ids: list[int], seq: list[int]) -> int:
     return sum(ids[i : i + len(seq)] == seq for i in range(len(ids) - len(seq) + 1))
 

@@ -11,14 +11,14 @@ calibration."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 from flexrealign.commands._args import fail, parse
 from flexrealign.conversion.loading import load_dera, load_model, load_tokenizer
 from flexrealign.core.inra import InRaModel
 from flexrealign.decoding.calibration import load_calibration
-from flexrealign.decoding.dial import Dial, DialError, LamSchedule, ThinkingLimits, dial_fields, parse_dial
+from flexrealign.decoding.dial import Dial, DialError, LamSchedule, dial_fields, parse_dial
 from flexrealign.decoding.generation import generate
 from flexrealign.decoding.prompts import template_takes
 
@@ -168,20 +168,11 @@ def _setting(dial: Dial, prompts: list, dual: bool, tok, template: dict | None) 
     else:
         lam = dial.lam_spec(None, dual)
     dial.check_tokenizer(tok)
-    limits = dial.limits()
-    taken = ThinkingLimits(
-        limits.thinking_token_budget, limits.min_thinking_tokens, limits.closing, limits.marker
-    )
-    left = [f.name for f in fields(limits) if getattr(limits, f.name) != getattr(taken, f.name)]
-    if left:  # refuse, never drop: generate() takes these four limits only
-        raise DialError(f"flexrealign generate cannot pass the limit {left[0]!r} on yet", left[0])
     chats = prompts and isinstance(prompts[0], list)
     native = {"reasoning_effort": dial.reasoning_effort} if dial.reasoning_effort and template_takes(
         tok, "reasoning_effort") else {}  # fmt: skip
     kwargs = (dict(dial.template_kwargs) | native | (template or {})) if chats else template
-    return dict(lam=lam, thinking_token_budget=limits.thinking_token_budget,
-                min_thinking_tokens=limits.min_thinking_tokens, thinking_closing=limits.closing,
-                think_marker=limits.marker, chat_template_kwargs=kwargs or None)  # fmt: skip
+    return dict(lam=lam, thinking=dial.limits(), chat_template_kwargs=kwargs or None)
 
 
 def run(argv: list[str]) -> int:

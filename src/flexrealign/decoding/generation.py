@@ -74,6 +74,7 @@ def generate(
     min_thinking_tokens: int | Sequence[int] = 0,
     thinking_closing: str | None = None,
     think_marker: str | None = None,
+    thinking: ThinkingLimits | Sequence[ThinkingLimits] | None = None,
 ) -> GenerationResult:
     """Generate a completion for each prompt (a string, or a list of chat messages rendered by the chat template).
 
@@ -105,6 +106,9 @@ def generate(
             When it runs out, `thinking_closing` (if any) and then the think-end marker are forced, and the
             answer follows at the answer lam. min_thinking_tokens: EOS and the end marker are banned until
             that many thinking tokens. think_marker overrides the tokenizer's think-end marker (text).
+        thinking: the same limits as one typed `ThinkingLimits` (one for all prompts, or one per prompt), as
+            `parse_dial` returns them (`Dial.limits()`); it also carries `start_marker`. Give either this or
+            the four keywords above.
 
     Returns:
         `GenerationResult`, one entry per prompt in each list: `texts`, `token_ids` (generated ids, EOS
@@ -130,7 +134,15 @@ def generate(
     """
     prompts = [prompts] if isinstance(prompts, str) or _is_messages(prompts) else list(prompts)
     specs = _lam_specs(model, prompts, lam, lam_turns)
-    limits = _limits(len(prompts), thinking_token_budget, min_thinking_tokens, thinking_closing, think_marker)
+    loose = (thinking_token_budget, min_thinking_tokens or None, thinking_closing, think_marker)
+    if thinking is not None and any(v is not None for v in loose):
+        raise ValueError("give the thinking limits either as `thinking` or as the four keywords, not both")
+    if thinking is not None:
+        limits = [thinking] * len(prompts) if isinstance(thinking, ThinkingLimits) else list(thinking)
+        if len(limits) != len(prompts):
+            raise ValueError(f"give one ThinkingLimits per prompt ({len(prompts)}), or one for all")
+    else:
+        limits = _limits(len(prompts), thinking_token_budget, min_thinking_tokens, thinking_closing, think_marker)
     check_sampling(max_new_tokens, temperature, top_p, top_k)
     size = batch_size or len(prompts)
     seeds = prompt_seeds(seed, len(prompts))
