@@ -102,7 +102,9 @@ def test_no_import_cycle():
 
 
 def test_nothing_outside_the_cli_imports_the_cli():
-    bad = [f"{m} -> {i}" for m, deps in GRAPH.items() if not m.startswith(CLI) for i in deps if i.startswith(CLI)]
+    bad = [
+        f"{m} -> {i}" for m, deps in GRAPH.items() if not m.startswith(CLI) for i in deps if i.startswith(CLI)
+    ]
     assert not bad, bad
 
 

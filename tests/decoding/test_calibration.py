@@ -69,7 +69,10 @@ BAD_FILES = [  # (file contents, what the error must say: the key and the value)
     (_with_effort(lam=float("nan")), "efforts.low.lam = nan: must be a finite number"),
     (_with_effort(lam=float("inf")), "efforts.low.lam = inf: must be a finite number"),
     (_with_effort(lam=True), "efforts.low.lam = True: must be a finite number"),
-    (_with_effort(lam=10**400), "efforts.low.lam = 100000000000000000000"),  # overflows a float: OverflowError
+    (
+        _with_effort(lam=10**400),
+        "efforts.low.lam = 100000000000000000000",
+    ),  # overflows a float: OverflowError
     (_with_effort(lam=None), "efforts.low = {}: an effort sets at least one"),
     (_with_effort(lam=1.0, lamda=2.0), "efforts.low.lamda = 2.0: unknown key"),
     (

@@ -31,7 +31,12 @@ def test_top_k_and_top_p_per_row_in_one_batch():
     """Each row keeps its own filters: k = 1 is greedy, top_p 0.5 keeps the top token alone, and a row
     without filters samples the whole distribution; an unseeded row draws from the global RNG."""
     logits = torch.log(torch.tensor([[0.4, 0.35, 0.25]] * 4))
-    rows = [RowSampling(1.0, top_k=1), RowSampling(1.0, top_p=0.3), RowSampling(1.0), RowSampling(1.0, top_k=2)]
+    rows = [
+        RowSampling(1.0, top_k=1),
+        RowSampling(1.0, top_p=0.3),
+        RowSampling(1.0),
+        RowSampling(1.0, top_k=2),
+    ]
     gens = row_generators(3, 4)
     gens[2] = None
     sampler = Sampler(rows, gens)

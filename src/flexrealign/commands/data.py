@@ -123,7 +123,8 @@ class ShortestArgs:
         default=None, metadata={"help": "Use only this model label's samples (default: all in the file)."}
     )
     template: str | None = field(
-        default=None, metadata={"help": "The user-message template the samples were made with (default: eval's)."}
+        default=None,
+        metadata={"help": "The user-message template the samples were made with (default: eval's)."},
     )
 
 

@@ -28,8 +28,16 @@ NO_OP_KEYWORDS = {
     "num_items_in_batch": lambda v: True,
 }
 FORWARD_KEYWORDS = (
-    "input_ids", "attention_mask", "lam", "cache", "use_cache", "position_ids", "labels", "logits_to_keep",
-    "paths", "past_key_values",
+    "input_ids",
+    "attention_mask",
+    "lam",
+    "cache",
+    "use_cache",
+    "position_ids",
+    "labels",
+    "logits_to_keep",
+    "paths",
+    "past_key_values",
 )
 
 
@@ -40,7 +48,9 @@ def check_forward_kwargs(extra: dict[str, object], known: Iterable[str]) -> None
         if allowed is not None and allowed(value):
             continue
         if allowed is not None:
-            raise TypeError(f"forward() does not support {key}={value!r} (two-path models return fused logits only)")
+            raise TypeError(
+                f"forward() does not support {key}={value!r} (two-path models return fused logits only)"
+            )
         raise unknown_keyword_error("forward()", key, [*known, *NO_OP_KEYWORDS])
 
 

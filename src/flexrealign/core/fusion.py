@@ -124,8 +124,10 @@ def fuse_paths(logits: dict[str, torch.Tensor], lam: torch.Tensor, *, checked: b
     the decode loop does; the checks, and their host syncs, are skipped.
     """
     if REF in logits and ALIGNED in logits:
-        return fuse_checked(logits[REF], logits[ALIGNED], lam) if checked else fuse_logits(
-            logits[REF], logits[ALIGNED], lam
+        return (
+            fuse_checked(logits[REF], logits[ALIGNED], lam)
+            if checked
+            else fuse_logits(logits[REF], logits[ALIGNED], lam)
         )
     (path,) = logits.keys()
     want = 0.0 if path == REF else 1.0

@@ -142,7 +142,9 @@ def generate(
         if len(limits) != len(prompts):
             raise ValueError(f"give one ThinkingLimits per prompt ({len(prompts)}), or one for all")
     else:
-        limits = _limits(len(prompts), thinking_token_budget, min_thinking_tokens, thinking_closing, think_marker)
+        limits = _limits(
+            len(prompts), thinking_token_budget, min_thinking_tokens, thinking_closing, think_marker
+        )
     check_sampling(max_new_tokens, temperature, top_p, top_k)
     size = batch_size or len(prompts)
     seeds = prompt_seeds(seed, len(prompts))
@@ -201,7 +203,9 @@ def _generate_batch(
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions skip the left padding, as in HF generate
     eos = set() if job.ignore_eos else eos_ids(model, tokenizer)
     rows = [
-        RowState(spec, tokenizer, job.stop, eos, row_thinking(tokenizer, spec, lim, p, eos), job.max_new_tokens)
+        RowState(
+            spec, tokenizer, job.stop, eos, row_thinking(tokenizer, spec, lim, p, eos), job.max_new_tokens
+        )
         for spec, lim, p in zip(job.specs, job.limits, ids, strict=True)
     ]
     sampler = Sampler([job.sampling] * len(rows), seeded_generators(job.seed, model.device), model.device)
