@@ -33,6 +33,7 @@ class DeRa(FusedCausalLM):
     Raises:
         ValueError: the two models (or the tokenizers) do not share one vocabulary; from `forward`, a
             non-finite lam or one whose length is not B.
+        TypeError: a keyword it does not take (a typo is named with its close match), never dropped.
 
     Example:
         ```python

@@ -92,6 +92,7 @@ class InRaModel(FusedCausalLM):
 
         Raises:
             ValueError: `model` is not a supported decoder family.
+            TypeError: a keyword it does not take (a typo is named with its close match), never dropped.
 
         Example:
             ```python
@@ -121,6 +122,7 @@ class InRaModel(FusedCausalLM):
         Raises:
             CheckpointError: (a ValueError) missing or corrupt config or weights.
             ValueError: the config has no valid 'inra' entry (not an InRa checkpoint).
+            TypeError: a keyword it does not take (a typo is named with its close match), never dropped.
 
         Example:
             ```python

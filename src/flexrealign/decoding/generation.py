@@ -119,6 +119,7 @@ def generate(
             (max_new_tokens < 1, temperature < 0, top_p outside (0, 1], top_k < 0).
         MissingThinkMarker: (`flexrealign.decoding.thinking`, a ValueError) a schedule or thinking budget is
             asked of a tokenizer with no think marker.
+        TypeError: a keyword it does not take (a typo is named with its close match), never dropped.
 
     Example:
         ```python

@@ -37,6 +37,7 @@ class InRaTrainConfig:
         ValueError: on construction, for an unknown method/adapter_init/adapter_type/dtype, a count < 1,
             a learning_rate, beta or lora_alpha <= 0, warmup_ratio outside [0, 1), method="trra" without
             aligned_model, or neither num_train_epochs > 0 nor max_steps >= 1.
+        TypeError: a keyword it does not take (a typo is named with its close match), never dropped.
 
     Example:
         ```python

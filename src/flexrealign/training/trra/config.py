@@ -35,6 +35,7 @@ class TrRaConfig(SFTConfig):
         ValueError: on construction, for an unknown divergence or teacher_dtype, jsd_beta outside (0, 1),
             loss_chunk_size or iterations < 1, lmbda outside [0, 1], a non-finite lam, or an SFTConfig
             option that TrRa does not support.
+        TypeError: a keyword it does not take (a typo is named with its close match), never dropped.
 
     Example:
         ```python
