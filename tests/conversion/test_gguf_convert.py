@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from flexrealign.cli import main
 from flexrealign.conversion import gguf_convert
-from flexrealign.conversion.gguf_convert import cached_checkpoint, is_gguf, resolve_gguf, smollm2_gguf
+from flexrealign.conversion.gguf_convert import cached_checkpoint
+from flexrealign.conversion.gguf_files import is_gguf, resolve_gguf, smollm2_gguf
 
 
 def test_is_gguf():

@@ -19,7 +19,7 @@ gguf = pytest.importorskip("gguf")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
 
-from flexrealign.conversion import gguf_convert  # noqa: E402
+from flexrealign.conversion import gguf_vocab  # noqa: E402
 from flexrealign.conversion.gguf_convert import convert_gguf, load_gguf  # noqa: E402
 from flexrealign.conversion.loading import load_model, load_tokenizer  # noqa: E402
 from flexrealign.core.adapter import AdapterConfig  # noqa: E402
@@ -278,14 +278,14 @@ def test_real_qwen3_vocabulary_padded_to_151936_rows(tmp_path):
     ],
 )
 def test_placeholder_layout(tokens, types, want):
-    assert gguf_convert.placeholder_layout(tokens, types) == gguf_convert.PlaceholderLayout(*want)
+    assert gguf_vocab.placeholder_layout(tokens, types) == gguf_vocab.PlaceholderLayout(*want)
 
 
 def test_a_file_of_placeholders_only_is_refused():
     from flexrealign.core.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="every one of the 2 tokens"):
-        gguf_convert.placeholder_layout(["[PAD0]", "[PAD1]"], [UNUSED, UNUSED])
+        gguf_vocab.placeholder_layout(["[PAD0]", "[PAD1]"], [UNUSED, UNUSED])
 
 
 def test_a_file_that_is_not_gguf_is_a_clear_error(tmp_path):
@@ -296,7 +296,7 @@ def test_a_file_that_is_not_gguf_is_a_clear_error(tmp_path):
         b"GGUF" + (3).to_bytes(4, "little") + bytes(8) + (5).to_bytes(8, "little")
     )  # 5 keys, none there
     with pytest.raises(CheckpointError, match="cannot read the metadata of GGUF file"):
-        gguf_convert.read_gguf_vocab(bad)
+        gguf_vocab.read_gguf_vocab(bad)
     bad.write_bytes(b"NOPE" + bytes(40))
     with pytest.raises(CheckpointError, match="cannot read the metadata of GGUF file .*magic"):
-        gguf_convert.read_gguf_vocab(bad)
+        gguf_vocab.read_gguf_vocab(bad)

@@ -29,7 +29,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from flexrealign.conversion.gguf_convert import gguf_tokenizer, is_gguf, load_gguf
+from flexrealign.conversion.gguf_convert import load_gguf
+from flexrealign.conversion.gguf_files import is_gguf
+from flexrealign.conversion.gguf_vocab import gguf_tokenizer
 from flexrealign.core.checkpoint import (
     CheckpointError,
     read_json,
