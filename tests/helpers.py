@@ -147,3 +147,23 @@ def hub_cache(tmp_path: Path, monkeypatch, repo: str, folder: str | os.PathLike)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # read once at import; the loaders read these
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def chat_reply(tok, messages: list[dict], text: str, end: str | None = None, **template_kwargs) -> tuple:
+    """(reasoning, content) that the server's chat reply carries for the generated `text` (its thinking split
+    out, `flexrealign.serving.reasoning`; pinned by tests/serving/test_reasoning.py): reasoning is None when
+    the reply holds no thinking."""
+    from flexrealign.decoding.prompts import encode_prompts
+    from flexrealign.decoding.thinking import think_markers
+    from flexrealign.serving.reasoning import ReasoningSplit
+
+    ids = encode_prompts(tok, [messages], template_kwargs or None)[0]
+    reasoning, content = ReasoningSplit.for_prompt(think_markers(tok, end=end), ids).feed(text, final=True)
+    return reasoning or None, content
+
+
+def reply_parts(message) -> tuple:
+    """(reasoning, content) of an OpenAI client's chat message, checking that both reasoning fields agree."""
+    extra = message.model_extra or {}
+    assert extra.get("reasoning") == extra.get("reasoning_content")
+    return extra.get("reasoning"), message.content

@@ -10,7 +10,7 @@ from flexrealign.decoding.calibration import Calibration, CurvePoint, choose_eff
 from flexrealign.decoding.generation import LamSchedule, generate
 from flexrealign.serving import Engine, create_app
 from flexrealign.serving.server import BackgroundServer
-from helpers import qwen3_inra, qwen3_thinking_tokenizer
+from helpers import chat_reply, qwen3_inra, qwen3_thinking_tokenizer, reply_parts
 
 MODEL = "qwen-tiny"
 CHAT = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -53,7 +53,7 @@ def test_budget_in_body_and_in_vllm_xargs(served):
     xargs = chat(client, vllm_xargs={"lam_think": -0.5, "lam_answer": 1.5, "thinking_token_budget": 5,
                                      "thinking_closing": "Time is up."})  # fmt: skip
     for r in (top, xargs):
-        assert r.choices[0].message.content == want.texts[0]
+        assert reply_parts(r.choices[0].message) == chat_reply(tok, CHAT, want.texts[0])
         assert r.usage.completion_tokens_details.reasoning_tokens == want.reasoning_tokens[0] == 5
         assert r.model_extra["lam"] == {"think": -0.5, "answer": 1.5, "marker": "</think>"}
     with pytest.raises(openai.BadRequestError, match="above thinking_token_budget"):
@@ -66,14 +66,15 @@ def test_reasoning_effort_picks_the_calibrated_lam(served):
     assert set(efforts) == {"none", "low", "medium", "high"} and efforts["low"] == {"lam": 1.0}
     r = chat(client, reasoning_effort="low")
     assert r.model_extra["lam"] == 1.0
-    assert r.choices[0].message.content == generate(model, tok, [CHAT], lam=1.0, max_new_tokens=N).texts[0]
+    low = generate(model, tok, [CHAT], lam=1.0, max_new_tokens=N).texts[0]
+    assert reply_parts(r.choices[0].message) == chat_reply(tok, CHAT, low)
     assert chat(client, reasoning_effort="low", lam=-0.5).model_extra["lam"] == -0.5  # explicit lam wins
     none = chat(client, reasoning_effort="none")  # renders with enable_thinking=False: no thinking at all
     assert none.model_extra["lam"] == 2.0 and none.usage.completion_tokens_details.reasoning_tokens == 0
     want = generate(
         model, tok, [CHAT], lam=2.0, max_new_tokens=N, chat_template_kwargs={"enable_thinking": False}
     )
-    assert none.choices[0].message.content == want.texts[0]
+    assert reply_parts(none.choices[0].message) == (None, want.texts[0])  # no block: all of it is the answer
     with pytest.raises(openai.BadRequestError, match="offers: none, low, medium, high"):
         chat(client, reasoning_effort="xhigh")
 
@@ -95,5 +96,6 @@ def test_a_marker_without_a_schedule_is_the_limits_marker(served):
         model, tok, [CHAT], lam=0.5, max_new_tokens=N, thinking_token_budget=4, think_marker="</reasoning>"
     )
     r = chat(client, lam=0.5, lam_marker="</reasoning>", thinking_token_budget=4)
-    assert r.choices[0].message.content == want.texts[0] and "</reasoning>" in want.texts[0]
+    assert "</reasoning>" in want.texts[0]
+    assert reply_parts(r.choices[0].message) == chat_reply(tok, CHAT, want.texts[0], end="</reasoning>")
     assert r.usage.completion_tokens_details.reasoning_tokens == want.reasoning_tokens[0] == 4

@@ -13,7 +13,7 @@ from flexrealign.decoding.generation import generate
 from flexrealign.decoding.thinking import think_markers
 from flexrealign.serving import Engine, create_app
 from flexrealign.serving.server import BackgroundServer
-from helpers import qwen3_thinking_tokenizer, qwen3_tokenizer, scripted_model
+from helpers import qwen3_thinking_tokenizer, qwen3_tokenizer, reply_parts, scripted_model
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 ANSWER = "The capital of France is Paris."
@@ -25,14 +25,16 @@ def _served(tok, script: list[int]):
     return scripted_model(base, script, prompt_len), tok
 
 
-def _both(client, **kw) -> tuple[str, int, str, int]:
-    """(text, reasoning tokens) of the same chat request, not streamed and streamed (with usage)."""
+def _both(client, **kw) -> tuple[tuple, int, tuple, int]:
+    """((reasoning, content), reasoning tokens) of the same chat request, not streamed and streamed (with
+    usage); the streamed pieces joined."""
     kw = dict(model="m", messages=CHAT, max_tokens=40, temperature=0) | kw
     r = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
-    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    deltas = [reply_parts(c.choices[0].delta) for c in chunks if c.choices]
+    streamed = ("".join(d[0] or "" for d in deltas) or None, "".join(d[1] or "" for d in deltas))
     usage = chunks[-1].usage
-    return (r.choices[0].message.content, r.usage.completion_tokens_details.reasoning_tokens, streamed,
+    return (reply_parts(r.choices[0].message), r.usage.completion_tokens_details.reasoning_tokens, streamed,
             usage.completion_tokens_details.reasoning_tokens)  # fmt: skip
 
 
@@ -44,7 +46,7 @@ def test_a_direct_answer_is_no_thinking_and_is_not_cut(budget):
     extra = {} if budget is None else {"thinking_token_budget": budget}
     with Engine(model, tok) as engine, BackgroundServer(create_app(engine, "m")) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
-        assert _both(client, extra_body=extra) == (ANSWER, 0, ANSWER, 0)
+        assert _both(client, extra_body=extra) == ((None, ANSWER), 0, (None, ANSWER), 0)
         prompt = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
         c = client.completions.create(
             model="m", prompt=prompt, max_tokens=40, temperature=0, extra_body=extra
@@ -63,4 +65,7 @@ def test_a_second_block_counts_against_the_budget():
     with Engine(model, tok) as engine, BackgroundServer(create_app(engine, "m")) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
         text, spent, streamed, streamed_spent = _both(client, extra_body={"thinking_token_budget": 4})
-    assert text == streamed == want.texts[0] and spent == streamed_spent == 4
+    # the thinking of both blocks is split out of the answer; the cut block's forced marker closes it
+    assert want.texts[0] == " one two three</think> Wait<think> four</think> six seven</think> Paris."
+    assert text == streamed == (" one two three four", " Wait six seven</think> Paris.")
+    assert spent == streamed_spent == 4

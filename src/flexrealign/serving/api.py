@@ -46,6 +46,7 @@ from flexrealign.serving.params import (
     serve_dial,
 )
 from flexrealign.serving.protocol import ChatCompletionRequest, CompletionRequest
+from flexrealign.serving.reasoning import ReasoningSplit
 
 log = logging.getLogger("flexrealign.serve")
 
@@ -167,7 +168,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     `reasoning_effort` maps to the calibrated lam (and budget), an explicit lam wins; an effort that skips
     thinking renders the chat with enable_thinking=False. A chat template that reads reasoning_effort itself
     (gpt-oss) gets the level too, and without a calibration only it. Thinking tokens are counted in
-    `usage.completion_tokens_details.reasoning_tokens`.
+    `usage.completion_tokens_details.reasoning_tokens`. The reply's thinking is split out of `content` into
+    `reasoning` and `reasoning_content` (`flexrealign.serving.reasoning`); `include_reasoning: false` drops it.
 
     Errors: as `/v1/completions` (400 naming the bad dial field or option, 401, 404, 500, 503), and 400 for
     messages that the chat template cannot render faithfully.
@@ -238,12 +240,17 @@ class _Shape:
     chunk_obj: str
     chat: bool
 
-    def choice(self, text: str, finish_reason: str | None, stream: bool) -> dict:
+    def choice(
+        self, text: str, finish_reason: str | None, stream: bool, reasoning: str | None = None
+    ) -> dict:
+        """One choice; a chat's `reasoning` (None: not split out) goes to `reasoning` and `reasoning_content`."""
         if not self.chat:
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         key = "delta" if stream else "message"
         content = {"content": text} if text or not stream else {}
         role = {} if stream else {"role": "assistant"}
+        if reasoning is not None and (reasoning or not stream):
+            content |= dict.fromkeys(("reasoning", "reasoning_content"), reasoning or None)
         return {"index": 0, key: role | content, "logprobs": None, "finish_reason": finish_reason}
 
 
@@ -258,6 +265,8 @@ class _Reply:
     shape: _Shape
     model: str
     lam: float | dict | None
+    split: ReasoningSplit | None = None  # a chat's thinking, split out of its content
+    include_reasoning: bool = True  # False: the split-out thinking is dropped
     id: str = ""
     created: int = 0
     started: float = 0.0
@@ -273,6 +282,17 @@ class _Reply:
 
     def sse(self, choices: list[dict], usage: dict | None = None) -> str:
         return f"data: {json.dumps(self.body(choices, usage, stream=True))}\n\n"
+
+    def choice(self, text: str, finish_reason: str | None, stream: bool) -> dict | None:
+        """The choice of the next piece of text (None: a stream piece held back whole, part of a marker)."""
+        if self.split is None:
+            return self.shape.choice(text, finish_reason, stream)
+        reasoning, content = self.split.feed(text, final=finish_reason is not None)
+        if stream and not (reasoning or content or finish_reason):
+            return None
+        return self.shape.choice(
+            content, finish_reason, stream, reasoning if self.include_reasoning else None
+        )
 
 
 async def _serve(
@@ -296,8 +316,10 @@ async def _serve(
         handle = engine.submit(ids, lam, params, sink=sink)
     except RuntimeError as e:
         raise APIError(503, str(e), code="engine_down", type="server_error") from e
-    marker = handle.thinking.plan.markers.end_text if handle.thinking is not None else None
-    reply = _Reply(shape, body.model, lam_json(lam, marker))
+    markers = handle.thinking.plan.markers if handle.thinking is not None else None
+    split = ReasoningSplit.for_prompt(markers, ids) if shape.chat and markers is not None else None
+    reply = _Reply(shape, body.model, lam_json(lam, markers and markers.end_text), split,
+                   getattr(body, "include_reasoning", True))  # fmt: skip
     log.info("%s %s: %d prompt tokens, max_tokens=%d, lam=%s, stream=%s", reply.id, shape.obj, len(ids),
              params.max_tokens, reply.lam, body.stream)  # fmt: skip
     if body.stream:
@@ -322,7 +344,7 @@ async def _reply_once(
     _log_done(reply, out)
     if out.finish_reason == "error":
         raise APIError(500, f"generation failed: {out.error}", type="server_error")
-    choice = reply.shape.choice(out.text, out.finish_reason, stream=False)
+    choice = reply.choice(out.text, out.finish_reason, stream=False)
     return JSONResponse(reply.body([choice], _usage(out), stream=False))
 
 
@@ -358,8 +380,9 @@ async def _stream(
                 yield f"data: {json.dumps(error_body(f'generation failed: {out.error}', 'server_error'))}\n\n"
                 break
             if event.delta or out is not None:
-                finish = out.finish_reason if out is not None else None
-                yield reply.sse([reply.shape.choice(event.delta, finish, True)])
+                choice = reply.choice(event.delta, out.finish_reason if out is not None else None, True)
+                if choice is not None:
+                    yield reply.sse([choice])
             if out is not None:
                 _log_done(reply, out)
                 if include_usage:

@@ -5,7 +5,7 @@ roles alike. Three kinds of field:
 * honoured: the model, the prompt or messages, max_tokens / max_completion_tokens, temperature, top_p,
   stop, stream, stream_options.include_usage, seed, reasoning_effort (through the checkpoint's calibration,
   400 without one), and our extensions (lam and thinking fields, top_k, ignore_eos, chat_template_kwargs,
-  vllm_xargs);
+  vllm_xargs, include_reasoning);
 * accepted as metadata: fields that ask nothing of the output (user, metadata, safety_identifier,
   prompt_cache_key, prompt_cache_retention, parallel_tool_calls without tools, service_tier auto/default);
 * everything else is refused unless its value asks for nothing (None, false, 0, the default): the

@@ -124,3 +124,4 @@ class ChatCompletionRequest(_Common):
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    include_reasoning: bool = True  # False drops the thinking that replies carry in `reasoning`
