@@ -46,8 +46,8 @@ TASKS = {
 
 
 @pytest.fixture(scope="module")
-def task_dir(tmp_path_factory):
-    """Task YAMLs (lm-eval's format) over a JSONL of the first GSM8K problems from ../shared."""
+def task_manager(tmp_path_factory) -> TaskManager:
+    """Task YAMLs (lm-eval's format) over a JSONL of the first GSM8K problems from ../shared, indexed."""
     root = tmp_path_factory.mktemp("lm_eval_tasks")
     rows = []
     with shared_path("data", "benchmarks", "gsm8k.jsonl").open() as f:
@@ -59,7 +59,8 @@ def task_dir(tmp_path_factory):
     for name, spec in TASKS.items():
         head = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}}}
         (root / f"{name}.yaml").write_text(json.dumps(head | {"test_split": "test"} | spec))  # JSON is YAML
-    return root
+    # one TaskManager for the module: building one indexes every task lm-eval ships (seconds each time)
+    return TaskManager(include_path=str(root))
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +74,10 @@ def checkpoints(smollm2_dir, tmp_path_factory):
     return {"base": smollm2_dir, "inra": root / "inra", "aligned": root / "aligned"}
 
 
-def samples(lm, task_dir) -> dict[str, list]:
+def samples(lm, task_manager) -> dict[str, list]:
     """task -> per-document responses, in document order."""
     out = simple_evaluate(
-        model=lm, tasks=list(TASKS), task_manager=TaskManager(include_path=str(task_dir)), log_samples=True,
+        model=lm, tasks=list(TASKS), task_manager=task_manager, log_samples=True,
         bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
     )  # fmt: skip
     return {t: [s["resps"] for s in sorted(out["samples"][t], key=lambda s: s["doc_id"])] for t in TASKS}
@@ -103,25 +104,25 @@ def assert_same(got: dict, want: dict, what: str) -> None:
 
 
 @pytest.mark.real
-def test_lam0_equals_hf_on_base(checkpoints, task_dir):
-    want = samples(hf(checkpoints["base"]), task_dir)
-    assert_same(samples(ours(checkpoints["inra"], lam=0.0), task_dir), want, "InRa lam=0 vs hf(base)")
+def test_lam0_equals_hf_on_base(checkpoints, task_manager):
+    want = samples(hf(checkpoints["base"]), task_manager)
+    assert_same(samples(ours(checkpoints["inra"], lam=0.0), task_manager), want, "InRa lam=0 vs hf(base)")
 
 
 @pytest.mark.real
-def test_lam1_equals_hf_on_exported_model(checkpoints, task_dir):
-    want = samples(hf(checkpoints["aligned"]), task_dir)
-    got = samples(ours(checkpoints["inra"], lam=1.0), task_dir)
+def test_lam1_equals_hf_on_exported_model(checkpoints, task_manager):
+    want = samples(hf(checkpoints["aligned"]), task_manager)
+    got = samples(ours(checkpoints["inra"], lam=1.0), task_manager)
     assert_same(got, want, "InRa lam=1 vs hf(exported)")
-    base = samples(ours(checkpoints["base"]), task_dir)  # a plain model through the flexrealign class
+    base = samples(ours(checkpoints["base"]), task_manager)  # a plain model through the flexrealign class
     assert base["fr_gsm8k_ll"] != got["fr_gsm8k_ll"], "the adapter must change the scores"
 
 
 @pytest.mark.real
-def test_dera_pair_at_lam_equals_inra(checkpoints, task_dir):
+def test_dera_pair_at_lam_equals_inra(checkpoints, task_manager):
     pair = ours(checkpoints["base"], aligned=str(checkpoints["aligned"]), lam=1.5)
     assert_same(
-        samples(pair, task_dir), samples(ours(checkpoints["inra"], lam=1.5), task_dir), "DeRa vs InRa"
+        samples(pair, task_manager), samples(ours(checkpoints["inra"], lam=1.5), task_manager), "DeRa vs InRa"
     )
 
 
