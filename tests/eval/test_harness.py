@@ -13,16 +13,9 @@ from flexrealign.core.inra import InRaModel
 from flexrealign.core.tiny import tiny_model
 from flexrealign.eval import harness
 from flexrealign.eval.benchmarks import Problem
-from flexrealign.eval.harness import (
-    GENERATIONS,
-    EvalConfig,
-    ModelSpec,
-    Row,
-    add_token_reduction,
-    evaluate,
-    load_generations,
-    record_key,
-)
+from flexrealign.eval.generations import GENERATIONS, load_generations, record_key
+from flexrealign.eval.harness import EvalConfig, ModelSpec, evaluate
+from flexrealign.eval.results import Row, add_token_reduction
 from flexrealign.testbed.task import make_problems
 from flexrealign.testbed.tokenizer import build_tokenizer
 
@@ -236,7 +229,7 @@ def test_plot_keeps_a_label_on_the_baseline_apart_from_one_on_the_same_point(tmp
     each other (the demo's plot had "reference" and "lam=0" printed in one place)."""
     import matplotlib.axes
 
-    from flexrealign.eval.harness import Row, plot_accuracy_vs_tokens
+    from flexrealign.eval.results import plot_accuracy_vs_tokens
 
     offsets: dict[str, tuple] = {}
     real = matplotlib.axes.Axes.annotate

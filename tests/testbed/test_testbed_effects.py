@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flexrealign.eval.harness import Row
+from flexrealign.eval.results import Row
 from flexrealign.testbed.effects import hard_pass_at_1, paper_effects, task_checks
 
 

@@ -72,7 +72,8 @@ def calibrate(args: CalibrateArgs) -> Path:
     from flexrealign.conversion.loading import is_two_path, load_tokenizer, model_kind
     from flexrealign.decoding.calibration import Calibration, choose_efforts, save_calibration
     from flexrealign.eval.benchmarks import load_benchmark
-    from flexrealign.eval.harness import EvalConfig, ModelSpec, evaluate, load_generations
+    from flexrealign.eval.generations import load_generations
+    from flexrealign.eval.harness import EvalConfig, ModelSpec, evaluate
 
     if not Path(args.model).is_dir():  # the calibration is written into the checkpoint
         raise ValueError(f"{args.model} is not a local folder: calibrate writes into the checkpoint folder")

@@ -135,7 +135,7 @@ def shortest(argv: list[str]) -> int:
     `flexrealign data shortest --generations run/generations.jsonl --problems train.jsonl --output short.jsonl`
     """
     from flexrealign.eval.benchmarks import DEFAULT_TEMPLATE, load_benchmark
-    from flexrealign.eval.harness import load_generations
+    from flexrealign.eval.generations import load_generations
     from flexrealign.training import data_select
     from flexrealign.training.data_prep import PrepStats, write_jsonl
 

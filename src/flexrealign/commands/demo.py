@@ -56,7 +56,7 @@ def hard_table(hard: dict[str, tuple], min_terms: int) -> str:
 
 
 def summary_text(result, reading: list[str], min_terms: int) -> str:
-    from flexrealign.eval.harness import markdown_table
+    from flexrealign.eval.results import markdown_table
 
     return "\n".join(
         [
@@ -139,7 +139,7 @@ def shared_dir() -> Path:
 def run_real(args) -> int:
     from flexrealign.cli import main
     from flexrealign.commands._args import fail
-    from flexrealign.conversion.gguf_convert import INSTALL_HINT, smollm2_gguf
+    from flexrealign.conversion.gguf_files import INSTALL_HINT, smollm2_gguf
     from flexrealign.testbed.realdemo import RealDemoConfig, run_real_demo
 
     shared = shared_dir()

@@ -94,7 +94,8 @@ def build_specs(args: EvalArgs) -> list[ModelSpec]:
 def run(argv: list[str]) -> int:
     from flexrealign.commands._args import fail, parse
     from flexrealign.eval.benchmarks import load_benchmark
-    from flexrealign.eval.harness import EvalConfig, evaluate, markdown_table
+    from flexrealign.eval.harness import EvalConfig, evaluate
+    from flexrealign.eval.results import markdown_table
 
     (args,) = parse([EvalArgs], argv, "eval", __doc__.splitlines()[0])
     try:

@@ -6,15 +6,15 @@ new tokens, the R1 prompt through the chat template. Every generation is appende
 soon as its batch finishes, keyed by (model, lam, problem id, sample index), so an interrupted run resumes
 where it stopped: finished keys are skipped, never redone or duplicated, and a half-written last line left
 by a crash is dropped.
+
+This module holds what to evaluate (`ModelSpec`, `EvalConfig`), the engines and the resumable loop (`evaluate`);
+the JSONL is read and written by `eval.generations`, the table and the plot by `eval.results`.
 """
 
 from __future__ import annotations
 
-import csv
 import gc
 import hashlib
-import json
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,18 +24,17 @@ import torch
 from tqdm.auto import tqdm
 
 from flexrealign.conversion.loading import is_adapter_dir, is_two_path, load, model_kind
-from flexrealign.core.atomic import atomic_file
 from flexrealign.core.dera import DeRa
 from flexrealign.core.inra import InRaModel
 from flexrealign.core.keywords import refuse_unknown_keywords
 from flexrealign.decoding.generation import GenerationResult, Prompt
 from flexrealign.eval.benchmarks import DEFAULT_TEMPLATE, Problem, build_messages
+from flexrealign.eval.generations import GENERATIONS, Key, append_generations, load_generations
 from flexrealign.eval.grading import grade
+from flexrealign.eval.results import Row, add_token_reduction, fmt_lam, write_results
 
-GENERATIONS = "generations.jsonl"
 PAPER_LAMS = (-0.5, 0.0, 0.5, 1.0, 1.5)
 
-Key = tuple[str, float | None, str, int]  # (model label, lam or None for plain models, problem id, sample)
 # (prompts, lam or None, one seed per prompt) -> completions; one per engine
 GenerateFn = Callable[[list[Prompt], float | None, list[int]], GenerationResult]
 
@@ -101,70 +100,6 @@ class EvalConfig:
     engine: str = "flexrealign"  # or "vllm"
     vllm_kwargs: dict = field(default_factory=dict)  # extra `vllm.LLM(...)` arguments (memory, max_model_len)
     progress: bool = True
-
-
-@dataclass
-class Row:
-    """One line of the results table: one model at one lam (lam None for plain models)."""
-
-    model: str
-    family: str
-    lam: float | None
-    problems: int
-    samples: int
-    pass_at_1: float  # %, averaged over all samples
-    mean_tokens: float
-    cutoff_pct: float
-    token_reduction_pct: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.model if self.lam is None else f"{self.model}@{_fmt_lam(self.lam)}"
-
-
-def _fmt_lam(lam: float) -> str:
-    return f"{lam:g}"
-
-
-# ---------------------------------------------------------------------------------------------- the JSONL
-def record_key(rec: dict) -> Key:
-    lam = rec.get("lam")
-    return (rec["model"], None if lam is None else float(lam), str(rec["problem_id"]), int(rec["sample"]))
-
-
-def load_generations(path: str | os.PathLike) -> dict[Key, dict]:
-    """Finished generations by key. A truncated last line (a crash mid-write) is cut off the file, so the next
-    append starts on a fresh line; a duplicate key keeps its first record."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    _drop_partial_last_line(path)
-    done: dict[Key, dict] = {}
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                done.setdefault(record_key(rec), rec)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # a corrupt line in the middle: its key is simply generated again
-    return done
-
-
-def _drop_partial_last_line(path: Path) -> None:
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def append_generations(path: str | os.PathLike, records: Sequence[dict]) -> None:
-    """Append whole lines and fsync, so a crash loses at most the batch being written."""
-    with Path(path).open("a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -300,7 +235,7 @@ def run_job(
     job: Job, engine: GenerateFn, problems: Sequence[Problem], cfg: EvalConfig, path: Path, bar
 ) -> None:
     """Generate a job's missing samples batch by batch, appending each finished batch to the JSONL."""
-    tag = job.spec.label if job.lam is None else f"{job.spec.label} lam={_fmt_lam(job.lam)}"
+    tag = job.spec.label if job.lam is None else f"{job.spec.label} lam={fmt_lam(job.lam)}"
     bar.set_postfix_str(tag, refresh=False)
     for part in chunks(job.todo, cfg.batch_size):
         prompts = [build_messages(problems[i], cfg.template) for i, _ in part]
@@ -379,91 +314,3 @@ def summarize(
                 )
             )  # fmt: skip
     return add_token_reduction(rows, cfg.baseline)
-
-
-def find_row(rows: Sequence[Row], name: str) -> Row:
-    """The row called `name` ("label@lam", or "label" for a plain model or a model evaluated at one lam)."""
-    exact = [r for r in rows if r.name == name]
-    if not exact:
-        exact = [r for r in rows if r.model == name]
-    if len(exact) != 1:
-        raise ValueError(f"baseline {name!r} names {len(exact)} rows; choose one of {[r.name for r in rows]}")
-    return exact[0]
-
-
-def add_token_reduction(rows: list[Row], baseline: str | None) -> list[Row]:
-    """Token reduction % = 100 * (1 - tokens / baseline tokens), as in Table 1's last column."""
-    if baseline is None or not rows:
-        return rows
-    base = find_row(rows, baseline).mean_tokens
-    for r in rows:
-        r.token_reduction_pct = 100.0 * (1.0 - r.mean_tokens / base) if base > 0 else None
-    return rows
-
-
-COLUMNS = ("model", "lam", "problems", "samples", "pass@1", "mean_tokens", "token_reduction_%", "cutoff_%")
-
-
-def row_values(r: Row) -> list[str]:
-    red = "-" if r.token_reduction_pct is None else f"{r.token_reduction_pct:.2f}"
-    lam = "-" if r.lam is None else _fmt_lam(r.lam)
-    return [r.model, lam, str(r.problems), str(r.samples), f"{r.pass_at_1:.2f}", f"{r.mean_tokens:.1f}", red,
-            f"{r.cutoff_pct:.1f}"]  # fmt: skip
-
-
-def markdown_table(rows: Sequence[Row], columns: Sequence[str] = COLUMNS) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row_values(r)[: len(columns)]) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def write_results(
-    rows: Sequence[Row], out_dir: Path, title: str = "Results", baseline: str | None = None
-) -> None:
-    """results.md, results.csv and accuracy_vs_tokens.png (each written to a temporary name, then renamed)."""
-    with atomic_file(out_dir / "results.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        writer.writerows(row_values(r) for r in rows)
-    with atomic_file(out_dir / "results.md") as tmp:
-        tmp.write_text(f"# {title}\n\n{markdown_table(rows)}\n")
-    if rows:
-        plot_accuracy_vs_tokens(rows, out_dir / "accuracy_vs_tokens.png", baseline=baseline)
-
-
-def plot_accuracy_vs_tokens(
-    rows: Sequence[Row], path: Path, title: str = "Accuracy vs mean tokens", baseline: str | None = None
-) -> Path:
-    """Figure 4's shape: Pass@1 against mean completion tokens, one line per model family, every point labelled;
-    the `baseline` row (e.g. the reference) is drawn as a star with dashed guides through it."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: write the file only
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    families: dict[str, list[Row]] = {}
-    for r in rows:
-        families.setdefault(r.family, []).append(r)
-    for family, members in families.items():
-        members = sorted(members, key=lambda r: (r.lam if r.lam is not None else math.inf, r.mean_tokens))
-        xs, ys = [r.mean_tokens for r in members], [r.pass_at_1 for r in members]
-        ax.plot(xs, ys, marker="o", label=family)
-        for r, x, y in zip(members, xs, ys, strict=True):
-            text = f"lam={_fmt_lam(r.lam)}" if r.lam is not None else r.model
-            below = r.name == baseline  # an InRa lam=0 point sits on the baseline: keep the two labels apart
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, -10 if below else 4), fontsize=7)
-    if baseline is not None:
-        base = find_row(rows, baseline)
-        ax.axhline(base.pass_at_1, color="grey", linestyle="--", linewidth=0.8)
-        ax.axvline(base.mean_tokens, color="grey", linestyle="--", linewidth=0.8)
-        ax.plot([base.mean_tokens], [base.pass_at_1], marker="*", markersize=14, color="black", linestyle="none",
-                label=f"{base.name} (baseline)")  # fmt: skip
-    ax.set(xlabel="mean completion tokens", ylabel="Pass@1 (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from flexrealign.eval.harness import Row
+from flexrealign.eval.results import Row
 from flexrealign.testbed.report import noise
 
 TRRA_LAMS = (0.5, 2.0, 5.0)  # the paper's TrRa sweep (Table 1)

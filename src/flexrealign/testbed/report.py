@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from flexrealign.eval.harness import Row
+from flexrealign.eval.results import Row
 
 
 def noise(row: Row) -> float:
