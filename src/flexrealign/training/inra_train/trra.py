@@ -14,6 +14,7 @@ from flexrealign.core.inra import InRaModel
 from flexrealign.training.inra_train.views import InRaPathView
 from flexrealign.training.trra import TrRaConfig, TrRaTrainer
 from flexrealign.training.trra.models import head_weight
+from flexrealign.training.trra.trainer_models import load_teachers
 
 
 class InRaTrRaTrainer(TrRaTrainer):
@@ -41,7 +42,7 @@ class InRaTrRaTrainer(TrRaTrainer):
     @staticmethod
     def _load_models(model, ref_model, aligned_model, names, args: TrRaConfig):
         """(student view, {part: frozen teacher}, cache or None): the student is never loaded or copied."""
-        teachers, cache = TrRaTrainer._load_teachers(ref_model, aligned_model, names, args)
+        teachers, cache = load_teachers(ref_model, aligned_model, names, args)
         return model, teachers, cache
 
     def student_hidden_states(self, model, inputs):

@@ -1,4 +1,8 @@
-"""TrRaTrainer: TRL's SFTTrainer with the loss replaced by the divergence to the lam-fused teacher (paper Eq. 6)."""
+"""TrRaTrainer: TRL's SFTTrainer with the loss replaced by the divergence to the lam-fused teacher (paper Eq. 6).
+
+The trainer places the teachers, computes the loss and samples on-policy completions; the student, teachers and
+tokenizer it is built with are loaded and checked in `trainer_models`.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ from trl import SFTTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from flexrealign.core.checkpoint import resolve_dtype
 from flexrealign.training.distributed import fsdp_on_cpu
 from flexrealign.training.trra.config import TrRaConfig
 from flexrealign.training.trra.data import (
@@ -33,15 +36,7 @@ from flexrealign.training.trra.loss import (
     liger_divergence_sum,
     teacher_parts,
 )
-from flexrealign.training.trra.models import (
-    check_vocabularies,
-    final_hidden_states,
-    freeze,
-    head_rows,
-    head_weight,
-    load_model,
-    load_tokenizer,
-)
+from flexrealign.training.trra.models import final_hidden_states, head_weight
 from flexrealign.training.trra.on_policy import (
     on_policy_seed,
     pick_rows,
@@ -50,8 +45,13 @@ from flexrealign.training.trra.on_policy import (
     with_completions,
 )
 from flexrealign.training.trra.teacher_cache import TeacherCache
-
-ModelLike = PreTrainedModel | str | None
+from flexrealign.training.trra.trainer_models import (
+    ModelLike,
+    check_vocab,
+    load_models,
+    load_training_tokenizer,
+    model_name,
+)
 
 
 class _ForwardRedirection:
@@ -74,27 +74,6 @@ class _ForwardRedirection:
             return wrapper(*args)
         finally:
             module.forward = original
-
-
-def _model_name(model: ModelLike, configured: str | None) -> str | None:
-    return model if isinstance(model, str) else (None if model is not None else configured)
-
-
-def _teacher_dtype(args: TrRaConfig) -> str | torch.dtype:
-    return resolve_dtype(args.teacher_dtype)
-
-
-def _check_cache_matches(cache: TeacherCache, rows: int, tokens: int, names: dict[str, str | None]) -> None:
-    """A teacher cache serves only the vocabulary and the teachers it was written with."""
-    if (cache.meta["vocab_rows"], cache.meta["num_tokens"]) != (rows, tokens):
-        raise ValueError(
-            f"the teacher cache was made with {cache.meta['vocab_rows']} head rows and {cache.meta['num_tokens']} "
-            f"tokens; this student has {rows} and its tokenizer {tokens}"
-        )
-    for part in (REF, ALIGNED):
-        recorded = cache.meta[f"{part}_model"]
-        if names[part] is not None and names[part] != recorded:
-            raise ValueError(f"the teacher cache holds {part}_model={recorded!r}, not {names[part]!r}")
 
 
 # distributed types whose processes each hold a shard of the student's weights
@@ -160,18 +139,18 @@ class TrRaTrainer(SFTTrainer):
         if not isinstance(args, TrRaConfig):
             raise TypeError(f"TrRaTrainer needs args=TrRaConfig(...), got {type(args).__name__}")
         names = {
-            "student": _model_name(model, args.student_model or args.ref_model),
-            REF: _model_name(ref_model, args.ref_model),
-            ALIGNED: _model_name(aligned_model, args.aligned_model),
+            "student": model_name(model, args.student_model or args.ref_model),
+            REF: model_name(ref_model, args.ref_model),
+            ALIGNED: model_name(aligned_model, args.aligned_model),
         }
-        tokenizer = processing_class or self._load_tokenizer(names, args)
+        tokenizer = processing_class or load_training_tokenizer(names, args)
         student, teachers, cache = self._load_models(model, ref_model, aligned_model, names, args)
         if args.lmbda > 0 and not isinstance(student, PreTrainedModel):
             raise ValueError(
                 "on-policy TrRa (lmbda > 0) samples from the student's logits as a Hugging Face causal LM (a "
                 f"PreTrainedModel with a KV cache); a {type(student).__name__} is not one: set lmbda=0"
             )
-        self._num_tokens = self._check_vocab(student, teachers, cache, tokenizer, names, args)
+        self._num_tokens = check_vocab(student, teachers, cache, tokenizer, names, args)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         with args.main_process_first(desc="tokenizing the TrRa data"):
@@ -201,78 +180,9 @@ class TrRaTrainer(SFTTrainer):
         with fsdp_on_cpu():  # an FSDP launch on CPU processes really shards (accelerate alone runs it as DDP)
             super().create_accelerator_and_postprocess()
 
-    @staticmethod
-    def _load_tokenizer(names: dict[str, str | None], args: TrRaConfig) -> PreTrainedTokenizerBase:
-        name = names[REF] or names["student"]
-        if name is None:
-            raise ValueError("no tokenizer: pass processing_class or set ref_model to a name or path")
-        return load_tokenizer(name, REF, args.trust_remote_code)
-
-    @staticmethod
-    def _load_models(
-        model: ModelLike,
-        ref_model: ModelLike,
-        aligned_model: ModelLike,
-        names: dict[str, str | None],
-        args: TrRaConfig,
-    ) -> tuple[PreTrainedModel, dict[str, PreTrainedModel], TeacherCache | None]:
-        """(student, {part: frozen teacher}, cache or None); every model is loaded before any data work."""
-        given = {"student": model, REF: ref_model, ALIGNED: aligned_model}
-        if isinstance(model, nn.Module) and any(model is t for t in (ref_model, aligned_model)):
-            raise ValueError("the student must be a separate model object from the teachers (load it twice)")
-        init_kwargs = dict(args.model_init_kwargs or {})
-        student_dtype = init_kwargs.pop("dtype", "float32")
-        student = given["student"]
-        if not isinstance(student, PreTrainedModel):
-            if names["student"] is None:
-                raise ValueError("no student: pass model=... or set ref_model (or student_model)")
-            student = load_model(
-                names["student"], "student", student_dtype, args.trust_remote_code, **init_kwargs
-            )
-        if not any(p.requires_grad for p in student.parameters()):
-            raise ValueError(
-                "the student has no trainable parameters (was it frozen as a teacher?); call requires_grad_(True)"
-            )
-        teachers, cache = TrRaTrainer._load_teachers(ref_model, aligned_model, names, args)
-        return student, teachers, cache
-
-    @staticmethod
-    def _load_teachers(
-        ref_model: ModelLike, aligned_model: ModelLike, names: dict[str, str | None], args: TrRaConfig
-    ) -> tuple[dict[str, PreTrainedModel], TeacherCache | None]:
-        """({part: frozen teacher} for the parts lam needs, cache or None); with a cache no teacher is loaded."""
-        cache = TeacherCache(args.teacher_cache) if args.teacher_cache else None
-        given = {REF: ref_model, ALIGNED: aligned_model}
-        teachers = {}
-        for part in teacher_parts(args.lam) if cache is None else ():
-            teacher = given[part]
-            if not isinstance(teacher, PreTrainedModel):
-                if names[part] is None:
-                    raise ValueError(f"lam={args.lam} needs the {part} model: set {part}_model")
-                teacher = load_model(names[part], part, _teacher_dtype(args), args.trust_remote_code)
-            teachers[part] = freeze(teacher)
-        return teachers, cache
-
-    @staticmethod
-    def _check_vocab(
-        student: PreTrainedModel,
-        teachers: dict[str, PreTrainedModel],
-        cache: TeacherCache | None,
-        tokenizer: PreTrainedTokenizerBase,
-        names: dict[str, str | None],
-        args: TrRaConfig,
-    ) -> int | None:
-        """Same tokenizer and head size everywhere, checked before any training; returns the loss's num_tokens."""
-        tokenizers, loaded = {"training": tokenizer}, set()
-        for role, name in names.items():
-            if name is None or name in loaded or (cache is not None and role != "student"):
-                continue
-            tokenizers[role] = load_tokenizer(name, role, args.trust_remote_code)
-            loaded.add(name)
-        num_tokens = check_vocabularies({"student": student, **teachers}, tokenizers)
-        if cache is not None:
-            _check_cache_matches(cache, head_rows(student), len(tokenizer), names)
-        return num_tokens
+    # (student, {part: frozen teacher}, cache or None) from what was given (`trainer_models.load_models`); a
+    # trainer whose student is not a loaded model overrides it (InRaTrRaTrainer trains a view of an InRa model)
+    _load_models = staticmethod(load_models)
 
     @staticmethod
     def _tokenized(dataset: Dataset | None, tokenizer, args: TrRaConfig) -> Dataset | None:
