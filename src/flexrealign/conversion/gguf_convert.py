@@ -32,10 +32,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-# re-exported (`as`): tests/conftest.py imports INSTALL_HINT and smollm2_gguf from here
-from flexrealign.conversion.gguf_files import INSTALL_HINT as INSTALL_HINT
 from flexrealign.conversion.gguf_files import SMOLLM2, gguf_fields, need_gguf_package, resolve_gguf
-from flexrealign.conversion.gguf_files import smollm2_gguf as smollm2_gguf
 from flexrealign.conversion.gguf_vocab import (
     backend_as_is,
     edit_json,

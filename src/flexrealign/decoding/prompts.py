@@ -105,7 +105,7 @@ def eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[i
 
 def suppressed_ids(model: torch.nn.Module, device: torch.device) -> torch.Tensor | None:
     """(K,) ids of `generation_config.suppress_tokens`, which are never sampled (as Hugging Face `generate`
-    honours them): a GGUF vocabulary's placeholders inside the tokenizer (`gguf_convert`). None when empty."""
+    honours them): a GGUF vocabulary's placeholders inside the tokenizer (`flexrealign.conversion.gguf_vocab`). None when empty."""
     found = getattr(getattr(_hf_model(model), "generation_config", None), "suppress_tokens", None) or []
     return torch.tensor(sorted(set(found)), dtype=torch.long, device=device) if found else None
 

@@ -98,7 +98,7 @@ def stop_token_ids(params: SamplingParams) -> set[int]:
 
 def suppressed_rows(model_config, device: torch.device) -> torch.Tensor | None:
     """(K,) ids of the checkpoint's `generation_config.suppress_tokens`, never sampled (a converted GGUF lists
-    its vocabulary's placeholder holes there, `gguf_convert`); vLLM itself does not read that field."""
+    its vocabulary's placeholder holes there, `conversion.gguf_vocab`); vLLM itself does not read that field."""
     read = getattr(model_config, "try_get_generation_config", None)
     found = (read() if read is not None else {}).get("suppress_tokens") or []
     return torch.tensor(sorted(set(found)), dtype=torch.long, device=device) if found else None
