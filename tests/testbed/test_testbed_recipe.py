@@ -15,7 +15,9 @@ from transformers import Trainer
 import flexrealign.testbed as testbed_pkg
 from flexrealign.commands import demo
 
-pytestmark = pytest.mark.slow
+# `once`: the quick recipe trains six models (about 80 s idle) and runs in .venv only (scripts/test.sh); under the
+# newest transformers its trainers, fusion and harness run in their own tests (tests/training, tests/eval)
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,6 @@ def test_results_folder(demo_out) -> None:
     assert re.search(r"\*\*(reproduced|NOT reproduced)\*\*", summary)
 
 
-@pytest.mark.once  # a second full quick run (80 s): in .venv only (scripts/test.sh)
 def test_same_seed_gives_byte_identical_results(demo_out, tmp_path) -> None:
     again = tmp_path / "again"
     assert demo.run(["--out", str(again), "--quick"]) == 0

@@ -78,8 +78,7 @@ def test_fsdp_two_processes_shard_the_student_and_match_one(
 
 
 @pytest.mark.slow
-@pytest.mark.once  # the longest test (2 DeepSpeed processes); under the newest transformers the on-policy
-# ZeRO-3 case below still runs DeepSpeed's integration
+@pytest.mark.once  # DeepSpeed runs in .venv only: see the on-policy case below
 @pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (the deepspeed extra)"
 )
@@ -95,9 +94,9 @@ def test_zero3_two_processes_shard_the_student_and_match_one(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "config",
-    ["fsdp_cpu.yaml", pytest.param("deepspeed_zero3_cpu.yaml", marks=pytest.mark.skipif(
-        importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (the deepspeed extra)"))],
-)  # fmt: skip
+    ["fsdp_cpu.yaml", pytest.param("deepspeed_zero3_cpu.yaml", marks=[pytest.mark.once, pytest.mark.skipif(
+        importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (the deepspeed extra)")])],
+)  # fmt: skip  # once: each venv JIT-builds DeepSpeed's CPU op on its first DeepSpeed test (about 2 minutes)
 def test_on_policy_with_a_sharded_student_finishes(tmp_path: Path, model_dirs: dict, config: str) -> None:
     """On-policy rows (lmbda > 0) with the student sharded: each forward gathers weights from both processes,
     so both must sample in step, also when one picked no rows or finished its completions first (it hung)."""
