@@ -140,7 +140,7 @@ def generate(
         raise ValueError("give the thinking limits either as `thinking` or as the four keywords, not both")
     if thinking is not None:
         limits = [thinking] * len(prompts) if isinstance(thinking, ThinkingLimits) else list(thinking)
-        if len(limits) != len(prompts):
+        if len(limits) != len(prompts) or not all(isinstance(x, ThinkingLimits) for x in limits):
             raise ValueError(f"give one ThinkingLimits per prompt ({len(prompts)}), or one for all")
     else:
         limits = _limits(
