@@ -13,6 +13,7 @@ from flexrealign.core.adapter import AdapterConfig
 from flexrealign.core.dera import DeRa
 from flexrealign.core.fusion import fuse_logits
 from flexrealign.core.inra import InRaModel
+from flexrealign.decoding.dial import ThinkingLimits
 from flexrealign.decoding.generation import GenerationResult, LamSchedule, chat, generate
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "GenerationResult",
     "InRaModel",
     "LamSchedule",
+    "ThinkingLimits",
     "TrRaConfig",
     "TrRaTrainer",
     "__version__",

@@ -88,6 +88,8 @@ def test_typed_limits_equal_the_keywords(inra, tok):
         generate(inra, tok, prompts, lam=schedule, thinking=typed, thinking_token_budget=9)
     with pytest.raises(ValueError, match="one ThinkingLimits per prompt"):
         generate(inra, tok, prompts, lam=schedule, thinking=typed[:1])
+    with pytest.raises(TypeError, match="thinking takes ThinkingLimits"):
+        generate(inra, tok, prompts, lam=schedule, thinking={"thinking_token_budget": 9})
 
 
 def _count(ids: list[int], seq: list[int]) -> int:

@@ -81,7 +81,7 @@ def test_chat_equals_generate_with_lam_turns_and_think_answer(served) -> None:
     )  # fmt: skip
     assert out.model_extra["lam"] == {"think": 0.0, "answer": 1.5, "marker": "</think>"}
     # the marker never came: all of it is thinking (at the think lam), split out of the answer
-    assert reply_parts(out.choices[0].message) == (refs(history, 0.0, N)[0], "")
+    assert reply_parts(out.choices[0].message) == (refs(history, 0.0, N)[0], None)
 
 
 def test_streaming_completion_and_chat(served) -> None:

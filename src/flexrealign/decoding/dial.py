@@ -188,9 +188,9 @@ class Dial:
                                                  "being generated picks its entry")  # fmt: skip
     lam_think: float | None = _field(_real, "lam while thinking, until the think-end marker; with lam_answer")
     lam_answer: float | None = _field(_real, "lam after the think-end marker")
-    lam_start_marker: str | None = _field(_text, "overrides the tokenizer's think-start marker (default: its "
-                                          "<think>): a block it opens counts", flag="think_start_marker")  # fmt: skip
-    lam_marker: str | None = _field(_text, "overrides the tokenizer's think-end marker (default: its </think>)",
+    lam_start_marker: str | None = _field(_text, "overrides the tokenizer's think-start marker (its <think>): "
+                                          "a block it opens counts", flag="think_start_marker")  # fmt: skip
+    lam_marker: str | None = _field(_text, "overrides the tokenizer's think-end marker (its </think>)",
                                     flag="think_marker")  # fmt: skip
     thinking_token_budget: int | None = _field(_count, "at most this many thinking tokens; then the closing "
                                                "text (if any) and the end marker are forced")  # fmt: skip

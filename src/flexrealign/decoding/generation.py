@@ -106,9 +106,11 @@ def generate(
             When it runs out, `thinking_closing` (if any) and then the think-end marker are forced, and the
             answer follows at the answer lam. min_thinking_tokens: EOS and the end marker are banned until
             that many thinking tokens. think_marker overrides the tokenizer's think-end marker (text).
-        thinking: the same limits as one typed `ThinkingLimits` (one for all prompts, or one per prompt), as
-            `parse_dial` returns them (`Dial.limits()`); it also carries `start_marker`. Give either this or
-            the four keywords above.
+        thinking: the same limits as one typed `flexrealign.ThinkingLimits` (one for all prompts, or one per
+            prompt), as `flexrealign.decoding.dial.parse_dial` returns them (`Dial.limits()`): its fields
+            `thinking_token_budget`, `min_thinking_tokens`, `closing` (= thinking_closing), `marker`
+            (= think_marker) and `start_marker` (the think-start marker, which only this form takes). Give
+            either this or the four keywords above.
 
     Returns:
         `GenerationResult`, one entry per prompt in each list: `texts`, `token_ids` (generated ids, EOS
@@ -116,7 +118,8 @@ def generate(
 
     Raises:
         ValueError: a bad lam (non-finite, wrong count, or a lam given to a plain model) or sampling value
-            (max_new_tokens < 1, temperature < 0, top_p outside (0, 1], top_k < 0).
+            (max_new_tokens < 1, temperature < 0, top_p outside (0, 1], top_k < 0); a thinking_closing
+            longer (in tokens) than its budget.
         MissingThinkMarker: (`flexrealign.decoding.thinking`, a ValueError) a schedule or thinking budget is
             asked of a tokenizer with no think marker.
         TypeError: a keyword it does not take (a typo is named with its close match), never dropped.
@@ -140,7 +143,11 @@ def generate(
         raise ValueError("give the thinking limits either as `thinking` or as the four keywords, not both")
     if thinking is not None:
         limits = [thinking] * len(prompts) if isinstance(thinking, ThinkingLimits) else list(thinking)
-        if len(limits) != len(prompts) or not all(isinstance(x, ThinkingLimits) for x in limits):
+        if not all(isinstance(x, ThinkingLimits) for x in limits):
+            raise TypeError(
+                f"thinking takes ThinkingLimits (flexrealign.ThinkingLimits), got {thinking!r:.80}"
+            )
+        if len(limits) != len(prompts):
             raise ValueError(f"give one ThinkingLimits per prompt ({len(prompts)}), or one for all")
     else:
         limits = _limits(

@@ -251,6 +251,8 @@ class _Shape:
         role = {} if stream else {"role": "assistant"}
         if reasoning is not None and (reasoning or not stream):
             content |= dict.fromkeys(("reasoning", "reasoning_content"), reasoning or None)
+            if not stream and not text:
+                content["content"] = None  # all of it was thinking, as vLLM's reasoning parsers answer
         return {"index": 0, key: role | content, "logprobs": None, "finish_reason": finish_reason}
 
 
