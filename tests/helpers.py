@@ -151,15 +151,14 @@ def hub_cache(tmp_path: Path, monkeypatch, repo: str, folder: str | os.PathLike)
 
 def chat_reply(tok, messages: list[dict], text: str, end: str | None = None, **template_kwargs) -> tuple:
     """(reasoning, content) that the server's chat reply carries for the generated `text` (its thinking split
-    out, `flexrealign.serving.reasoning`; pinned by tests/serving/test_reasoning.py): reasoning is None when
-    the reply holds no thinking."""
+    out, `flexrealign.serving.reasoning`; pinned by tests/serving/test_reasoning.py): either is None when empty."""
     from flexrealign.decoding.prompts import encode_prompts
     from flexrealign.decoding.thinking import think_markers
     from flexrealign.serving.reasoning import ReasoningSplit
 
     ids = encode_prompts(tok, [messages], template_kwargs or None)[0]
     reasoning, content = ReasoningSplit.for_prompt(think_markers(tok, end=end), ids).feed(text, final=True)
-    return reasoning or None, content
+    return reasoning or None, content or None  # an empty part is null, as the server sends it
 
 
 def reply_parts(message) -> tuple:

@@ -85,3 +85,7 @@ def test_server_splits_streamed_and_not_and_drops_on_request(client):
     kw["extra_body"] = kw["extra_body"] | {"include_reasoning": False}
     dropped = client.chat.completions.create(**kw).choices[0].message
     assert reply_parts(dropped) == (None, answer) and "reasoning" not in (dropped.model_extra or {})
+    chunks = [c for c in client.chat.completions.create(**kw, stream=True) if c.choices]
+    deltas = [c.choices[0].delta for c in chunks[1:]]  # after the role chunk: answer pieces and the finish
+    assert all(d.content or c.choices[0].finish_reason for d, c in zip(deltas, chunks[1:], strict=True))
+    assert "".join(d.content or "" for d in deltas) == answer

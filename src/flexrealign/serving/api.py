@@ -290,11 +290,10 @@ class _Reply:
         if self.split is None:
             return self.shape.choice(text, finish_reason, stream)
         reasoning, content = self.split.feed(text, final=finish_reason is not None)
+        reasoning = reasoning if self.include_reasoning else None  # dropped: no empty chunks while it thinks
         if stream and not (reasoning or content or finish_reason):
             return None
-        return self.shape.choice(
-            content, finish_reason, stream, reasoning if self.include_reasoning else None
-        )
+        return self.shape.choice(content, finish_reason, stream, reasoning)
 
 
 async def _serve(
