@@ -12,15 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flexrealign.decoding.stopping import partial_stop_len
 from flexrealign.decoding.thinking import THINKING, ThinkMarkers, initial_stage
-
-
-def _held(text: str, marker: str) -> int:
-    """How many trailing characters of `text` could be the start of `marker` (kept for the next delta)."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-n:]):
-            return n
-    return 0
 
 
 @dataclass
@@ -50,7 +43,9 @@ class ReasoningSplit:
             marker = self.end if self.thinking else self.start
             at = text.find(marker) if marker else -1
             if at < 0:
-                keep = 0 if final or not marker else _held(text, marker)
+                keep = (
+                    0 if final or not marker else partial_stop_len(text, [marker])
+                )  # kept for the next delta
                 (reasoning if self.thinking else content).append(text[: len(text) - keep])
                 self._rest = text[len(text) - keep :]
                 return "".join(reasoning), "".join(content)
