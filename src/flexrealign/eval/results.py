@@ -87,17 +87,31 @@ def write_results(
         plot_accuracy_vs_tokens(rows, out_dir / "accuracy_vs_tokens.png", baseline=baseline)
 
 
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend: flexrealign only writes figure files, it never opens a window."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out `fig`, write it to `path` as a PNG atomically (dpi 120) and close it; returns `path`."""
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    pyplot().close(fig)
+    return path
+
+
 def plot_accuracy_vs_tokens(
     rows: Sequence[Row], path: Path, title: str = "Accuracy vs mean tokens", baseline: str | None = None
 ) -> Path:
     """Figure 4's shape: Pass@1 against mean completion tokens, one line per model family, every point labelled;
     the `baseline` row (e.g. the reference) is drawn as a star with dashed guides through it."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: write the file only
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     families: dict[str, list[Row]] = {}
     for r in rows:
         families.setdefault(r.family, []).append(r)
@@ -118,8 +132,4 @@ def plot_accuracy_vs_tokens(
     ax.set(xlabel="mean completion tokens", ylabel="Pass@1 (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from flexrealign.core.keywords import refuse_unknown_keywords
+from flexrealign.eval.results import pyplot, save_figure
 
 SWEEP_LAMS = (-0.5, 0.0, 0.5, 1.0, 1.5)
 TEMPLATE = "{question}\nAnswer briefly, then give the final answer as a number."
@@ -246,13 +247,8 @@ def table_markdown(rows: list[DemoRow]) -> str:
 
 def plot(rows: list[DemoRow], path: Path, trra_lam: float) -> Path:
     """Mean answer tokens (left) and the reference log-likelihood proxy (right) against lam."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     inra = [r for r in rows if r.model == "inra"]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     ax.plot([r.lam for r in inra], [r.mean_tokens for r in inra], "o-", color="C0", label="InRa: mean tokens")
     for r in rows:
         if r.model == "smollm2":
@@ -272,10 +268,7 @@ def plot(rows: list[DemoRow], path: Path, trra_lam: float) -> Path:
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_real_demo(out: Path, cfg: RealDemoConfig, shared: Path, command: Command) -> str:
