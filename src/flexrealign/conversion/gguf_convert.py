@@ -197,10 +197,15 @@ def cached_checkpoint(path: str | os.PathLike = SMOLLM2, root: str | os.PathLike
     """A converted checkpoint of the GGUF file, made once and reused (by tests, CI runs and the real demo).
 
     The folder, under `root` (default `cache_root()`), is named after the file and a key of its contents, so
-    a new file is converted again; a finished folder is never rewritten.
+    a new file is converted again; a finished folder is never rewritten. Processes that start at once (test
+    workers, two servers) take a file lock, so one converts while the others wait and then reuse its folder.
     """
+    from filelock import FileLock
+
     gguf = resolve_gguf(path)
     out = Path(root or cache_root()) / f"{gguf.stem}-{_file_key(gguf)}"
-    if not ((out / "config.json").is_file() and (out / "model.safetensors").is_file()):
-        convert_gguf(gguf, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.parent / f".{out.name}.lock")):
+        if not ((out / "config.json").is_file() and (out / "model.safetensors").is_file()):
+            convert_gguf(gguf, out)
     return out

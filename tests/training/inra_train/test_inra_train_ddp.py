@@ -17,6 +17,9 @@ from flexrealign.cli import main
 from flexrealign.conversion.llama2c import convert_llama2c
 from helpers import assert_same_updates, identity_adapter, shared_path
 
+# `accelerate launch` binds its fixed rendezvous port: one such module at a time (tests/conftest.py)
+pytestmark = pytest.mark.launch
+
 ACCELERATE_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "accelerate" / "ddp_cpu.yaml"
 PAIRS = [
     ("Once upon a time", " there was a dog."),

@@ -22,6 +22,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from flexrealign.conversion.llama2c import convert_llama2c
 from helpers import assert_same_updates, identity_adapter, shared_path
 
+# `accelerate launch` binds its fixed rendezvous port: one such module at a time (tests/conftest.py)
+pytestmark = pytest.mark.launch
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 NO_DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed")

@@ -18,6 +18,9 @@ from safetensors.torch import load_file
 
 from helpers import assert_same_updates
 
+# `accelerate launch` binds its fixed rendezvous port: one such module at a time (tests/conftest.py)
+pytestmark = pytest.mark.launch
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 CONFIGS = REPO / "configs" / "accelerate"
