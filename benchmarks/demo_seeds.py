@@ -23,7 +23,13 @@ from flexrealign.testbed.malloc import keep_freed_memory
 from flexrealign.testbed.recipe import TRRA_ITER, RecipeConfig, RecipeResult, run_recipe, trra_name
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = ("reference", "aligned", "inra", "inra-kaiming")  # stages that do not depend on TrRa's options
+SHARED = (
+    "reference",
+    "aligned",
+    "efficient",
+    "inra",
+    "inra-kaiming",
+)  # stages that do not depend on TrRa's options
 
 
 def link_shared(src: Path, dst: Path) -> None:
@@ -51,10 +57,24 @@ def run_one(out: Path, cfg: RecipeConfig, base: Path | None) -> RecipeResult:
 
 
 def rows_of(result: RecipeResult) -> dict[str, dict]:
-    return {
-        r.name: {"pass_at_1": r.pass_at_1, "mean_tokens": r.mean_tokens}
-        for r in [*result.table1, *result.figure4]
-    }
+    """Per row: Pass@1 and mean tokens on all problems; on hard ones Pass@1, the careful share and Pass@1 of
+    its careful and of its concise samples."""
+    out = {}
+    for r in [*result.table1, *result.figure4]:
+        h = result.hard.get(r.name)
+        out[r.name] = {"pass_at_1": r.pass_at_1, "mean_tokens": r.mean_tokens}
+        if h is not None:
+            out[r.name] |= {
+                "hard_pass_at_1": h.pass_at_1,
+                "hard_careful_share": h.careful_share,
+                "hard_careful_pass_at_1": h.careful_pass,
+                "hard_concise_pass_at_1": h.concise_pass,
+            }
+    return out
+
+
+def opt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def spread(values: list[float]) -> str:
@@ -64,9 +84,14 @@ def spread(values: list[float]) -> str:
 
 
 def print_seed(label: str, result: RecipeResult) -> None:
-    print(f"\n### {label}\n\n| row | Pass@1 | mean tokens |\n|---|---|---|")
+    print(f"\n### {label}\n\n| row | Pass@1 | mean tokens | hard: Pass@1 | careful % | Pass@1 careful | "
+          "Pass@1 concise |\n|---|---|---|---|---|---|---|")  # fmt: skip
     for name, r in rows_of(result).items():
-        print(f"| {name} | {r['pass_at_1']:.1f} | {r['mean_tokens']:.1f} |")
+        print(
+            f"| {name} | {r['pass_at_1']:.1f} | {r['mean_tokens']:.1f} | {opt(r.get('hard_pass_at_1'))} | "
+            f"{opt(r.get('hard_careful_share'))} | {opt(r.get('hard_careful_pass_at_1'))} | "
+            f"{opt(r.get('hard_concise_pass_at_1'))} |"
+        )
     for e in result.effects:
         print(f"- {e.line()}")
 
@@ -79,7 +104,7 @@ def summarize(variant: str, results: dict[int, RecipeResult]) -> dict:
     print(
         f"\n## {variant}: mean ± half-range over {n} seeds\n\n| row | Pass@1 | mean tokens |\n|---|---|---|"
     )
-    table = {}
+    table = {"per_seed": per_seed}
     for name in names:
         acc = [per_seed[s][name]["pass_at_1"] for s in per_seed if name in per_seed[s]]
         tok = [per_seed[s][name]["mean_tokens"] for s in per_seed if name in per_seed[s]]

@@ -1,76 +1,113 @@
-"""The demo's verdicts on the paper's effects: plain comparisons of the rows, and "not measured" when rows lack."""
+"""The demo's verdicts on the paper's effects: token comparisons of the rows and paired accuracy comparisons of
+their samples, "not measured" where rows lack; and the paired statistics against a direct formula."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from flexrealign.eval.results import Row
-from flexrealign.testbed.effects import hard_pass_at_1, paper_effects, task_checks
+from flexrealign.testbed.effects import paper_effects, task_checks
+from flexrealign.testbed.paired import Outcome, hard_stats, outcomes, paired_diff
+
+N = 200  # samples per row; even ids are hard (6 terms), odd ones easy (2 terms)
 
 
-def row(model: str, acc: float, tokens: float, lam: float | None = None) -> Row:
-    return Row(model, model, lam, 100, 200, acc, tokens, 0.0)
+def sample_row(name: str, right: int, tokens: float, hard_right: int | None = None) -> dict:
+    """Outcomes of N samples: the first `right` correct (of the hard ones, `hard_right` if given)."""
+    out = {}
+    for i in range(N):
+        terms = 6 if i % 2 == 0 else 2
+        ok = i < right if hard_right is None or terms < 6 else i // 2 < hard_right
+        out[(f"p{i}", 0)] = Outcome(ok, round(tokens), "careful", terms)
+    return out
 
 
-def paper_rows(**changes: tuple[float, float]) -> list[Row]:
-    plain = {"reference": (85, 70), "aligned": (84, 40), "trra-lam0.5": (84, 55), "trra-lam2": (90, 35),
-             "trra-lam5": (93, 30), "trra-iter": (92, 32)}  # fmt: skip
-    inra = {-0.5: (88, 80), 0.0: (85, 70), 0.5: (83, 55), 1.0: (84, 40), 1.5: (88, 33)}
-    plain.update({k: v for k, v in changes.items() if not k.startswith("inra")})
-    rows = [row(name, *v) for name, v in plain.items()]
-    return rows + [row("inra", *v, lam=lam) for lam, v in inra.items()]
+def build(specs: dict[str, tuple]) -> tuple[list[Row], dict]:
+    """Rows named "model" or "model@lam" from (right, tokens[, hard_right]); Pass@1 and tokens from the samples."""
+    rows, samples = [], {}
+    for name, spec in specs.items():
+        outs = sample_row(name, *spec)
+        model, _, lam = name.partition("@")
+        acc = 100.0 * sum(o.correct for o in outs.values()) / N
+        rows.append(Row(model, model, float(lam) if lam else None, N, N, acc, spec[1], 0.0))
+        samples[name] = outs
+    return rows, samples
 
 
-def verdicts(rows: list[Row]) -> dict[str, bool | None]:
-    return {e.key: e.holds for e in paper_effects(rows)}
+BASE = {
+    "reference": (160, 70), "aligned": (130, 40, 60), "trra-lam0.5": (160, 55), "trra-lam2": (160, 35),
+    "trra-lam5": (160, 30), "trra-iter": (160, 28), "inra@-0.5": (160, 80, 90), "inra@0": (160, 70, 70),
+    "inra@0.5": (160, 55), "inra@1": (150, 40), "inra@1.5": (150, 33),
+}  # fmt: skip
+
+
+def verdicts(**changes: tuple) -> dict[str, bool | None]:
+    rows, samples = build({**BASE, **changes})
+    return {e.key: e.holds for e in [*task_checks(rows, samples, hard_stats(samples, 5), 5),
+                                     *paper_effects(rows, samples, 5)]}  # fmt: skip
+
+
+def test_paired_diff_matches_the_formula() -> None:
+    a = {("p0", 0): Outcome(True, 1, "", 6), ("p1", 0): Outcome(True, 1, "", 6), ("p2", 0): Outcome(False, 1, "", 6),
+         ("p3", 0): Outcome(True, 1, "", 2), ("p4", 0): Outcome(True, 1, "", 6)}  # fmt: skip
+    b = {k: Outcome(k[0] in ("p1", "p3"), 1, "", o.terms) for k, o in a.items()}
+    d = paired_diff(a, b, min_terms=5)  # pairs p0, p1, p2, p4: differences 100, 0, 0, 100
+    sd = math.sqrt(((100 - 50) ** 2 * 2 + 50**2 * 2) / 3)
+    assert (d.mean, d.n) == (50.0, 4)
+    assert d.hi - d.mean == pytest.approx(1.959964 * sd / 2)
+    assert paired_diff(a, {}) is None
 
 
 def test_all_effects_reproduced_and_kaiming_not_measured() -> None:
-    v = verdicts(paper_rows())
+    v = verdicts()
     assert v.pop("kaiming_worse") is None
+    assert v.pop("careful_pays") is False  # every synthetic sample is careful: no concise ones to compare
     assert all(v.values()), v
 
 
 def test_each_effect_can_fail() -> None:
-    assert verdicts(paper_rows(**{"trra-lam5": (93, 36)}))["trra_tokens_fall"] is False
-    assert verdicts(paper_rows(**{"trra-lam0.5": (82.9, 55)}))["trra_accuracy_kept"] is False
-    assert (
-        verdicts(paper_rows(**{"trra-lam0.5": (83.0, 55)}))["trra_accuracy_kept"] is True
-    )  # 2 points allowed
-    assert verdicts(paper_rows(**{"trra-iter": (92, 35)}))["trra_iter_shorter"] is False
-    rows = paper_rows()
-    rows[-5] = row("inra", 85, 80, lam=-0.5)  # thinks longer but scores the same as lam = 0
-    v = verdicts(rows)
-    assert v["inra_think_longer"] is False and v["inra_tokens_fall"] is True
-    rows[-2] = row("inra", 84, 39, lam=1.0)
-    rows[-1] = row("inra", 84, 39, lam=1.5)  # not strictly falling
-    assert verdicts(rows)["inra_tokens_fall"] is False
+    assert verdicts(**{"trra-lam5": (160, 36)})["trra_tokens_fall"] is False
+    assert verdicts(**{"trra-lam2": (160, 43)})["trra_shorter"] is False  # 38.6% fewer, 40% needed
+    assert verdicts(**{"trra-lam2": (150, 35)})["trra_accuracy_kept"] is False  # 5 points lost
+    assert verdicts(**{"trra-lam2": (158, 35)})["trra_accuracy_kept"] is True  # 1 point: allowed
+    assert verdicts(**{"trra-iter": (160, 35)})["trra_iter_shorter"] is False
+    assert verdicts(**{"inra@-0.5": (160, 80, 70)})["inra_think_longer"] is False  # longer, not more accurate
+    assert verdicts(**{"inra@-0.5": (160, 80, 72)})["inra_think_longer"] is False  # +2 points: interval has 0
+    assert verdicts(**{"inra@1.5": (150, 40)})["inra_tokens_fall"] is False  # not strictly falling
+    assert verdicts(**{"reference": (190, 70)})["reference_band"] is False
+    assert verdicts(**{"aligned": (130, 60, 60)})["aligned_thinks_less"] is False
+    assert verdicts(**{"aligned": (130, 40, 78)})["aligned_worse_on_hard"] is False  # 2 points
 
 
-def test_kaiming_ablation_and_task_checks() -> None:
-    rows = paper_rows() + [row("inra-kaiming", 60, 50, lam=1.0)]
-    assert verdicts(rows)["kaiming_worse"] is True
+def test_kaiming_ablation() -> None:
+    assert verdicts(**{"inra-kaiming@1": (100, 50)})["kaiming_worse"] is True
+    assert verdicts(**{"inra-kaiming@1": (149, 50)})["kaiming_worse"] is False  # within noise
+
+
+def test_outcomes_and_hard_stats_read_generations() -> None:
+    questions = {"p0": "A1+B2+C3+D4+E5", "p1": "A1+B2"}
     recs = [
-        {"model": "reference", "lam": None, "problem_id": "p0", "correct": True, "text": "<think>\n0+A1=1\n"},
-        {
-            "model": "reference",
-            "lam": None,
-            "problem_id": "p1",
-            "correct": False,
-            "text": "<think>\n</think>\n",
-        },
-        {
-            "model": "aligned",
-            "lam": None,
-            "problem_id": "p1",
-            "correct": False,
-            "text": "<think>\n</think>\n",
-        },
-        {"model": "inra", "lam": 1.0, "problem_id": "p2", "correct": True, "text": "<think>\n</think>\n"},
-    ]
-    hard = hard_pass_at_1(recs, {"p0": 6, "p1": 5, "p2": 2}, min_terms=5)
-    assert hard == {"reference": (50.0, 2, 50.0), "aligned": (0.0, 1, 100.0)}
-    checks = {e.key: e.holds for e in task_checks(rows, hard)}
-    assert checks == {
-        "reference_below_ceiling": True,
-        "aligned_thinks_less": True,
-        "aligned_not_better_on_hard": True,
-    }
+        {"model": "reference", "lam": None, "problem_id": "p0", "sample": 0, "correct": True, "tokens": 30,
+         "text": "<think>\n0+A1=1\n1+B2=3\n3+C3=6\n6+D4=0\n0+E5=5\n</think>\n\\boxed{5}"},
+        {"model": "reference", "lam": None, "problem_id": "p0", "sample": 1, "correct": False, "tokens": 12,
+         "text": "<think>\n0+A1+B2+C3=6\n6+D4+E5=4\n</think>\n\\boxed{4}"},
+        {"model": "reference", "lam": None, "problem_id": "p1", "sample": 0, "correct": True, "tokens": 9,
+         "text": "<think>\n0+A1+B2=3\n</think>\n\\boxed{3}"},
+        {"model": "inra", "lam": -0.5, "problem_id": "p0", "sample": 0, "correct": True, "tokens": 30,
+         "text": "<think>\n</think>\n\\boxed{5}"},
+    ]  # fmt: skip
+    rows = outcomes(recs, questions)
+    assert set(rows) == {"reference", "inra@-0.5"}
+    assert rows["reference"][("p0", 1)] == Outcome(False, 12, "concise", 5)
+    stats = hard_stats(rows, 5)
+    ref = stats["reference"]
+    assert (ref.pass_at_1, ref.samples, ref.careful_share, ref.careful_pass, ref.concise_pass) == (
+        50,
+        2,
+        50,
+        100,
+        0,
+    )
+    assert stats["inra@-0.5"].careful_pass is None and stats["inra@-0.5"].careful_share == 0

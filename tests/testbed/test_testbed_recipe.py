@@ -15,7 +15,7 @@ from transformers import Trainer
 import flexrealign.testbed as testbed_pkg
 from flexrealign.commands import demo
 
-# `once`: the quick recipe trains six models (about 80 s idle) and runs in .venv only (scripts/test.sh); under the
+# `once`: the quick recipe trains eight models (about 80 s idle) and runs in .venv only (scripts/test.sh); under the
 # newest transformers its trainers, fusion and harness run in their own tests (tests/training, tests/eval)
 pytestmark = [pytest.mark.slow, pytest.mark.once]
 
@@ -53,8 +53,9 @@ def tokens(out) -> dict[str, float]:
 
 
 def test_every_model_is_trained_by_the_products_trainers(demo_out, trainer_calls) -> None:
-    # reference and aligned (TRL SFTTrainer), the InRa adapter (train_inra's SFTTrainer), 3 TrRa lams + TrRa-iter
-    assert sorted(trainer_calls) == sorted(["SFTTrainer"] * 3 + ["TrRaTrainer"] * 4)
+    # reference, aligned and efficient (TRL SFTTrainer), the InRa adapter (train_inra's SFTTrainer), 3 TrRa lams
+    # and TrRa-iter
+    assert sorted(trainer_calls) == sorted(["SFTTrainer"] * 4 + ["TrRaTrainer"] * 4)
 
 
 def test_no_second_training_loop_remains() -> None:
@@ -75,7 +76,16 @@ def test_trra_lam_2_is_shorter_than_lam_0_5(demo_out) -> None:
 
 
 def test_results_folder(demo_out) -> None:
-    for name in ("reference", "aligned", "trra-lam0.5", "trra-lam2", "trra-lam5", "trra-iter", "inra"):
+    for name in (
+        "reference",
+        "aligned",
+        "efficient",
+        "trra-lam0.5",
+        "trra-lam2",
+        "trra-lam5",
+        "trra-iter",
+        "inra",
+    ):
         assert (demo_out / "models" / name / "model.safetensors").is_file()
     for name in ("generations.jsonl", "results.md", "results.csv", "accuracy_vs_tokens.png", "summary.md"):
         assert (demo_out / name).is_file()
@@ -83,6 +93,7 @@ def test_results_folder(demo_out) -> None:
     assert "Table 1" in summary and "Figure 4" in summary and "InRa lam=1 vs lam=0" in summary
     assert "The paper's effects" in summary and "TrRa: mean tokens fall as lam rises" in summary
     assert re.search(r"\*\*(reproduced|NOT reproduced)\*\*", summary)
+    assert "95% CI" in summary and "Pass@1 concise" in summary  # paired intervals, careful-vs-concise table
 
 
 def test_same_seed_gives_byte_identical_results(demo_out, tmp_path) -> None:

@@ -14,7 +14,7 @@ def test_round_trip_of_every_trace() -> None:
     tok = build_tokenizer()
     assert isinstance(tok, PreTrainedTokenizerFast)
     for p in make_problems(100, seed=0):
-        for text in (p.question, p.long, p.short, p.direct):
+        for text in (p.question, p.long, p.short, p.efficient):
             ids = tok(text, add_special_tokens=False)["input_ids"]
             assert tok.unk_token_id not in ids
             assert tok.decode(ids) == text

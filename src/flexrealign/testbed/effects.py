@@ -1,7 +1,10 @@
-"""The paper's effects, checked on the testbed's table: each one "reproduced" or "not reproduced", with its numbers.
+"""The paper's effects, checked on the testbed's rows: each one "reproduced" or "NOT reproduced", with its numbers.
 
-Every check is a plain comparison of the measured rows, stated in the effect's own words, so a reader can redo it
-from `results.csv`; differences in Pass@1 are shown with two standard errors (`report.noise`) for judging them.
+Token claims compare mean tokens. Accuracy claims compare rows sample by sample (`paired.paired_diff`: every row
+samples the same (problem, sample) seeds) and hold only when the paired 95% interval excludes zero in the
+paper's direction; a claim of *no loss* holds when the mean loss is at most `TOLERANCE` points and the
+interval does not show a loss (its upper end is at or above zero). Each check is stated in the effect's own
+words, so a reader can redo it from `generations.jsonl`.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from flexrealign.eval.results import Row
-from flexrealign.testbed.report import noise
+from flexrealign.testbed.paired import HardStats, Outcomes, paired_diff
 
 TRRA_LAMS = (0.5, 2.0, 5.0)  # the paper's TrRa sweep (Table 1)
-TOLERANCE = 2.0  # Pass@1 points a TrRa student may lose against the reference up to lam = 2
+TOLERANCE = 1.0  # Pass@1 points TrRa lam = 2 may lose against the reference
+TRRA_CUT = 0.4  # TrRa lam = 2 thinks at least 40% less than the reference (the paper: 54.63%)
+ALIGNED_CUT, ALIGNED_HARD_LOSS = 0.25, 3.0  # the aligned model thinks >= 25% less, >= 3 points worse on hard
+THINK_LONGER_GAIN = 2.0  # InRa lam = -0.5 gains at least this many points on hard problems over lam = 0
+REFERENCE_BAND = (70.0, 92.0)
 
 
 @dataclass(frozen=True)
@@ -39,55 +46,79 @@ def _trra(rows: dict[str, Row], lam: float) -> Row | None:
     return rows.get(f"trra-lam{_lam(lam)}")
 
 
-def trra_effects(rows: dict[str, Row], ref: Row) -> list[Effect]:
-    """TrRa tokens fall with lam (0.5 -> 2 -> 5); Pass@1 stays within 2 points of the reference up to lam = 2;
-    TrRa-iter thinks shorter still than the lam = 2 student it realigns."""
-    students = [_trra(rows, x) for x in TRRA_LAMS]
-    have = [r for r in students if r is not None]
-    tokens = " -> ".join(f"{r.mean_tokens:.1f}" for r in have)
-    falls = len(have) == len(TRRA_LAMS) and all(a.mean_tokens > b.mean_tokens for a, b in pairwise(have))
-    out = [Effect("trra_tokens_fall", "TrRa: mean tokens fall as lam rises (0.5 -> 2 -> 5)",
-                  falls if len(have) == len(TRRA_LAMS) else None, f"tokens {tokens}")]  # fmt: skip
-    kept = [r for r in students[:2] if r is not None]
-    worst = min(kept, key=lambda r: r.pass_at_1, default=None)
-    out.append(Effect(
-        "trra_accuracy_kept", f"TrRa: Pass@1 no more than {TOLERANCE:g} points below the reference up to lam=2",
-        None if len(kept) < 2 else all(r.pass_at_1 >= ref.pass_at_1 - TOLERANCE for r in kept),
-        ", ".join(f"{r.model} {r.pass_at_1:.1f}%" for r in kept) + f" vs reference {ref.pass_at_1:.1f}%"
-        + (f" (noise ±{noise(worst):.1f})" if worst else ""),
-    ))  # fmt: skip
-    it, lam2 = rows.get("trra-iter"), _trra(rows, 2.0)
-    out.append(Effect(
-        "trra_iter_shorter", "TrRa-iter: fewer tokens still than TrRa lam=2",
-        None if it is None or lam2 is None else it.mean_tokens < lam2.mean_tokens,
-        "missing rows" if it is None or lam2 is None else
-        f"{it.mean_tokens:.1f} vs {lam2.mean_tokens:.1f} tokens, Pass@1 {it.pass_at_1:.1f}% vs {lam2.pass_at_1:.1f}%",
+def _missing(key: str, claim: str) -> Effect:
+    return Effect(key, claim, None, "missing rows")
+
+
+def trra_effects(rows: dict[str, Row], samples: Outcomes) -> list[Effect]:
+    """TrRa lam = 2 thinks >= 40% less than the reference at no loss; tokens fall 0.5 -> 2 -> 5; TrRa-iter
+    thinks shorter still than the lam = 2 student it realigns."""
+    ref, two = rows.get("reference"), _trra(rows, 2.0)
+    out = [_trra_cut(ref, two), _trra_kept(ref, two, samples)]
+    have = [r for r in (_trra(rows, x) for x in TRRA_LAMS) if r is not None]
+    claim = "TrRa: mean tokens fall as lam rises (0.5 -> 2 -> 5)"
+    out.append(Effect("trra_tokens_fall", claim, all(a.mean_tokens > b.mean_tokens for a, b in pairwise(have)),
+                      "tokens " + " -> ".join(f"{r.mean_tokens:.1f}" for r in have))
+               if len(have) == len(TRRA_LAMS) else _missing("trra_tokens_fall", claim))  # fmt: skip
+    it, claim = rows.get("trra-iter"), "TrRa-iter: fewer tokens still than TrRa lam=2"
+    out.append(_missing("trra_iter_shorter", claim) if it is None or two is None else Effect(
+        "trra_iter_shorter", claim, it.mean_tokens < two.mean_tokens,
+        f"{it.mean_tokens:.1f} vs {two.mean_tokens:.1f} tokens, Pass@1 {it.pass_at_1:.1f}% vs {two.pass_at_1:.1f}%",
     ))  # fmt: skip
     return out
 
 
-def inra_effects(rows: dict[str, Row], model: str = "inra") -> list[Effect]:
-    """InRa tokens fall strictly as lam rises; lam = -0.5 thinks longer than lam = 0 and scores higher."""
+def _trra_cut(ref: Row | None, two: Row | None) -> Effect:
+    claim = f"TrRa lam=2: at least {100 * TRRA_CUT:.0f}% fewer tokens than the reference"
+    if ref is None or two is None:
+        return _missing("trra_shorter", claim)
+    cut = 1 - two.mean_tokens / ref.mean_tokens
+    return Effect("trra_shorter", claim, cut >= TRRA_CUT,
+                  f"{100 * cut:.1f}% fewer ({two.mean_tokens:.1f} vs {ref.mean_tokens:.1f} tokens)")  # fmt: skip
+
+
+def _trra_kept(ref: Row | None, two: Row | None, samples: Outcomes) -> Effect:
+    claim = f"TrRa lam=2: Pass@1 no more than {TOLERANCE:g} point below the reference (paired)"
+    d = (
+        None
+        if ref is None or two is None
+        else paired_diff(samples.get(two.name, {}), samples.get(ref.name, {}))
+    )
+    if d is None:
+        return _missing("trra_accuracy_kept", claim)
+    return Effect("trra_accuracy_kept", claim, d.mean >= -TOLERANCE and d.hi >= 0,
+                  f"{two.pass_at_1:.1f}% vs {ref.pass_at_1:.1f}%, difference {d.text()}")  # fmt: skip
+
+
+def inra_effects(
+    rows: dict[str, Row], samples: Outcomes, hard_terms: int, model: str = "inra"
+) -> list[Effect]:
+    """InRa tokens fall strictly as lam rises; lam = -0.5 thinks longer than lam = 0 and is more accurate on
+    hard problems by at least `THINK_LONGER_GAIN` points, paired interval above zero."""
     at = {r.lam: r for r in rows.values() if r.model == model and r.lam is not None}
     lams = sorted(at)
-    strict = len(lams) > 2 and all(at[a].mean_tokens > at[b].mean_tokens for a, b in pairwise(lams))
-    out = [Effect(
-        "inra_tokens_fall", "InRa: mean tokens fall strictly as lam rises", strict if len(lams) > 2 else None,
-        ", ".join(f"lam={_lam(x)}: {at[x].mean_tokens:.1f}" for x in lams),
-    )]  # fmt: skip
+    claim = "InRa: mean tokens fall strictly as lam rises"
+    out = [Effect("inra_tokens_fall", claim, all(at[a].mean_tokens > at[b].mean_tokens for a, b in pairwise(lams)),
+                  ", ".join(f"lam={_lam(x)}: {at[x].mean_tokens:.1f}" for x in lams))
+           if len(lams) > 2 else _missing("inra_tokens_fall", claim)]  # fmt: skip
     neg, zero = at.get(-0.5), at.get(0.0)
-    if neg is None or zero is None:
-        return [*out, Effect("inra_think_longer", "InRa lam=-0.5 thinks longer and scores higher than lam=0",
-                             None, "missing rows")]  # fmt: skip
+    claim = (f"InRa: lam=-0.5 thinks longer than lam=0 and is at least {THINK_LONGER_GAIN:g} points more "
+             f"accurate on hard problems (paired)")  # fmt: skip
+    d = (
+        None
+        if neg is None or zero is None
+        else paired_diff(samples[neg.name], samples[zero.name], hard_terms)
+    )
+    if d is None:
+        return [*out, _missing("inra_think_longer", claim)]
     return [*out, Effect(
-        "inra_think_longer", "InRa: lam=-0.5 thinks longer and scores higher than lam=0",
-        neg.mean_tokens > zero.mean_tokens and neg.pass_at_1 > zero.pass_at_1,
-        f"{neg.mean_tokens:.1f} vs {zero.mean_tokens:.1f} tokens, Pass@1 {neg.pass_at_1:.1f}% vs "
-        f"{zero.pass_at_1:.1f}% (noise ±{max(noise(neg), noise(zero)):.1f})",
+        "inra_think_longer", claim,
+        neg.mean_tokens > zero.mean_tokens and d.mean >= THINK_LONGER_GAIN and d.lo > 0,
+        f"{neg.mean_tokens:.1f} vs {zero.mean_tokens:.1f} tokens; on hard problems {d.text()}",
     )]  # fmt: skip
 
 
-def kaiming_effect(rows: dict[str, Row], lam: float = 1.0) -> Effect:
+def kaiming_effect(rows: dict[str, Row], samples: Outcomes, lam: float = 1.0) -> Effect:
     """Paper Table 4: an adapter initialised by kaiming (not as the identity) does worse, here on its own path."""
     ident, kai = rows.get(f"inra@{_lam(lam)}"), rows.get(f"inra-kaiming@{_lam(lam)}")
     claim = (
@@ -95,65 +126,64 @@ def kaiming_effect(rows: dict[str, Row], lam: float = 1.0) -> Effect:
     )
     if ident is None or kai is None:
         return Effect("kaiming_worse", claim, None, "not run (kaiming_ablation off)")
-    return Effect("kaiming_worse", claim, kai.pass_at_1 < ident.pass_at_1,
-                  f"Pass@1 {kai.pass_at_1:.1f}% vs {ident.pass_at_1:.1f}% (noise ±{noise(kai):.1f})")  # fmt: skip
+    d = paired_diff(samples[kai.name], samples[ident.name])
+    return Effect(
+        "kaiming_worse",
+        claim,
+        d is not None and d.hi < 0,
+        f"Pass@1 {kai.pass_at_1:.1f}% vs {ident.pass_at_1:.1f}%, difference {d.text() if d else '-'}",
+    )
 
 
-def paper_effects(rows: Sequence[Row], reference: str = "reference") -> list[Effect]:
+def paper_effects(rows: Sequence[Row], samples: Outcomes, hard_terms: int) -> list[Effect]:
     """Every effect the demo checks (item order: TrRa, TrRa-iter, InRa, the adapter's initialisation)."""
     by_name = {r.name: r for r in rows}
-    ref = by_name.get(reference)
-    if ref is None:
-        raise ValueError(f"no {reference!r} row to compare against")
-    return [*trra_effects(by_name, ref), *inra_effects(by_name), kaiming_effect(by_name)]
+    if "reference" not in by_name:
+        raise ValueError("no 'reference' row to compare against")
+    return [*trra_effects(by_name, samples), *inra_effects(by_name, samples, hard_terms),
+            kaiming_effect(by_name, samples)]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- the task itself
-def hard_pass_at_1(records: Sequence[dict], terms: dict[str, int], min_terms: int) -> dict[str, tuple]:
-    """Per row name ("model" or "model@lam"): (Pass@1 %, samples, share of guesses %) on problems with at least
-    `min_terms` terms. A guess is a completion whose think block is empty."""
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        if terms.get(str(r["problem_id"]), 0) >= min_terms:
-            name = r["model"] if r["lam"] is None else f"{r['model']}@{_lam(float(r['lam']))}"
-            groups.setdefault(name, []).append(r)
-    return {
-        name: (100.0 * sum(bool(r["correct"]) for r in g) / len(g), len(g),
-               100.0 * sum(r["text"].startswith("<think>\n</think>") for r in g) / len(g))
-        for name, g in groups.items()
-    }  # fmt: skip
-
-
 def task_checks(
-    rows: Sequence[Row], hard: dict[str, tuple], band: tuple[float, float] = (75.0, 95.0)
+    rows: Sequence[Row], samples: Outcomes, hard: dict[str, HardStats], hard_terms: int
 ) -> list[Effect]:
-    """What the testbed must offer for the effects to be able to appear: a reference below the ceiling, and an
-    aligned model that thinks less without being better on hard problems."""
+    """What the testbed must offer for the effects to be able to appear: a reference below the ceiling whose
+    careful thinking pays on hard problems, and an aligned model that thinks less and is worse on them."""
     by_name = {r.name: r for r in rows}
     ref, al = by_name.get("reference"), by_name.get("aligned")
     if ref is None or al is None:
         return []
-    out = [Effect("reference_below_ceiling", f"Task: the reference scores {band[0]:g}-{band[1]:g}% Pass@1",
-                  band[0] <= ref.pass_at_1 <= band[1], f"{ref.pass_at_1:.1f}%")]  # fmt: skip
+    lo, hi = REFERENCE_BAND
+    out = [Effect("reference_band", f"Task: the reference scores {lo:g}-{hi:g}% Pass@1", lo <= ref.pass_at_1 <= hi,
+                  f"{ref.pass_at_1:.1f}%")]  # fmt: skip
+    rh = hard.get("reference")
+    if rh is not None:
+        pays = (
+            rh.careful_pass is not None and rh.concise_pass is not None and rh.careful_pass > rh.concise_pass
+        )
+        out.append(Effect(
+            "careful_pays", "Task: on hard problems the reference's careful traces are more accurate than its "
+            "concise ones", pays, f"careful {_opt(rh.careful_pass)} vs concise {_opt(rh.concise_pass)} "
+            f"({rh.concise_samples} of {rh.samples} samples concise)",
+        ))  # fmt: skip
+    cut = 1 - al.mean_tokens / ref.mean_tokens
     out.append(
         Effect(
             "aligned_thinks_less",
-            "Task: the aligned model thinks less than the reference",
-            al.mean_tokens < ref.mean_tokens,
-            f"{al.mean_tokens:.1f} vs {ref.mean_tokens:.1f} tokens",
+            f"Task: the aligned model thinks at least {100 * ALIGNED_CUT:.0f}% less",
+            cut >= ALIGNED_CUT,
+            f"{al.mean_tokens:.1f} vs {ref.mean_tokens:.1f} tokens ({100 * cut:.0f}% less)",
         )
     )
-    if "reference" in hard and "aligned" in hard:
-        (ra, n, rg), (aa, _, ag) = hard["reference"], hard["aligned"]
-        out.append(Effect(
-            "aligned_not_better_on_hard", "Task: on hard problems the aligned model is not better than the reference",
-            aa <= ra + 2 * noise_of(ra, n), f"Pass@1 {aa:.1f}% vs {ra:.1f}% on {n} hard samples; guesses {ag:.0f}% "
-            f"vs {rg:.0f}%",
-        ))  # fmt: skip
+    d = paired_diff(samples.get("aligned", {}), samples.get("reference", {}), hard_terms)
+    out.append(Effect(
+        "aligned_worse_on_hard", f"Task: on hard problems the aligned model is at least {ALIGNED_HARD_LOSS:g} points "
+        "less accurate (paired)", d is not None and d.mean <= -ALIGNED_HARD_LOSS and d.hi < 0,
+        d.text() if d else "missing rows",
+    ))  # fmt: skip
     return out
 
 
-def noise_of(pass_at_1: float, samples: int) -> float:
-    """One standard error of a Pass@1 (points); `report.noise` is two of them."""
-    p = pass_at_1 / 100.0
-    return 100.0 * (max(p * (1 - p), 0.01) / max(samples, 1)) ** 0.5
+def _opt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}%"

@@ -4,11 +4,13 @@ InRa, and measure them with the evaluation harness (Table 1 and Figure 4 of the 
 Stages (each cached under `out/models/NAME` as a standard safetensors checkpoint, so a rerun skips it):
 
 1. reference  - a tiny decoder trained from scratch on long traces (slow thinking: steps + verify passes)
-2. aligned    - the reference fine-tuned on short traces (concise: no verification, direct easy answers)
-3. trra-lamX  - TrRa students: the reference distilled toward softmax(X * h_aligned + (1 - X) * h_ref)
-4. trra-iter  - one TrRa-iter round: teacher fuses the reference with trra-lam2 at lam 2, student from trra-lam2
-5. inra       - an InRa layer adapter on the frozen reference, SFT on short traces (lam = 1 path)
-6. eval       - the harness over all models (InRa over a lam sweep), resumable through generations.jsonl
+2. aligned    - the reference fine-tuned on short traces (concise: several terms per step, no verification)
+3. efficient  - the reference fine-tuned on efficient traces (its own modes, seldom overthinking): TrRa's
+                aligned model, as DeepScaleR is in the paper's TrRa experiments
+4. trra-lamX  - TrRa students: the reference distilled toward softmax(X * h_efficient + (1 - X) * h_ref)
+5. trra-iter  - one TrRa-iter round: teacher fuses the reference with trra-lam2 at lam 2, student from trra-lam2
+6. inra       - an InRa layer adapter on the frozen reference, SFT on short traces (lam = 1 path)
+7. eval       - the harness over all models (InRa over a lam sweep), resumable through generations.jsonl
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from flexrealign.core.keywords import refuse_unknown_keywords
 from flexrealign.eval.generations import GENERATIONS, load_generations
 from flexrealign.eval.harness import EvalConfig, ModelSpec, evaluate
 from flexrealign.eval.results import Row
-from flexrealign.testbed.effects import Effect, hard_pass_at_1, paper_effects, task_checks
+from flexrealign.testbed.effects import Effect, paper_effects, task_checks
+from flexrealign.testbed.paired import HardStats, Outcomes, hard_stats, outcomes
+from flexrealign.testbed.plot import plot_testbed
 from flexrealign.testbed.stages import (
     Example,
     new_model,
@@ -41,13 +45,9 @@ from flexrealign.testbed.stages import (
 from flexrealign.testbed.task import Problem, TaskConfig, make_problems
 from flexrealign.testbed.tokenizer import build_tokenizer
 
-REFERENCE, ALIGNED, INRA, INRA_KAIMING, TRRA_ITER = (
-    "reference",
-    "aligned",
-    "inra",
-    "inra-kaiming",
-    "trra-iter",
-)
+REFERENCE, ALIGNED, EFFICIENT, INRA, INRA_KAIMING, TRRA_ITER = (
+    "reference", "aligned", "efficient", "inra", "inra-kaiming", "trra-iter",
+)  # fmt: skip
 
 
 @refuse_unknown_keywords
@@ -161,18 +161,18 @@ class Pipeline:
             return []
         if name == TRRA_ITER:
             return [REFERENCE, trra_name(c.iter_lam)]
-        if name in (ALIGNED, INRA, INRA_KAIMING):
+        if name in (ALIGNED, EFFICIENT, INRA, INRA_KAIMING):
             return [REFERENCE]
-        return [REFERENCE, ALIGNED]
+        return [REFERENCE, EFFICIENT]
 
     def fields(self, steps: int, lr: float) -> dict:
         return trainer_fields(steps, self.cfg.batch_size, lr, self.cfg.seed, self.show)
 
     def examples(self, trace: str) -> list[Example]:
-        if trace == "mixed":  # TrRa: both styles, so the forks of both are covered
+        if trace == "mixed":  # TrRa: both teachers' styles, so the forks of both are covered
             half = len(self.data) // 2
             return [(p.question, p.long) for p in self.data[:half]] + [
-                (p.question, p.short) for p in self.data[half:]
+                (p.question, p.efficient) for p in self.data[half:]
             ]
         return [(p.question, getattr(p, trace)) for p in self.data]
 
@@ -183,14 +183,12 @@ class Pipeline:
             # lr 1e-3: at 3e-3 the seed-2 reference stalled at loss 0.12 (Pass@1 ~12%, never learning the running
             # sums); at 1e-3 seeds 0, 1 and 2 all reach ~0.027 in 1200 steps
             return train_sft(model, tok, self.examples("long"), self.fields(c.ref_steps, 1e-3), path)
-        if (
-            name == ALIGNED
-        ):  # the concise aligned model: the reference fine-tuned (all weights) on short traces
-            model = copy.deepcopy(self.get(REFERENCE))
+        if name in (ALIGNED, EFFICIENT):  # the reference fine-tuned (all weights) on short / efficient traces
+            model, trace = copy.deepcopy(self.get(REFERENCE)), "short" if name == ALIGNED else "efficient"
             # lr 3e-4: at 1e-3 the fine-tune also moved the reference's confidence on the deterministic step
             # tokens, and lam = 5 fusion (5 * h_aligned - 4 * h_ref) then flipped some of them: the TrRa lam = 5
             # students scored 79%, 44% and 67% in seeds 0-2 (garbled steps); at 3e-4, 98%, 99.7% and 100%
-            return train_sft(model, tok, self.examples("short"), self.fields(c.aligned_steps, 3e-4), path)
+            return train_sft(model, tok, self.examples(trace), self.fields(c.aligned_steps, 3e-4), path)
         if name in (INRA, INRA_KAIMING):
             init = "identity" if name == INRA else "kaiming"
             return train_inra_adapter(
@@ -202,7 +200,7 @@ class Pipeline:
         if name == TRRA_ITER:  # TrRa-iter: realign again between the reference and the last student
             aligned, lam = self.get(trra_name(c.iter_lam)), c.iter_lam
         else:
-            aligned, lam = self.get(ALIGNED), next(x for x in c.trra_lams if trra_name(x) == name)
+            aligned, lam = self.get(EFFICIENT), next(x for x in c.trra_lams if trra_name(x) == name)
         return train_trra(
             self.get(REFERENCE), aligned, tok, self.examples("mixed"), lam, self.fields(c.trra_steps, 1e-3),
             path, c.trra_options(),
@@ -210,7 +208,7 @@ class Pipeline:
 
     def stages(self) -> list[str]:
         kaiming = [INRA_KAIMING] if self.cfg.kaiming_ablation else []
-        return [REFERENCE, ALIGNED, *map(trra_name, self.cfg.trra_lams), TRRA_ITER, INRA, *kaiming]
+        return [REFERENCE, ALIGNED, EFFICIENT, *map(trra_name, self.cfg.trra_lams), TRRA_ITER, INRA, *kaiming]
 
 
 # --------------------------------------------------------------------------------------------- run it all
@@ -224,9 +222,8 @@ class RecipeResult:
     seconds: float
     eval_seconds: float = 0.0
     effects: list[Effect] = field(default_factory=list)  # the paper's effects and the task's own checks
-    hard: dict[str, tuple] = field(
-        default_factory=dict
-    )  # row name -> (Pass@1, samples, guess %) on hard problems
+    hard: dict[str, HardStats] = field(default_factory=dict)  # row name -> its numbers on hard problems
+    samples: Outcomes = field(default_factory=dict)  # row name -> per-sample outcomes (paired comparisons)
 
 
 class CacheMismatch(RuntimeError):
@@ -263,7 +260,8 @@ def model_specs(pipe: Pipeline) -> list[ModelSpec]:
     c, p = pipe.cfg, pipe.path
     # kinds are known here: no config needs reading (and a stage's folder may not be written yet)
     plain = [ModelSpec(REFERENCE, "plain", str(p(REFERENCE)), family="reference (slow)"),
-             ModelSpec(ALIGNED, "plain", str(p(ALIGNED)), family="aligned (SFT on short)")]  # fmt: skip
+             ModelSpec(ALIGNED, "plain", str(p(ALIGNED)), family="aligned (SFT on short)"),
+             ModelSpec(EFFICIENT, "plain", str(p(EFFICIENT)), family="efficient (SFT on efficient)")]  # fmt: skip
     trra = [
         ModelSpec(n, "plain", str(p(n)), family="TrRa") for n in [*map(trra_name, c.trra_lams), TRRA_ITER]
     ]
@@ -288,11 +286,12 @@ def hard_min_terms(cfg: RecipeConfig) -> int:
     return max(cfg.task.min_terms, cfg.task.max_terms - 1)
 
 
-def read_results(out: Path, cfg: RecipeConfig) -> dict[str, tuple]:
-    """Pass@1 on the hard problems, from the generations the harness wrote."""
-    terms = {r["id"]: r["num_terms"] for r in map(json.loads, (out / "test.jsonl").read_text().splitlines())}
-    done = load_generations(out / GENERATIONS)
-    return hard_pass_at_1(list(done.values()), terms, hard_min_terms(cfg))
+def read_samples(out: Path) -> Outcomes:
+    """Every row's per-sample outcomes, from the generations the harness wrote."""
+    questions = {
+        r["id"]: r["question"] for r in map(json.loads, (out / "test.jsonl").read_text().splitlines())
+    }
+    return outcomes(load_generations(out / GENERATIONS).values(), questions)
 
 
 @contextmanager
@@ -341,16 +340,11 @@ def run_recipe(
     log(f"stage eval: {t_eval:.1f} s")
     table1 = [r for r in rows if r.lam is None]
     figure4 = [r for r in rows if r.model in (INRA, INRA_KAIMING)]
-    hard = read_results(out, cfg)
-    effects = [*task_checks(rows, hard), *paper_effects(rows)]
+    samples, k = read_samples(out), hard_min_terms(cfg)
+    hard = hard_stats(samples, k)
+    effects = [*task_checks(rows, samples, hard, k), *paper_effects(rows, samples, k)]
+    plot_testbed(rows, samples, k, out / "accuracy_vs_tokens.png")  # replaces the harness's one-panel plot
     return RecipeResult(
-        out,
-        table1,
-        figure4,
-        out / "accuracy_vs_tokens.png",
-        pipe.seconds,
-        time.time() - t0,
-        t_eval,
-        effects,
-        hard,
-    )
+        out, table1, figure4, out / "accuracy_vs_tokens.png", pipe.seconds, time.time() - t0, t_eval, effects,
+        hard, samples,
+    )  # fmt: skip

@@ -3,89 +3,97 @@
 The labels (A, B, C, ...) name the terms so that a step can find its term by content (an induction-head
 lookup of its label) rather than by counting positions, which tiny models learn far more slowly.
 
-Every trace is in the R1 format `<think>\\n...\\n</think>\\n\\boxed{N}` and follows one of three modes, chosen
-at the first thinking token:
+Every trace is in the R1 format `<think>\\n...\\n</think>\\n\\boxed{N}` and thinks in one of two modes:
 
-- careful: restate the problem ("A7+B3+C9+D4", a verbatim copy), one running-sum step per term ("3+C9=2":
-  running sum 3 plus term C (9) is 2 mod 10), then one verify pass that redoes the steps. Slow and right.
-- concise: the steps once, sometimes one verify pass. Right as well: every step is an easy local computation.
-- guess: the answer with an empty think block. Cheap, but a tiny model cannot sum many digits in one token,
-  so a guess is right about as often as chance (10%) on hard problems (large k). Thinking is what makes hard
-  problems solvable: that is the difficulty knob (`min_terms`, `max_terms`).
+- careful: one term per step ("3+C9=2": running sum 3 plus term C (9) is 2 mod 10). Each step is one label
+  lookup and a sum of two digits, which the testbed model learns to do almost without error.
+- concise: up to three terms per step ("0+A7+B3+C9=9"). Fewer tokens, but each step must find up to three
+  labels and add four digits in one token (10^4 cases against careful's 10^2), which a 3-layer, 64-wide model
+  does far less reliably, and a problem with more terms needs more such steps. So the concise mode errs
+  where careful thinking does not, mostly on hard problems (many terms): the care, not a label, pays.
 
-A trace never holds more than two passes: measured on the 2-layer testbed model, a third pass slipped in about a
-third of the samples (a step then finds its term among four copies of the label), and a restatement written in
-another format ("A7 B3 C9") was miscopied in about four in ten careful samples. Both made the slow-thinking
-reference *less* accurate than the concise model, the opposite of the setting the paper studies.
+Both modes may also *overthink*: restate the problem first (a verbatim copy, "A7+B3+C9+D4") and redo the
+steps in one verify pass ("verify" then the steps again). Neither changes what the steps compute, so they
+cost tokens without raising accuracy: the waste TrRa removes in the paper. A trace never holds more than two
+passes (measured on the 3-layer model: a third pass slipped, as a step then finds its term among four
+copies of the label).
 
-The slow-thinking reference's data (`long`) is mostly careful; the aligned model's data (`short`) mostly
-concise. Both guess equally often (`guess_prob`): the aligned model thinks less, and is no more accurate.
-The mode is one token, so the models hold soft preferences there and logit fusion (paper Eq. 5) moves them:
-lam > 1 extrapolates toward concise, lam < 0 toward careful. Fused logits are renormalised, so a mode both
-models give the same probability (the guess) keeps its logit while the others move: outside [0, 1] it loses
-share, inside it gains a little. Whether that yields the paper's effects is measured, not built in.
+Three trace styles train the testbed's models: the slow-thinking reference (`long`: mostly careful, mostly
+overthinking), the concise aligned model of InRa (`short`: mostly concise, no verify pass) and the efficient
+aligned model of TrRa (`efficient`: the reference's modes without the overthinking; the paper's TrRa teacher
+DeepScaleR is such a model). The modes and overthinking are chosen by a few tokens (the first line and the
+token after the first term), where the models hold soft preferences that logit fusion (paper Eq. 5) moves.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 from flexrealign.core.keywords import refuse_unknown_keywords
 
 THINK, END_THINK, VERIFY = "<think>", "</think>", "verify"
 LABELS = "ABCDEFGH"  # term names; at most len(LABELS) terms
-GUESS, CAREFUL, CONCISE = "guess", "careful", "concise"
+CAREFUL, CONCISE, GUESS, GARBLED = "careful", "concise", "guess", "garbled"  # modes read back from outputs
+CHUNK = 3  # terms per concise step
+_STEP = re.compile(r"(\d)((?:\+[A-H]\d)+)=(\d)")
 
 
 @dataclass(frozen=True)
 class TraceStyle:
-    """How one model's training traces think: mode shares and verify-pass counts (probabilities per problem).
+    """How one model's training traces think, as probabilities per problem.
 
-    `careful` and `guess` are shares of all traces (concise takes the rest); `careful_verify[i]` and
-    `concise_verify[i]` are P(i verify passes) in those modes.
+    Args:
+        careful: share of careful traces (concise takes the rest).
+        restate: P(restating the problem first).
+        careful_verify: P(one verify pass) in careful traces.
+        concise_verify: P(one verify pass) in concise traces.
     """
 
     careful: float
-    careful_verify: tuple[float, ...]
-    concise_verify: tuple[float, ...]
+    restate: float
+    careful_verify: float
+    concise_verify: float
 
     def __post_init__(self) -> None:
-        for name in ("careful_verify", "concise_verify"):
-            probs = getattr(self, name)
-            if not probs or any(p < 0 for p in probs) or sum(probs) <= 0:
-                raise ValueError(f"{name} must be non-negative weights with a positive sum, got {probs}")
+        for name in ("careful", "restate", "careful_verify", "concise_verify"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"TraceStyle.{name} must be a probability in [0, 1], got {getattr(self, name)}"
+                )
 
 
-# Shares of all traces (guess_prob 0.2 is shared): the reference is careful in 60% of them, the aligned model in
-# 36%. Chosen so that the aligned model still leaves some careful mass and some verify passes: fusion at lam = 2
-# then has room left to shorten, and lam = 5 or a TrRa-iter round shorten further (see the module docstring).
-LONG_STYLE = TraceStyle(careful=0.6, careful_verify=(0.0, 1.0), concise_verify=(0.5, 0.5))
-SHORT_STYLE = TraceStyle(careful=0.36, careful_verify=(0.0, 1.0), concise_verify=(0.75, 0.25))
+# The reference overthinks (restates 80%, verifies 90% careful / 80% concise traces) and is careful 70% of the
+# time: it errs where it thinks concisely. The aligned model is concise 85% of the time: shorter and worse on
+# hard problems. The efficient model keeps the reference's modes (so its accuracy) and overthinks about half as
+# often, not never: fusion multiplies the odds of overthinking by (odds_efficient / odds_reference) ** lam, so a
+# moderate ratio leaves some overthinking at lam = 2 for lam = 5 and TrRa-iter to remove (measured with 10%
+# restate and verify: TrRa lam 2 was already at the floor, and lam 5 no shorter).
+LONG_STYLE = TraceStyle(careful=0.7, restate=0.8, careful_verify=0.9, concise_verify=0.8)
+SHORT_STYLE = TraceStyle(careful=0.15, restate=0.8, careful_verify=0.9, concise_verify=0.0)
+EFFICIENT_STYLE = TraceStyle(careful=0.7, restate=0.4, careful_verify=0.5, concise_verify=0.3)
 
 
 @refuse_unknown_keywords
 @dataclass(frozen=True)
 class TaskConfig:
-    """Difficulty (number of terms) and the two trace styles. `guess_prob` is shared by both styles."""
+    """Difficulty (number of terms) and the three trace styles."""
 
     min_terms: int = 2
     max_terms: int = 6
-    guess_prob: float = 0.2
     long: TraceStyle = LONG_STYLE
     short: TraceStyle = SHORT_STYLE
+    efficient: TraceStyle = EFFICIENT_STYLE
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_terms <= self.max_terms <= len(LABELS):
             raise ValueError(f"need 1 <= min_terms <= max_terms <= {len(LABELS)}, got {self}")
-        for style in (self.long, self.short):
-            if min(self.guess_prob, style.careful) < 0 or self.guess_prob + style.careful > 1:
-                raise ValueError(f"guess_prob + careful must lie in [0, 1], got {self.guess_prob} + {style}")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem and its traces; `terms` are the digits, `answer` the last digit of their sum."""
+    """One problem and one trace per style; `terms` are the digits, `answer` the last digit of their sum."""
 
     id: str
     terms: tuple[int, ...]
@@ -93,7 +101,7 @@ class Problem:
     question: str
     long: str
     short: str
-    direct: str
+    efficient: str
     meta: dict = field(default_factory=dict, compare=False)
 
 
@@ -106,12 +114,14 @@ def parse_question(question: str) -> tuple[int, ...]:
     return tuple(int(part[1:]) for part in question.split("+"))
 
 
-def steps(terms: tuple[int, ...]) -> list[str]:
-    """Running-sum lines "s+Lt=r": running sum s, plus term L (digit t), gives r = (s + t) mod 10."""
+def steps(terms: tuple[int, ...], chunk: int = 1) -> list[str]:
+    """Running-sum lines "s+Lt(+Lt...)=r" of `chunk` terms each: running sum s plus the terms gives r mod 10."""
     lines, acc = [], 0
-    for label, t in zip(LABELS, terms, strict=False):
-        lines.append(f"{acc}+{label}{t}={(acc + t) % 10}")
-        acc = (acc + t) % 10
+    for i in range(0, len(terms), chunk):
+        part = list(zip(LABELS[i : i + chunk], terms[i : i + chunk], strict=False))
+        new = (acc + sum(t for _, t in part)) % 10
+        lines.append(f"{acc}" + "".join(f"+{label}{t}" for label, t in part) + f"={new}")
+        acc = new
     return lines
 
 
@@ -121,26 +131,18 @@ def render(lines: list[str], answer: int) -> str:
     return f"{THINK}\n{body}{END_THINK}\n\\boxed{{{answer}}}"
 
 
-def restate(terms: tuple[int, ...]) -> str:
-    """The careful mode's first line: the problem copied verbatim, "A7+B3+C9" (its first token marks the mode)."""
-    return question_text(terms)
+def thinking(terms: tuple[int, ...], *, careful: bool, restate: bool, verify: bool) -> list[str]:
+    """(The restated problem,) the steps of the mode, then (a verify pass that redoes them)."""
+    lines = steps(terms, 1 if careful else CHUNK)
+    return [question_text(terms)] * restate + lines + [VERIFY, *lines] * verify
 
 
-def thinking(terms: tuple[int, ...], verify_passes: int, careful: bool = False) -> list[str]:
-    """(The restated terms,) the steps, then `verify_passes` repetitions of them, each announced by "verify"."""
-    lines = steps(terms)
-    return [restate(terms)] * careful + lines + [VERIFY, *lines] * verify_passes
-
-
-def sample_trace(rng: random.Random, style: TraceStyle, guess_prob: float, terms: tuple[int, ...]) -> tuple:
-    """(mode, verify passes, lines) of one trace in `style`; a guess has no lines."""
-    u = rng.random()
-    if u < guess_prob:
-        return GUESS, 0, []
-    careful = u < guess_prob + style.careful
-    probs = style.careful_verify if careful else style.concise_verify
-    passes = rng.choices(range(len(probs)), weights=probs)[0]
-    return (CAREFUL if careful else CONCISE), passes, thinking(terms, passes, careful)
+def sample_trace(rng: random.Random, style: TraceStyle, terms: tuple[int, ...]) -> tuple[str, list[str]]:
+    """(mode, thinking lines) of one trace in `style`."""
+    careful = rng.random() < style.careful
+    restate = rng.random() < style.restate
+    verify = rng.random() < (style.careful_verify if careful else style.concise_verify)
+    return (CAREFUL if careful else CONCISE), thinking(terms, careful=careful, restate=restate, verify=verify)
 
 
 def make_problem(rng: random.Random, cfg: TaskConfig, index: int, num_terms: int | None = None) -> Problem:
@@ -150,19 +152,11 @@ def make_problem(rng: random.Random, cfg: TaskConfig, index: int, num_terms: int
         raise ValueError(f"num_terms must be between 1 and {len(LABELS)}, got {k}")
     terms = tuple(rng.randrange(10) for _ in range(k))
     answer = sum(terms) % 10
-    long_mode, long_passes, long_lines = sample_trace(rng, cfg.long, cfg.guess_prob, terms)
-    short_mode, short_passes, short_lines = sample_trace(rng, cfg.short, cfg.guess_prob, terms)
-    return Problem(
-        id=f"p{index}",
-        terms=terms,
-        answer=answer,
-        question=question_text(terms),
-        long=render(long_lines, answer),
-        short=render(short_lines, answer),
-        direct=render([], answer),
-        meta={"num_terms": k, "long_mode": long_mode, "long_verify": long_passes, "short_mode": short_mode,
-              "short_verify": short_passes},
-    )  # fmt: skip
+    traces, meta = {}, {"num_terms": k}
+    for name in ("long", "short", "efficient"):
+        mode, lines = sample_trace(rng, getattr(cfg, name), terms)
+        traces[name], meta[f"{name}_mode"] = render(lines, answer), mode
+    return Problem(f"p{index}", terms, answer, question_text(terms), **traces, meta=meta)
 
 
 def make_problems(n: int, seed: int, cfg: TaskConfig | None = None) -> list[Problem]:
@@ -171,25 +165,54 @@ def make_problems(n: int, seed: int, cfg: TaskConfig | None = None) -> list[Prob
     return [make_problem(rng, cfg, i) for i in range(n)]
 
 
-def check_trace(question: str, completion: str) -> bool:
-    """True when every step line of `completion` is correct arithmetic on the question's terms, in order,
-    and the boxed answer is the last digit of the sum. Used by tests and to audit model outputs."""
-    terms = parse_question(question)
-    head, sep, tail = completion.partition(f"{END_THINK}\n")
+def thinking_lines(question: str, completion: str) -> list[str] | None:
+    """The step and verify lines of a completion's think block (a restated problem dropped), or None when the
+    completion has no well-formed think block."""
+    head, sep, _ = completion.partition(f"{END_THINK}\n")
     if not sep or not head.startswith(f"{THINK}\n"):
-        return False
+        return None
     lines = [line for line in head.removeprefix(f"{THINK}\n").split("\n") if line]
-    if lines and lines[0] == restate(terms):  # the careful mode's first line
-        lines = lines[1:]
-    want = steps(terms)
-    return all(p == want for p in _split_passes(lines)) and tail == f"\\boxed{{{sum(terms) % 10}}}"
+    return lines[1:] if lines and lines[0] == question else lines
 
 
-def _split_passes(lines: list[str]) -> list[list[str]]:
+def trace_mode(question: str, completion: str) -> str:
+    """How a completion thought, read from its first pass: `careful` (one term per step), `concise` (a step of
+    several terms), `guess` (an empty think block) or `garbled` (no think block, or a line that is no step)."""
+    lines = thinking_lines(question, completion)
+    if lines is None:
+        return GARBLED
+    first = lines[: lines.index(VERIFY)] if VERIFY in lines else lines
+    if not first:
+        return GUESS
+    parsed = [_STEP.fullmatch(line) for line in first]
+    if not all(parsed):
+        return GARBLED
+    return CAREFUL if all(m.group(2).count("+") == 1 for m in parsed) else CONCISE
+
+
+def check_trace(question: str, completion: str) -> bool:
+    """True when every step line of `completion` (of any number of terms) is correct arithmetic on the
+    question's terms, in order, each pass covering all terms, and the boxed answer is the last digit of the
+    sum. Used by tests and to audit model outputs."""
+    terms, lines = parse_question(question), thinking_lines(question, completion)
+    if lines is None or not completion.endswith(f"\\boxed{{{sum(terms) % 10}}}"):
+        return False
     passes: list[list[str]] = [[]]
     for line in lines:
-        if line == VERIFY:
-            passes.append([])
-        else:
-            passes[-1].append(line)
-    return passes if any(passes) else []
+        passes.append([]) if line == VERIFY else passes[-1].append(line)
+    return all(_pass_ok(p, terms) for p in passes) if lines else True
+
+
+def _pass_ok(lines: list[str], terms: tuple[int, ...]) -> bool:
+    acc, i = 0, 0
+    for line in lines:
+        m = _STEP.fullmatch(line)
+        if m is None or int(m.group(1)) != acc:
+            return False
+        for part in m.group(2).split("+")[1:]:
+            if i >= len(terms) or part != f"{LABELS[i]}{terms[i]}":
+                return False
+            acc, i = (acc + terms[i]) % 10, i + 1
+        if int(m.group(3)) != acc:
+            return False
+    return i == len(terms)
