@@ -55,9 +55,27 @@ def test_paired_diff_matches_the_formula() -> None:
     b = {k: Outcome(k[0] in ("p1", "p3"), 1, "", o.terms) for k, o in a.items()}
     d = paired_diff(a, b, min_terms=5)  # pairs p0, p1, p2, p4: differences 100, 0, 0, 100
     sd = math.sqrt(((100 - 50) ** 2 * 2 + 50**2 * 2) / 3)
-    assert (d.mean, d.n) == (50.0, 4)
+    assert (d.mean, d.n, d.problems) == (50.0, 4, 4)
     assert d.hi - d.mean == pytest.approx(1.959964 * sd / 2)
     assert paired_diff(a, {}) is None
+
+
+def test_paired_interval_is_clustered_by_problem() -> None:
+    """Three samples of each problem: with equal samples per problem the interval is that of the problems'
+    mean differences (one draw per problem), wider than treating the 3 x 4 samples as independent."""
+    right_a = {"p0": (1, 1, 1), "p1": (1, 1, 0), "p2": (0, 0, 0), "p3": (1, 1, 1)}
+    right_b = {"p0": (0, 0, 0), "p1": (1, 0, 0), "p2": (0, 0, 0), "p3": (1, 1, 1)}
+    a, b = ({(pid, s): Outcome(bool(r[s]), 1, "", 6) for pid, r in rights.items() for s in range(3)}
+            for rights in (right_a, right_b))  # fmt: skip
+    per_problem = [100 * (sum(right_a[p]) - sum(right_b[p])) / 3 for p in right_a]  # 100, 33.3, 0, 0
+    mean = sum(per_problem) / 4
+    se = math.sqrt(sum((x - mean) ** 2 for x in per_problem) / 3 / 4)
+    d = paired_diff(a, b)
+    assert (d.n, d.problems) == (12, 4)
+    assert d.mean == pytest.approx(mean)
+    assert (d.lo, d.hi) == pytest.approx((mean - 1.959964 * se, mean + 1.959964 * se))
+    one_problem = {("p0", 0): a[("p0", 0)], ("p0", 1): a[("p0", 1)]}
+    assert paired_diff(one_problem, b) is None  # no interval from one problem
 
 
 def test_all_effects_reproduced_and_kaiming_not_measured() -> None:

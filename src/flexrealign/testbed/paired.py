@@ -2,13 +2,14 @@
 
 Every row samples the same (problem, sample) seeds (`harness.sample_seed` does not depend on the model or lam),
 so two rows are compared sample by sample: the difference in correctness of each pair, its mean and a normal
-95% interval. Pairing removes the problem-to-problem variance that unpaired standard errors carry.
+95% interval. Pairing removes the problem-to-problem variance that unpaired standard errors carry. The samples
+of one problem are not independent (an easy problem is right in every sample), so the interval's standard error
+is clustered by problem: it is computed from the problems' summed differences, as if each problem were one draw.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -50,26 +51,41 @@ def outcomes(records: Iterable[dict], problems: dict[str, str]) -> Outcomes:
 
 @dataclass(frozen=True)
 class Paired:
-    """Mean paired difference a - b in Pass@1 points, its 95% interval [lo, hi] and the number of pairs."""
+    """Mean paired difference a - b in Pass@1 points, its 95% interval [lo, hi], the number of pairs and of
+    problems they come from."""
 
     mean: float
     lo: float
     hi: float
     n: int
+    problems: int
 
     def text(self) -> str:
-        return f"{self.mean:+.1f} points, 95% CI [{self.lo:+.1f}, {self.hi:+.1f}], {self.n} pairs"
+        return (f"{self.mean:+.1f} points, 95% CI [{self.lo:+.1f}, {self.hi:+.1f}], {self.n} pairs "
+                f"on {self.problems} problems")  # fmt: skip
 
 
 def paired_diff(a: dict, b: dict, min_terms: int = 0) -> Paired | None:
     """Paired difference in correctness of two rows' outcomes over their common samples with at least
-    `min_terms` terms; None when they share fewer than two samples."""
+    `min_terms` terms, with a problem-clustered 95% interval; None when they share fewer than two problems.
+
+    With d_i the difference of pair i (100, 0 or -100), N pairs and S_p the sum of d_i over problem p's P pairs:
+    mean = sum(d_i) / N and SE^2 = P / (P - 1) * sum_p (S_p - n_p * mean)^2 / N^2 (the cluster-robust
+    variance of a mean; with one sample per problem it is the usual stdev^2 / N).
+    """
     keys = sorted(k for k in a.keys() & b.keys() if a[k].terms >= min_terms)
-    if len(keys) < 2:
+    sums: dict[str, list[float]] = {}  # problem id -> [sum of d, pairs]
+    for k in keys:
+        acc = sums.setdefault(k[0], [0.0, 0])
+        acc[0] += 100.0 * (a[k].correct - b[k].correct)
+        acc[1] += 1
+    n, p = len(keys), len(sums)
+    if p < 2:
         return None
-    d = [100.0 * (a[k].correct - b[k].correct) for k in keys]
-    mean, half = statistics.fmean(d), Z95 * statistics.stdev(d) / math.sqrt(len(d))
-    return Paired(mean, mean - half, mean + half, len(d))
+    mean = sum(s for s, _ in sums.values()) / n
+    var = p / (p - 1) * sum((s - m * mean) ** 2 for s, m in sums.values()) / n**2
+    half = Z95 * math.sqrt(var)
+    return Paired(mean, mean - half, mean + half, n, p)
 
 
 @dataclass(frozen=True)
