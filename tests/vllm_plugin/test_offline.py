@@ -126,12 +126,17 @@ def test_logprobs_are_the_fused_distribution(engine):
         with torch.no_grad():
             logits = model(torch.tensor([prompt + gen[:-1]]), lam=lam).logits[0, len(prompt) - 1 :]  # (T, V)
         want = mask_untokenized(logits, num_tokens).log_softmax(-1)  # (T, V): padded rows have no token
+        # fp32 rounding in either path's logits is scaled by |lam| + |1 - lam| in the fused ones (3 at lam = 2);
+        # vLLM's GEMMs (stacked paths, its own thread count) round differently from torch's. CI saw up to 1e-4
+        # per unit of that scale; fusing at a wrong lam (even 0.1 off) moves log-probabilities by 1e-2 and more.
+        tol = 1e-3 * (abs(lam) + abs(1 - lam))
         for t, step in enumerate(out.outputs[0].logprobs):
-            assert set(want[t].topk(5).indices.tolist()) <= set(step), f"lam={lam} step {t}: top-5 ids differ"
+            top = want[t].topk(6).values  # (6,)
+            clear = want[t] > top[5] + tol  # the top 5 that no rounding can swap with the 6th
+            assert set(clear.nonzero().flatten().tolist()) <= set(step), (
+                f"lam={lam} step {t}: top-5 ids differ"
+            )
             for token, lp in step.items():
-                # fp32 rounding in either path's logits is scaled by |lam| + |1 - lam| in the fused ones (3 at
-                # lam = 2); vLLM's GEMMs (stacked paths, its own thread count) round differently from torch's
-                tol = 1e-4 * (abs(lam) + abs(1 - lam))
                 assert lp.logprob == pytest.approx(want[t, token].item(), abs=tol), (lam, t, token)
 
 
