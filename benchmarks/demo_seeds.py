@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from flexrealign.testbed.malloc import keep_freed_memory
+from flexrealign.testbed.paired import fmt_pct
 from flexrealign.testbed.recipe import TRRA_ITER, RecipeConfig, RecipeResult, run_recipe, trra_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,10 +74,6 @@ def rows_of(result: RecipeResult) -> dict[str, dict]:
     return out
 
 
-def opt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}"
-
-
 def spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
     half = (max(values) - min(values)) / 2
@@ -88,9 +85,9 @@ def print_seed(label: str, result: RecipeResult) -> None:
           "Pass@1 concise |\n|---|---|---|---|---|---|---|")  # fmt: skip
     for name, r in rows_of(result).items():
         print(
-            f"| {name} | {r['pass_at_1']:.1f} | {r['mean_tokens']:.1f} | {opt(r.get('hard_pass_at_1'))} | "
-            f"{opt(r.get('hard_careful_share'))} | {opt(r.get('hard_careful_pass_at_1'))} | "
-            f"{opt(r.get('hard_concise_pass_at_1'))} |"
+            f"| {name} | {r['pass_at_1']:.1f} | {r['mean_tokens']:.1f} | {fmt_pct(r.get('hard_pass_at_1'))} | "
+            f"{fmt_pct(r.get('hard_careful_share'))} | {fmt_pct(r.get('hard_careful_pass_at_1'))} | "
+            f"{fmt_pct(r.get('hard_concise_pass_at_1'))} |"
         )
     for e in result.effects:
         print(f"- {e.line()}")

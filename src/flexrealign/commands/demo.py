@@ -50,14 +50,12 @@ class DemoArgs:
 
 def hard_table(hard: dict, min_terms: int) -> str:
     """Per row on hard problems: Pass@1, how often it thinks carefully, and Pass@1 within each mode."""
-
-    def opt(x: float | None) -> str:
-        return "-" if x is None else f"{x:.1f}"
+    from flexrealign.testbed.paired import fmt_pct
 
     lines = [f"| row | Pass@1 on problems with >= {min_terms} terms | samples | careful % | Pass@1 careful | "
              "Pass@1 concise |", "|---|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {name} | {h.pass_at_1:.1f} | {h.samples} | {h.careful_share:.0f} | {opt(h.careful_pass)} | "
-              f"{opt(h.concise_pass)} |" for name, h in hard.items()]  # fmt: skip
+    lines += [f"| {name} | {h.pass_at_1:.1f} | {h.samples} | {h.careful_share:.0f} | {fmt_pct(h.careful_pass)} | "
+              f"{fmt_pct(h.concise_pass)} |" for name, h in hard.items()]  # fmt: skip
     return "\n".join(lines)
 
 

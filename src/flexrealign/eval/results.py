@@ -106,17 +106,23 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def by_family(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """Rows grouped by family (first-seen order), each group in ascending lam (plain models last), then tokens:
+    the order in which a figure joins a family's points."""
+    families: dict[str, list[Row]] = {}
+    for r in rows:
+        families.setdefault(r.family, []).append(r)
+    key = lambda r: (r.lam if r.lam is not None else math.inf, r.mean_tokens)  # noqa: E731
+    return {family: sorted(members, key=key) for family, members in families.items()}
+
+
 def plot_accuracy_vs_tokens(
     rows: Sequence[Row], path: Path, title: str = "Accuracy vs mean tokens", baseline: str | None = None
 ) -> Path:
     """Figure 4's shape: Pass@1 against mean completion tokens, one line per model family, every point labelled;
     the `baseline` row (e.g. the reference) is drawn as a star with dashed guides through it."""
     fig, ax = pyplot().subplots(figsize=(7, 4.5))
-    families: dict[str, list[Row]] = {}
-    for r in rows:
-        families.setdefault(r.family, []).append(r)
-    for family, members in families.items():
-        members = sorted(members, key=lambda r: (r.lam if r.lam is not None else math.inf, r.mean_tokens))
+    for family, members in by_family(rows).items():
         xs, ys = [r.mean_tokens for r in members], [r.pass_at_1 for r in members]
         ax.plot(xs, ys, marker="o", label=family)
         for r, x, y in zip(members, xs, ys, strict=True):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from flexrealign.eval.results import Row
-from flexrealign.testbed.paired import HardStats, Outcomes, paired_diff
+from flexrealign.testbed.paired import HardStats, Outcomes, fmt_pct, paired_diff
 
 TRRA_LAMS = (0.5, 2.0, 5.0)  # the paper's TrRa sweep (Table 1)
 TOLERANCE = 1.0  # Pass@1 points TrRa lam = 2 may lose against the reference
@@ -164,7 +164,7 @@ def task_checks(
         )
         out.append(Effect(
             "careful_pays", "Task: on hard problems the reference's careful traces are more accurate than its "
-            "concise ones", pays, f"careful {_opt(rh.careful_pass)} vs concise {_opt(rh.concise_pass)} "
+            "concise ones", pays, f"careful {fmt_pct(rh.careful_pass, '%')} vs concise {fmt_pct(rh.concise_pass, '%')} "
             f"({rh.concise_samples} of {rh.samples} samples concise)",
         ))  # fmt: skip
     cut = 1 - al.mean_tokens / ref.mean_tokens
@@ -183,7 +183,3 @@ def task_checks(
         d.text() if d else "missing rows",
     ))  # fmt: skip
     return out
-
-
-def _opt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}%"

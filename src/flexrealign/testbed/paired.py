@@ -101,6 +101,11 @@ class HardStats:
     concise_samples: int
 
 
+def fmt_pct(x: float | None, unit: str = "") -> str:
+    """A Pass@1 or share in points with one decimal, or "-" where a row has no sample to give one."""
+    return "-" if x is None else f"{x:.1f}{unit}"
+
+
 def _pct(xs: list[bool]) -> float | None:
     return 100.0 * sum(xs) / len(xs) if xs else None
 

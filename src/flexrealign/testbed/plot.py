@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from flexrealign.eval.results import Row, fmt_lam, pyplot, save_figure
+from flexrealign.eval.results import Row, by_family, fmt_lam, pyplot, save_figure
 from flexrealign.testbed.paired import Z95, Outcome, Outcomes
 
 
@@ -18,11 +18,7 @@ def point(outs: Sequence[Outcome]) -> tuple[float, float, float]:
 
 
 def _panel(ax, rows: Sequence[Row], samples: Outcomes, min_terms: int, title: str) -> None:
-    families: dict[str, list[Row]] = {}
-    for r in rows:
-        families.setdefault(r.family, []).append(r)
-    for family, members in families.items():
-        members = sorted(members, key=lambda r: (r.lam if r.lam is not None else math.inf, r.mean_tokens))
+    for family, members in by_family(rows).items():
         pts = [point([o for o in samples[r.name].values() if o.terms >= min_terms]) for r in members]
         xs, ys, err = zip(*pts, strict=True)
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=family)
