@@ -23,8 +23,14 @@ fi
 export TOKENIZERS_PARALLELISM=false
 version() { "$1/bin/python" -c "import transformers; print(transformers.__version__)"; }
 set +e
-echo "== all tests, transformers $(version .venv)"
-.venv/bin/python -m pytest -q --timeout 1200 --durations=15 "$@"
+# Both runs use two pytest-xdist workers of one thread each: the tiny models leave torch's second thread mostly
+# idle, so two groups at a time finish sooner. A group is a module (its fixtures are built once), all the vLLM
+# tests (one engine at a time; `nobind` leaves the engine's one OpenMP thread unpinned beside the other worker)
+# or the `accelerate launch` modules; tests/conftest.py hands out the longest groups first.
+workers=(-n 2 --dist loadgroup)
+echo "== all tests, transformers $(version .venv), on two workers"
+OMP_NUM_THREADS=1 VLLM_CPU_OMP_THREADS_BIND=nobind .venv/bin/python -m pytest -q "${workers[@]}" --timeout 1200 \
+  --durations=15 "$@"
 rc=$?  # pytest's 5 means "no tests collected": a run that tested nothing must not pass
 if [ -n "$latest_setup" ]; then
   wait "$latest_setup"
@@ -35,9 +41,7 @@ if [ -n "$latest_setup" ]; then
     exit $setup_rc
   fi
   echo "== the tests without vLLM, newest transformers $(version .venv-latest), on two workers"
-  # Two pytest-xdist workers of one thread each: the tiny models leave torch's second thread mostly idle, so two
-  # modules at a time finish sooner; each module stays on one worker (tests/conftest.py), building its fixtures once.
-  OMP_NUM_THREADS=1 .venv-latest/bin/python -m pytest -q -n 2 --dist loadgroup --timeout 1200 --durations=15 \
+  OMP_NUM_THREADS=1 .venv-latest/bin/python -m pytest -q "${workers[@]}" --timeout 1200 --durations=15 \
     -m "not vllm and not once" "$@"
   latest=$?
   [ $latest = 5 ] && latest=0  # e.g. -k vllm: nothing left to run here

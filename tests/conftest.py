@@ -46,10 +46,25 @@ def smollm2_dir() -> Path:
     return cached_checkpoint()
 
 
+def xdist_group(item: pytest.Item) -> str:
+    """The pytest-xdist group of a test: its module, except that every `vllm` test shares one group (one engine
+    at a time on the box: two would compete for its cores and memory) and so do the `launch` modules
+    (`accelerate launch` binds the same rendezvous port in each)."""
+    if item.get_closest_marker("vllm"):
+        return "vllm"
+    return "launch" if item.get_closest_marker("launch") else item.nodeid.split("::")[0]
+
+
+# The groups that take longest, first: pytest-xdist hands groups out in collection order, and a long group
+# handed out last would leave the other worker idle at the end.
+LONG_GROUPS = ("vllm", "tests/testbed/test_testbed_recipe.py")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Under pytest-xdist (scripts/test.sh runs the second venv's tests on two workers, `--dist loadgroup`)
-    each test module runs whole on one worker, so its module-scoped fixtures are built once, not per worker.
-    The modules marked `launch` share one group: `accelerate launch` binds the same rendezvous port in each."""
+    """Under pytest-xdist (scripts/test.sh runs both venvs' tests on two workers, `--dist loadgroup`) each group
+    (`xdist_group`) runs whole on one worker, so its module-scoped fixtures are built once, not per worker."""
+    groups = {id(item): xdist_group(item) for item in items}
     for item in items:
-        group = "launch" if item.get_closest_marker("launch") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
+    rank = {g: i for i, g in enumerate(LONG_GROUPS)}
+    items.sort(key=lambda item: rank.get(groups[id(item)], len(rank)))  # stable: modules stay in order

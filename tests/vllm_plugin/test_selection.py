@@ -122,7 +122,14 @@ def processor(checkpoint=None) -> InRaLogitsProcessor:
             VllmConfig(model_config=ModelConfig(str(checkpoint))), torch.device("cpu"), False
         )
     cfg = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: V, skip_tokenizer_init=True))
-    return InRaLogitsProcessor(cfg, torch.device("cpu"), False)
+    proc = InRaLogitsProcessor(cfg, torch.device("cpu"), False)
+    proc.test_config = cfg  # what an engine's model would hold (see proc_config)
+    return proc
+
+
+def proc_config(proc: InRaLogitsProcessor):
+    """The config a test processor was built with: the object the engine's model would pass to live_paths."""
+    return proc.test_config
 
 
 def added(index: int, lam: float | None, **kwargs) -> tuple:
@@ -382,15 +389,34 @@ def test_processor_reports_the_live_batch_paths():
     from flexrealign.vllm_plugin.logits import live_paths
 
     proc = processor()
-    assert proc.live_paths == live_paths() == {"aligned", "ref"}  # nothing live yet: dummy runs take both
+    cfg = proc_config(proc)
+    assert proc.live_paths == live_paths(cfg) == {"aligned", "ref"}  # nothing live yet: dummy runs take both
     proc.update_state(BatchUpdate(batch_size=2, removed=[], added=[added(0, 1.0), added(1, None)], moved=[]))
-    assert live_paths() == {"aligned"}
+    assert live_paths(cfg) == {"aligned"}
     proc.update_state(BatchUpdate(batch_size=3, removed=[], added=[added(2, 0.5)], moved=[]))
-    assert live_paths() == {"aligned", "ref"}
+    assert live_paths(cfg) == {"aligned", "ref"}
     proc.update_state(BatchUpdate(batch_size=2, removed=[2], added=[], moved=[]))
-    assert live_paths() == {"aligned"}
+    assert live_paths(cfg) == {"aligned"}
     proc.update_state(BatchUpdate(batch_size=1, removed=[1], added=[added(0, 0.0)], moved=[]))  # 0 replaced
-    assert live_paths() == {"ref"}
+    assert live_paths(cfg) == {"ref"}
+
+
+def test_two_engines_in_one_process_keep_their_own_paths():
+    """Each model reads the batch of its own engine's processor, not the last one built in the process."""
+    import gc
+    from types import SimpleNamespace
+
+    from flexrealign.vllm_plugin.logits import live_paths
+
+    first, second = processor(), processor()
+    cfg_first, cfg_second = proc_config(first), proc_config(second)
+    first.update_state(BatchUpdate(batch_size=1, removed=[], added=[added(0, 1.0)], moved=[]))
+    second.update_state(BatchUpdate(batch_size=1, removed=[], added=[added(0, 0.0)], moved=[]))
+    assert live_paths(cfg_first) == {"aligned"} and live_paths(cfg_second) == {"ref"}
+    assert live_paths(SimpleNamespace()) == {"aligned", "ref"}  # an engine without the processor: both
+    del second
+    gc.collect()
+    assert live_paths(cfg_second) == {"aligned", "ref"}  # a dead processor is not kept alive by its config
 
 
 def test_prefix_cache_blocks_hash_apart_by_paths():

@@ -104,6 +104,9 @@ def train_sft(
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
+    # as `from_pretrained(out)` would name it, so that what is built on it (an InRa checkpoint records its base)
+    # is the same whether this run trained the model or a later run loads it
+    model.config.name_or_path = str(out)
     return model
 
 

@@ -27,8 +27,10 @@ lam, as `generate` and the server do.
 
 Which paths a step runs: a request whose every lam is 1 needs only the aligned path, one whose every lam is
 0 only the reference path (`request_paths`). `update_state` keeps the union over the live batch, and the
-model reads it through `live_paths()` before each forward (vLLM calls `update_state` before the forward of
-the same step), so a step that no live request needs a path for runs without it.
+model reads it through `live_paths(vllm_config)` before each forward (vLLM calls `update_state` before the
+forward of the same step), so a step that no live request needs a path for runs without it. The processor
+links itself to the engine's `VllmConfig` (the one object the worker hands both to the model and to the
+processors) through a weak reference, so two engines in one process each see their own batch.
 """
 
 from __future__ import annotations
@@ -60,12 +62,30 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 BOTH_PATHS: frozenset[str] = frozenset((ALIGNED, REF))
-_live_processor: weakref.ref[InRaLogitsProcessor] | None = None  # this process's processor (one engine)
+_LINK = "flexrealign_inra_processor"  # attribute on the engine's VllmConfig: a weakref to its processor
 
 
-def live_paths() -> frozenset[str]:
-    """The paths the live batch of this process's InRa engine needs; both when there is none (dummy runs)."""
-    proc = _live_processor() if _live_processor is not None else None
+def link_processor(vllm_config: VllmConfig, proc: InRaLogitsProcessor) -> None:
+    """Record `proc` as the logits processor of the engine that `vllm_config` configures (a weak reference,
+    so the config keeps no dead processor alive)."""
+    try:
+        setattr(vllm_config, _LINK, weakref.ref(proc))
+    except (AttributeError, TypeError):  # a frozen or slotted stand-in: the model then runs both paths
+        name = type(vllm_config).__name__
+        logger.warning("cannot link the InRa logits processor to %r: every step runs both paths", name)
+
+
+def live_paths(vllm_config: VllmConfig) -> frozenset[str]:
+    """The paths the live batch of the engine configured by `vllm_config` needs.
+
+    Args:
+        vllm_config: the engine's config, the object its worker passed to the model and to the processors.
+
+    Returns:
+        A subset of {"aligned", "ref"}; both when no processor is linked or its batch is empty (dummy runs).
+    """
+    link = getattr(vllm_config, _LINK, None)
+    proc = link() if link is not None else None
     return BOTH_PATHS if proc is None else proc.live_paths
 
 
@@ -163,8 +183,7 @@ class InRaLogitsProcessor(LogitsProcessor):
         self._bias_top = -1  # the highest row with a logit_bias completion
         self.paths: dict[int, frozenset[str]] = {}  # row -> the paths that request can ever need
         self.live_paths: frozenset[str] = BOTH_PATHS  # their union over the batch (both when it is empty)
-        global _live_processor
-        _live_processor = weakref.ref(self)
+        link_processor(vllm_config, self)
 
     def is_argmax_invariant(self) -> bool:
         return False  # fusion changes which token is the most likely, so greedy decoding needs it too

@@ -27,7 +27,7 @@ The stacked layers are the stock decoder layers, run on 2N rows: only the attent
 `PathSplitAttention`, so the family's own attention code (qk-norm, rotary, biases, sinks) is reused
 unchanged. Everything else in a layer treats rows independently (a mixture-of-experts layer routes each row
 on its own, with no capacity limit), so the stacked rows give what each path gives alone.
-When no live request needs one of the paths (every lam 1, or every lam 0; `logits.live_paths`), the step
+When no live request needs one of the paths (every lam 1, or every lam 0; `logits.live_paths(vllm_config)`), the step
 runs the other path alone through its stock model, and that path's output fills both halves.
 
 `forward` returns both paths' final hidden states side by side, (N, 2D), so vLLM's row selection for
@@ -148,6 +148,7 @@ class InRaCausalLMMixin(nn.Module):
         # Skipping a path leaves holes in its KV cache; with prefix caching that is safe only while cached
         # blocks are kept apart by the paths their requests use (config.salt_prefix_cache_by_paths).
         self.inra_skip_paths = not vllm_config.cache_config.enable_prefix_caching or path_salt_installed()
+        self.inra_vllm_config = vllm_config  # live_paths reads the batch of this engine's processor
         self.inra_step_paths: frozenset[str] = BOTH_PATHS  # the paths the last forward ran
         self._stacked: list[nn.Module] | None = None  # built after loading; outside the module tree
 
@@ -181,7 +182,7 @@ class InRaCausalLMMixin(nn.Module):
         intermediate_tensors: IntermediateTensors | None = None,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        paths = live_paths() if self.inra_skip_paths else BOTH_PATHS
+        paths = live_paths(self.inra_vllm_config) if self.inra_skip_paths else BOTH_PATHS
         self.inra_step_paths = paths
         if paths == BOTH_PATHS:
             return self.forward_both(input_ids, positions, inputs_embeds)  # (N, 2D)
