@@ -60,6 +60,7 @@ def xdist_group(item: pytest.Item) -> str:
 LONG_GROUPS = ("vllm", "tests/testbed/test_testbed_recipe.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items) -> None:
     """Under pytest-xdist (scripts/test.sh runs both venvs' tests on two workers, `--dist loadgroup`) each group
     (`xdist_group`) runs whole on one worker, so its module-scoped fixtures are built once, not per worker."""
@@ -68,3 +69,13 @@ def pytest_collection_modifyitems(config, items) -> None:
         item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
     rank = {g: i for i, g in enumerate(LONG_GROUPS)}
     items.sort(key=lambda item: rank.get(groups[id(item)], len(rank)))  # stable: modules stay in order
+
+
+def pytest_xdist_node_collection_finished(node, ids) -> None:
+    """Refuse to run when pytest-xdist's `loadgroup` lost the groups (it writes them into the test ids, which
+    pytest 9.2 no longer reads: pytest-dev/pytest-xdist#1386): the vLLM tests would then start two engines at
+    once and the `launch` modules would race for one port."""
+    if node.config.getvalue("dist") == "loadgroup" and any("@" not in i for i in ids):
+        raise pytest.UsageError(
+            "pytest-xdist --dist loadgroup is not grouping the tests (pytest >= 9.2?); see pyproject.toml"
+        )
