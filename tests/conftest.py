@@ -71,6 +71,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: rank.get(groups[id(item)], len(rank)))  # stable: modules stay in order
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: a run without it must still load this file
 def pytest_xdist_node_collection_finished(node, ids) -> None:
     """Refuse to run when pytest-xdist's `loadgroup` lost the groups (it writes them into the test ids, which
     pytest 9.2 no longer reads: pytest-dev/pytest-xdist#1386): the vLLM tests would then start two engines at
