@@ -66,13 +66,19 @@ class TraceStyle:
 
 # The reference overthinks (restates 80%, verifies 90% careful / 80% concise traces) and is careful 70% of the
 # time: it errs where it thinks concisely. The aligned model is concise 85% of the time: shorter and worse on
-# hard problems. The efficient model keeps the reference's modes (so its accuracy) and overthinks about half as
-# often, not never: fusion multiplies the odds of overthinking by (odds_efficient / odds_reference) ** lam, so a
-# moderate ratio leaves some overthinking at lam = 2 for lam = 5 and TrRa-iter to remove (measured with 10%
-# restate and verify: TrRa lam 2 was already at the floor, and lam 5 no shorter).
+# hard problems. The efficient model overthinks less often, not never, and is a little more careful (75%), so it
+# is shorter and more accurate, as DeepScaleR is against R1-Distill. Why these numbers (measured on seeds 0-2,
+# with TrRa's exact decision probabilities read from the models):
+# - fusion multiplies the odds of overthinking by (odds_efficient / odds_reference) ** lam, so a moderate ratio
+#   leaves some verify passes at lam = 2 for lam = 5 and TrRa-iter to remove. The lam = 2 student drops
+#   restating entirely (the reverse KL of Eq. 6 is mode-seeking) but keeps ~15% of the teacher's verify passes
+#   at careful_verify 0.55; at 0.5 and TrRa lr 1e-3 it kept none, and lam = 5 was no shorter (33.9 -> 34.8).
+# - with careful 0.7, as the reference's, the models' learned careful shares differed by -1 to +7 points by
+#   seed, and in seed 2 (the efficient model less careful) TrRa lam = 2 lost 2.2 points; at 0.75 the efficient
+#   model is the more careful one in every seed, and lam > 1 gains accuracy rather than losing it by chance.
 LONG_STYLE = TraceStyle(careful=0.7, restate=0.8, careful_verify=0.9, concise_verify=0.8)
 SHORT_STYLE = TraceStyle(careful=0.15, restate=0.8, careful_verify=0.9, concise_verify=0.0)
-EFFICIENT_STYLE = TraceStyle(careful=0.7, restate=0.4, careful_verify=0.5, concise_verify=0.3)
+EFFICIENT_STYLE = TraceStyle(careful=0.75, restate=0.4, careful_verify=0.55, concise_verify=0.35)
 
 
 @refuse_unknown_keywords
