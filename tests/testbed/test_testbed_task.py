@@ -76,8 +76,8 @@ def test_long_style_overthinks_and_the_others_think_less() -> None:
     cfg = TaskConfig()
     for style in STYLES:
         assert share[(style, CAREFUL)] == pytest.approx(getattr(cfg, style).careful, abs=0.03)
-    # the efficient style thinks carefully a little more often than the reference (so it is at least as accurate),
-    # the short one is mostly concise
+    # the efficient style thinks carefully a little more often than the reference (so it is at least as
+    # accurate), the short one is mostly concise
     assert share[("long", CAREFUL)] < share[("efficient", CAREFUL)] < share[("long", CAREFUL)] + 0.1
     assert share[("short", CONCISE)] > share[("long", CONCISE)] + 0.4
 

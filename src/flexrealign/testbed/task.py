@@ -21,8 +21,9 @@ copies of the label).
 Three trace styles train the testbed's models: the slow-thinking reference (`long`: mostly careful, mostly
 overthinking), the concise aligned model of InRa (`short`: mostly concise, no verify pass) and the efficient
 aligned model of TrRa (`efficient`: a little more careful than the reference and overthinking about half as
-often; the paper's TrRa teacher DeepScaleR is such a model). The modes and overthinking are chosen by a few tokens (the first line and the
-token after the first term), where the models hold soft preferences that logit fusion (paper Eq. 5) moves.
+often; the paper's TrRa teacher DeepScaleR is such a model). The modes and overthinking are chosen by a few
+tokens (the first line and the token after the first term), where the models hold soft preferences that logit
+fusion (paper Eq. 5) moves.
 """
 
 from __future__ import annotations
@@ -64,19 +65,20 @@ class TraceStyle:
                 )
 
 
-# The reference overthinks (restates 80%, verifies 90% careful / 80% concise traces) and is careful 70% of the
-# time: it errs where it thinks concisely. The aligned model is concise 85% of the time: shorter and worse on
-# hard problems. The efficient model overthinks less often, not never, and is a little more careful (75%), so it
-# is shorter and more accurate, as DeepScaleR is against R1-Distill. Why these numbers (measured on seeds 0-2,
-# with TrRa's exact decision probabilities read from the models):
-# - fusion multiplies the odds of overthinking by (odds_efficient / odds_reference) ** lam, so a moderate ratio
-#   leaves some verify passes at lam = 2 for lam = 5 and TrRa-iter to remove. The lam = 2 student drops
-#   restating entirely (the reverse KL of Eq. 6 is mode-seeking) but keeps some verify passes (15% of its seed-0
-#   samples at careful_verify 0.6); at 0.5 and TrRa lr 1e-3 it kept none, and lam = 5 was no shorter (33.9 ->
-#   34.8 tokens). careful_verify 0.55 balances that against lam = 2's 40% cut (42-43% in seeds 0-2).
+# The reference overthinks (restates 80%, verifies 90% careful / 80% concise traces) and is careful 70% of
+# the time: it errs where it thinks concisely. The aligned model is concise 85% of the time: shorter and worse
+# on hard problems. The efficient model overthinks less often, not never, and is a little more careful (75%),
+# so it is shorter and more accurate, as DeepScaleR is against R1-Distill. Why these numbers (measured on
+# seeds 0-2, with TrRa's exact decision probabilities read from the models):
+# - fusion multiplies the odds of overthinking by (odds_efficient / odds_reference) ** lam, so a moderate
+#   ratio leaves some verify passes at lam = 2 for lam = 5 and TrRa-iter to remove. The lam = 2 student
+#   drops restating entirely (the reverse KL of Eq. 6 is mode-seeking) but keeps some verify passes (15% of
+#   its seed-0 samples at careful_verify 0.6); at 0.5 and TrRa lr 1e-3 it kept none, and lam = 5 was no
+#   shorter (33.9 -> 34.8 tokens). careful_verify 0.55 balances that against lam = 2's 40% cut (42-43% in
+#   seeds 0-2).
 # - with careful 0.7, as the reference's, the models' learned careful shares differed by -1 to +7 points by
-#   seed, and in seed 2 (the efficient model less careful) TrRa lam = 2 lost 2.2 points; at 0.75 the efficient
-#   model is the more careful one in every seed, and lam > 1 gains accuracy rather than losing it by chance.
+#   seed, and in seed 2 (the efficient model less careful) TrRa lam = 2 lost 2.2 points; at 0.75 the
+#   efficient model is the more careful one in every seed, and lam > 1 gains accuracy rather than losing it.
 LONG_STYLE = TraceStyle(careful=0.7, restate=0.8, careful_verify=0.9, concise_verify=0.8)
 SHORT_STYLE = TraceStyle(careful=0.15, restate=0.8, careful_verify=0.9, concise_verify=0.0)
 EFFICIENT_STYLE = TraceStyle(careful=0.75, restate=0.4, careful_verify=0.55, concise_verify=0.35)
