@@ -91,6 +91,7 @@ def print_seed(label: str, result: RecipeResult) -> None:
         )
     for e in result.effects:
         print(f"- {e.line()}")
+    print(f"\n{result.adaptive}")
 
 
 def summarize(variant: str, results: dict[int, RecipeResult]) -> dict:
@@ -144,6 +145,7 @@ def main() -> None:
             report["seconds"][f"seed{seed}-{variant}"] = time.time() - t0
             first = first or out
             results.setdefault(variant, {})[seed] = result
+            report.setdefault("adaptive", {})[f"seed{seed}-{variant}"] = result.adaptive
             print_seed(f"seed {seed}, TrRa lmbda={lmbda:g}", result)
     for variant, by_seed in results.items():
         report["variants"][variant] = summarize(variant, by_seed)

@@ -3,7 +3,9 @@
 Compares continuous batching (--max-batch-size 16) with one request at a time (--max-batch-size 1), and mixed
 lam per request with lam = 0 only (which runs the reference path alone). Then the thinking dial: 16 clients
 whose requests mix budgets (with and without closing text), minimums, think/answer schedules and plain lam,
-against 16 clients with plain mixed lam, interleaved and repeated (target: dial >= 0.9x plain). The model is an InRaModel over a
+against 16 clients with plain mixed lam, interleaved and repeated (target: dial >= 0.9x plain); and adaptive
+thinking (prompts that open a think block): lam auto and a budget's soft landing against a fixed lam (targets:
+both >= 0.9x), with the hard cut beside them; the model folder holds a made-up calibration with an auto policy. The model is an InRaModel over a
 random Qwen2 (hidden 384, 4 layers, 512-token vocabulary of the stories260K tokenizer), saved to a temporary
 folder and served by the real command in a subprocess; clients are threads using the official `openai`
 client, each sending its requests one after another (greedy, fixed length: ignore_eos).
@@ -50,6 +52,13 @@ PROMPTS = [
     "Tom had a red ball. He liked to throw it high in the sky, and one day the ball",
     "The sun was hot",
 ]
+ADAPTIVE = {  # mix -> the dial of every request (the prompts open a think block)
+    "fixed": {"lam": 0.5},
+    "auto": {"lam": "auto"},
+    "soft": {"lam": 0.5, "thinking_token_budget": 12, "thinking_landing": "soft"},
+    "hard": {"lam": 0.5, "thinking_token_budget": 12, "thinking_landing": "hard"},
+}
+CURVE = [(-0.5, 40.0), (0.0, 30.0), (0.5, 20.0), (1.0, 12.0), (1.5, 8.0)]  # made up: lam -> thinking tokens
 MODES = {"batched": 16, "one-at-a-time": 1}  # name -> --max-batch-size
 CONCURRENCY = (1, 4, 16)
 
@@ -70,7 +79,20 @@ def save_model(folder: Path) -> dict:
             p.add_(torch.randn(p.shape, generator=g) * 0.02)  # so that the two paths differ
     # a byte-level BPE with exactly the model's 512 ids and the think markers <think> / </think>
     model.save_pretrained(folder, tokenizer=bpe_tokenizer(SHAPE["vocab_size"]))
+    save_calibration(folder, g)
     return SHAPE | {"parameters": sum(p.numel() for p in model.parameters()), "adapter_layers": 1}
+
+
+def save_calibration(folder: Path, g: torch.Generator) -> None:
+    """A made-up calibration (CURVE) with an auto policy whose random probe sends about half the prompts to
+    each lam, so that lam auto mixes both in one batch."""
+    from flexrealign.decoding import calibration as c
+    from flexrealign.decoding.adaptive import AutoPolicy
+
+    curve = [c.CurvePoint(lam, t, t + 8, 50.0, 8) for lam, t in CURVE]
+    weights = tuple((torch.randn(SHAPE["hidden_size"], generator=g) * 0.05).tolist())
+    policy = AutoPolicy(weights, 0.0, 0.5, lam_easy=1.5, lam_hard=-0.5)
+    c.save_calibration(folder, c.Calibration(curve, c.choose_efforts(curve, False), {}, policy))
 
 
 def _free_port() -> int:
@@ -110,7 +132,9 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_cell(url: str, concurrency: int, per_client: int, lams: list, max_tokens: int) -> dict:
+def run_cell(
+    url: str, concurrency: int, per_client: int, lams: list, max_tokens: int, suffix: str = ""
+) -> dict:
     """`concurrency` clients each send `per_client` requests in turn; throughput over the whole cell."""
     import openai
 
@@ -124,7 +148,7 @@ def run_cell(url: str, concurrency: int, per_client: int, lams: list, max_tokens
             i = c * per_client + r
             start = time.perf_counter()
             out = client.completions.create(
-                model="bench", prompt=PROMPTS[i % len(PROMPTS)], max_tokens=max_tokens, temperature=0,
+                model="bench", prompt=PROMPTS[i % len(PROMPTS)] + suffix, max_tokens=max_tokens, temperature=0,
                 extra_body=_extra(lams[i % len(lams)]) | {"ignore_eos": True},
             )  # fmt: skip
             with lock:
@@ -164,6 +188,26 @@ def run_dial(url: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def run_adaptive(url: str, args: argparse.Namespace) -> list[dict]:
+    """The ADAPTIVE mixes at 16 clients on the batched server, interleaved, --repeats times."""
+    rows = []
+    per_client = max(args.requests_per_client, args.min_requests // 16)
+    for rep in range(args.repeats):
+        for name, dial in ADAPTIVE.items():
+            cell = run_cell(url, 16, per_client, [dial], args.max_tokens, suffix="<think>\n")
+            rows.append({"requests_mix": name, "repeat": rep, "concurrency": 16} | cell)
+            print(f"  adaptive benchmark  {name:<5}  repeat={rep}  {cell}", flush=True)
+    return rows
+
+
+def adaptive_summary(rows: list[dict]) -> dict:
+    """Median throughput of each mix (min..max), and auto, soft and hard against the fixed lam."""
+    tok = {m: [r["throughput_tok_s"] for r in rows if r["requests_mix"] == m] for m in ADAPTIVE}
+    med = {m: float(np.median(v)) for m, v in tok.items()}
+    out = {f"{m}_tok_s": f"{med[m]:.2f} ({min(v):.2f}..{max(v):.2f})" for m, v in tok.items()}
+    return out | {f"{m}_vs_fixed": round(med[m] / med["fixed"], 3) for m in ("auto", "soft", "hard")}
+
+
 def dial_summary(rows: list[dict]) -> dict:
     """Median throughput of each mix and their ratio (dial / plain)."""
     med = {
@@ -184,6 +228,7 @@ def run_all(folder: Path, args: argparse.Namespace) -> tuple[list[dict], list[di
         for _, url in servers.values():
             run_cell(url, 2, 1, [0.5], 4)  # warm-up: first-call allocations and lazy imports
         dial = run_dial(servers["batched"][1], args)
+        dial += run_adaptive(servers["batched"][1], args)
         for lam_name, lams in () if args.dial_only else (("mixed", MIXED_LAMS), ("0", [0.0])):
             for concurrency in CONCURRENCY:
                 per_client = max(args.requests_per_client, args.min_requests // concurrency)
@@ -239,7 +284,8 @@ def main() -> None:
         rows, dial = run_all(Path(tmp) / "model", args)
     if rows:
         print("\n" + table(rows))
-    summary = dial_summary(dial)
+    summary = dial_summary([r for r in dial if r["requests_mix"] in ("plain", "dial")])
+    adaptive = adaptive_summary([r for r in dial if r["requests_mix"] in ADAPTIVE])
     print(
         f"\nthinking dial at 16 clients (median of {args.repeats}): plain lam {summary['plain_tok_s']} tok/s, "
         f"dial mix {summary['dial_tok_s']} tok/s -> {summary['dial_vs_plain']}x (target >= 0.9x)"
@@ -250,7 +296,12 @@ def main() -> None:
         "torch": torch.__version__, "load_average_1m": os.getloadavg()[0], "runtime_s": round(time.time() - started, 1),
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta |= {"dial_mix": DIAL, "dial": summary, "dial_cells": dial}
+    print(
+        f"adaptive thinking at 16 clients (median of {args.repeats}): {adaptive} (targets: auto and soft "
+        ">= 0.9x fixed)"
+    )
+    meta |= {"dial_mix": DIAL, "dial": summary, "adaptive_mix": ADAPTIVE, "adaptive": adaptive,
+             "dial_cells": dial}  # fmt: skip
     args.out.write_text(json.dumps(meta | {"results": rows}, indent=2) + "\n")
     print(f"\nwrote {args.out} ({meta['runtime_s']} s)")
 

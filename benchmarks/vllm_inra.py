@@ -7,8 +7,10 @@ machine's drift hits them alike, and after a pause (`IDLE_S`) in which the other
 spinning; the table gives medians and the spread (min..max) of the ratio to plain.
 Variants at each concurrency: plain vLLM; InRa with lam cycling -1, 0, 0.5, 1, 2 ("mixed"); InRa with every
 request at lam = 1; at lam = 0; and the thinking dial (`DIAL`: budgets, minimums, think/answer schedules and
-lam, whose target is >= 0.9x mixed lam). Every request generates exactly `--new-tokens` tokens
-(ignore_eos). Both engines get the same KV-cache memory, so their token capacities compare directly.
+lam, whose target is >= 0.9x mixed lam); then adaptive thinking, on prompts that open a think block: every
+request at lam 0.5 ("fixed"), at lam auto (a made-up calibration's random probe splits the requests between
+its two lams), and with a thinking budget of half the new tokens landing "soft" or "hard" (targets: auto and
+soft >= 0.9x fixed). Every request generates exactly `--new-tokens` tokens (ignore_eos). Both engines get the same KV-cache memory, so their token capacities compare directly.
 
 Every run is also split into prefill and decode: the same variant's prompts (fresh ones, so the prefix cache
 does not hit) are run once more with max_tokens = 1, and (full - that) / (new tokens - 1) is the decode step.
@@ -49,6 +51,8 @@ DIAL = (  # extra_args of the dial mix (as benchmarks/serve.py): every kind of t
     {"lam_think": 0.0, "lam_answer": 1.0},
     {"lam": 1.0, "thinking_token_budget": 0},
 )
+ADAPTIVE = ("fixed", "auto", "soft", "hard")  # see `_extra_args`
+CURVE = [(-1.0, 40.0), (0.0, 30.0), (0.5, 20.0), (1.0, 12.0), (2.0, 8.0)]  # made up: lam -> thinking tokens
 RESULTS = Path(__file__).parent / "results" / "vllm_inra.json"
 
 
@@ -104,7 +108,24 @@ def build_checkpoints(args: argparse.Namespace, root: Path) -> tuple[Path, Path]
     cfg = json.loads((plain / "config.json").read_text())
     del cfg["inra"]
     (plain / "config.json").write_text(json.dumps(cfg, indent=2))
+    save_calibration(inra, args.hidden_size)
+    from transformers import AutoTokenizer
+
+    args.think_id = AutoTokenizer.from_pretrained(inra).convert_tokens_to_ids("<think>")
     return plain, inra
+
+
+def save_calibration(folder: Path, hidden_size: int) -> None:
+    """A made-up calibration (CURVE) whose auto policy's random probe sends requests to both of its lams."""
+    import torch
+
+    from flexrealign.decoding import calibration as c
+    from flexrealign.decoding.adaptive import AutoPolicy
+
+    curve = [c.CurvePoint(lam, t, t + 8, 50.0, 8) for lam, t in CURVE]
+    weights = tuple((torch.randn(hidden_size, generator=torch.Generator().manual_seed(0)) * 0.05).tolist())
+    policy = AutoPolicy(weights, 0.0, 0.5, lam_easy=2.0, lam_hard=-1.0)
+    c.save_calibration(folder, c.Calibration(curve, c.choose_efforts(curve, False), {}, policy))
 
 
 def _cast_checkpoint(folder: Path, dtype) -> None:
@@ -127,8 +148,10 @@ def requests(args: argparse.Namespace, count: int, lam: str | None, offset: int)
     from vllm import SamplingParams
 
     rng = random.Random(offset)
+    think = [args.think_id] if lam in ADAPTIVE else []  # the adaptive mixes think from the first token
     prompts = [
-        {"prompt_token_ids": [rng.randrange(10, 500) for _ in range(args.prompt_len)]} for _ in range(count)
+        {"prompt_token_ids": [rng.randrange(10, 500) for _ in range(args.prompt_len)] + think}
+        for _ in range(count)
     ]
     params = [
         SamplingParams(
@@ -136,18 +159,25 @@ def requests(args: argparse.Namespace, count: int, lam: str | None, offset: int)
             temperature=0.0,
             ignore_eos=True,
             detokenize=False,
-            extra_args=_extra_args(lam, offset + i),
+            extra_args=_extra_args(lam, offset + i, args.new_tokens),
         )  # fmt: skip
         for i in range(count)
     ]
     return prompts, params
 
 
-def _extra_args(lam: str | None, i: int) -> dict | None:
+def _extra_args(lam: str | None, i: int, new_tokens: int) -> dict | None:
     if lam is None:
         return None
     if lam == "dial":
         return DIAL[i % len(DIAL)]
+    if lam in ADAPTIVE:
+        budget = (
+            {"thinking_token_budget": new_tokens // 2, "thinking_landing": lam}
+            if lam in ("soft", "hard")
+            else {}
+        )
+        return {"lam": "auto" if lam == "auto" else 0.5} | budget
     return {"lam": LAMS[i % len(LAMS)] if lam == "mixed" else float(lam)}
 
 
@@ -175,7 +205,8 @@ def run_variant(llm, args: argparse.Namespace, c: int, lam: str | None, seed: in
 
 
 # plain vLLM; InRa with mixed lam, all at 1, all at 0; and the thinking-dial mix (DIAL; target >= 0.9x mixed)
-VARIANTS = (("plain", None), ("inra", "mixed"), ("inra", "1"), ("inra", "0"), ("inra", "dial"))
+VARIANTS = (("plain", None), ("inra", "mixed"), ("inra", "1"), ("inra", "0"), ("inra", "dial"),
+            *(("inra", m) for m in ADAPTIVE))  # fmt: skip
 METRICS = ("tok_s", "prefill_s", "step_ms")
 # vLLM's workers spin (sched_yield) for 1 s after their last step before they sleep, and both engines' workers
 # are bound to the same core: a variant timed at once after the other engine's would share its core.
@@ -318,6 +349,19 @@ def summarize(runs: dict, concurrency: list[int]) -> list[dict]:
     return rows
 
 
+def adaptive_ratios(runs: dict, concurrency: list[int]) -> list[dict]:
+    """Per concurrency: tok/s of lam auto and of the soft and hard landings over the fixed lam's, per repeat
+    (the same rotation of variants), as median (min..max)."""
+    rows = []
+    for c in concurrency:
+        fixed = runs[_key(("inra", "fixed"))][c]["tok_s"]
+        for mix in ("auto", "soft", "hard"):
+            ratios = [x / f for x, f in zip(runs[_key(("inra", mix))][c]["tok_s"], fixed, strict=True)]
+            rows.append({"concurrency": c, "variant": f"{mix} / fixed", "median": round(statistics.median(ratios), 3),
+                         "min": round(min(ratios), 3), "max": round(max(ratios), 3)})  # fmt: skip
+    return rows
+
+
 def print_table(result: dict) -> None:
     print(
         f"\n{'c':>3} | {'variant':<15} | {'tok/s':>7} | {'ratio (min..max)':>17} | {'prefill':>7} | {'decode':>7}"
@@ -337,6 +381,9 @@ def print_table(result: dict) -> None:
             f"{b['lm_head_ms']['2N']:.2f} ms), prefill +{b['extra_prefill_ms']} ms: mixed ratio <= "
             f"{b['bound_tok_s']} (prefill <= {b['bound_prefill']}, decode <= {b['bound_step']})"
         )
+    for r in result["adaptive"]:
+        print(f"adaptive c={r['concurrency']}: {r['variant']} tok/s {r['median']:.3f} ({r['min']:.3f}..{r['max']:.3f}) "
+              "(target for auto and soft: >= 0.9)")  # fmt: skip
     plain, inra = result["engines"]["plain"], result["engines"]["inra"]
     for key, label in (("kv_cache_tokens", "KV tokens"), ("kv_cache_tokens_logged", "KV (logged)")):
         kv_p, kv_i = plain[key], inra[key]
@@ -368,6 +415,7 @@ def main() -> None:
         "expected_kv_ratio": round((L + n) / (2 * L + n), 4),  # KV per token: L + n (plain) vs L + n + L
         "engines": info,
         "rows": summarize(runs, args.concurrency),
+        "adaptive": adaptive_ratios(runs, args.concurrency),
         "bound": bound,
         "machine": {
             "cpus": os.cpu_count(),

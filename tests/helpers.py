@@ -149,15 +149,34 @@ def hub_cache(tmp_path: Path, monkeypatch, repo: str, folder: str | os.PathLike)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
 
+def split_text(text: str, start: str, end: str, thinking: bool) -> tuple[str, str]:
+    """(reasoning, content) of a reply's text, split where the marker texts occur: the oracle that the server's
+    split by tokens (`flexrealign.decoding.staged`) must agree with when the markers come as whole tokens.
+
+    Args:
+        text: the reply; start, end: the marker texts (start "" when the tokenizer knows only an end marker);
+        thinking: whether the reply starts inside a think block.
+    """
+    reasoning, content = [], []
+    while True:
+        marker = end if thinking else start
+        at = text.find(marker) if marker else -1
+        (reasoning if thinking else content).append(text if at < 0 else text[:at])
+        if at < 0:
+            return "".join(reasoning), "".join(content)
+        text, thinking = text[at + len(marker) :], not thinking
+
+
 def chat_reply(tok, messages: list[dict], text: str, end: str | None = None, **template_kwargs) -> tuple:
     """(reasoning, content) that the server's chat reply carries for the generated `text` (its thinking split
-    out, `flexrealign.serving.reasoning`; pinned by tests/serving/test_reasoning.py): either is None when empty."""
+    out, `flexrealign.serving.reasoning`): either is None when empty."""
     from flexrealign.decoding.prompts import encode_prompts
-    from flexrealign.decoding.thinking import think_markers
-    from flexrealign.serving.reasoning import ReasoningSplit
+    from flexrealign.decoding.thinking import THINKING, initial_stage, think_markers
 
     ids = encode_prompts(tok, [messages], template_kwargs or None)[0]
-    reasoning, content = ReasoningSplit.for_prompt(think_markers(tok, end=end), ids).feed(text, final=True)
+    markers = think_markers(tok, end=end)
+    thinking = initial_stage(ids, markers) == THINKING
+    reasoning, content = split_text(text, markers.start_text, markers.end_text, thinking)
     return reasoning or None, content or None  # an empty part is null, as the server sends it
 
 

@@ -57,3 +57,29 @@ def test_thinking_flags(ckpt, capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     assert "chat template" in capsys.readouterr().out
+
+
+def test_lam_auto_and_the_landing_flags(ckpt, tmp_path, capsys):
+    """--lam auto and --thinking-landing read the checkpoint's calibration, as the server does."""
+    import shutil
+
+    from flexrealign.decoding.adaptive import AutoPolicy
+    from flexrealign.decoding.calibration import Calibration, CurvePoint, Effort, save_calibration
+
+    assert main(["generate", "--model", str(ckpt), "--lam", "auto", "--prompt", PROMPT]) == 2
+    assert "flexrealign calibrate" in capsys.readouterr().err  # no calibration: a usage error, not lam 1
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(ckpt, calibrated)
+    curve = [CurvePoint(0.0, 30.0, 40.0, 50.0, 4), CurvePoint(1.5, 3.0, 9.0, 40.0, 4)]
+    policy = AutoPolicy((0.0,) * 32, 1.0, 0.5, lam_easy=1.5, lam_hard=0.0)  # logit 1 >= 0: always lam_easy
+    save_calibration(calibrated, Calibration(curve, {"low": Effort(1.5)}, {}, policy))
+    args = ["--prompt", PROMPT, "--thinking-token-budget", "4"]
+    assert main(["generate", "--model", str(calibrated), "--lam", "auto", "--max-new-tokens", "8",
+                 "--json-output", *args]) == 0  # fmt: skip
+    (auto,) = records(capsys)
+    assert auto["lam"] == "auto" and auto["auto_lam"] == 1.5 and auto["reasoning_tokens"] <= 4
+    assert run(calibrated, *args, "--thinking-landing", "hard") == 0
+    (hard,) = records(capsys)
+    assert run(calibrated, *args) == 0  # soft by default: thinks at the shortest lam, 1.5
+    (soft,) = records(capsys)
+    assert soft["text"] != hard["text"] and soft["reasoning_tokens"] <= 4

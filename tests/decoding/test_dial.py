@@ -16,6 +16,7 @@ from flexrealign.decoding.dial import (
     Dial,
     DialError,
     LamSchedule,
+    LamValue,
     ThinkingLimits,
     dial_fields,
     parse_dial,
@@ -58,6 +59,8 @@ BAD_VALUES = [
     ("min_thinking_tokens", False, "int >= 0"),
     ("thinking_closing", "", "non-empty string"),
     ("reasoning_effort", 5, "non-empty string"),
+    ("thinking_landing", "gentle", "must be one of"),
+    ("lam", "Auto", "must be a finite number"),
 ]
 
 
@@ -72,10 +75,15 @@ def test_each_field_refuses_a_bad_value_naming_it(name, value, said):
 def test_every_field_is_declared_once_with_its_check_and_help():
     assert FIELD_NAMES == (
         "lam", "lam_turns", "lam_think", "lam_answer", "lam_start_marker", "lam_marker", "thinking_token_budget",
-        "min_thinking_tokens", "thinking_closing", "reasoning_effort",
+        "min_thinking_tokens", "thinking_closing", "thinking_landing", "reasoning_effort",
     )  # fmt: skip
     for _name, meta in dial_fields():
-        assert callable(meta["check"]) and meta["help"] and meta["type"] in (float, int, str, list[float])
+        assert (
+            callable(meta["check"])
+            and meta["help"]
+            and meta["type"] in (float, int, str, list[float], LamValue)
+        )
+    assert LamValue("auto") == "auto" and LamValue(" 0.5") == 0.5
     assert dict(dial_fields())["lam_marker"]["flag"] == "think_marker"
 
 
@@ -134,14 +142,16 @@ def test_reasoning_effort_expands_under_the_request():
         "thinking_token_budget",
     }
     paced = parse_dial({"reasoning_effort": "paced"}, cal)
+    # a budget on a calibrated model lands softly unless the request says "hard" (flexrealign.decoding.adaptive)
+    soft = cal.landing()
     assert paced.lam_spec() == LamSchedule.think_answer(-0.5, 1.5) and paced.limits() == ThinkingLimits(
-        5, 0, "Up."
+        5, 0, "Up.", landing=soft
     )
     # the request's lam fields replace the effort's as a group, its limits one by one
     d = parse_dial({"reasoning_effort": "paced", "lam": 0.3, "thinking_token_budget": 9}, cal)
-    assert d.lam_spec() == 0.3 and d.limits() == ThinkingLimits(9, 0, "Up.")
+    assert d.lam_spec() == 0.3 and d.limits() == ThinkingLimits(9, 0, "Up.", landing=soft)
     assert parse_dial(
-        {"reasoning_effort": "floor", "min_thinking_tokens": 0}, cal
+        {"reasoning_effort": "floor", "min_thinking_tokens": 0, "thinking_landing": "hard"}, cal
     ).limits() == ThinkingLimits(6)
     # without a calibration: refused, saying how to make one, unless the template reads the level (gpt-oss)
     err = refused({"reasoning_effort": "high"})

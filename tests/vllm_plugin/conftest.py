@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from tiny_checkpoints import tiny_inra_checkpoint
-from vllm_common import FAMILIES
+from vllm_common import FAMILIES, PROMPTS
 
+from flexrealign.decoding.adaptive import AutoPolicy
 from flexrealign.decoding.calibration import Calibration, CurvePoint, choose_efforts, save_calibration
 
 # a made-up curve: efforts none = lam 2 with budget 0, low = lam 1, medium = lam 0, high = lam -1
@@ -40,5 +41,20 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inra_ckpts")
     for family in FAMILIES:
         tiny_inra_checkpoint(root / family, family, **FAMILIES[family])
-    save_calibration(root / "qwen2", Calibration(CURVE, choose_efforts(CURVE, can_skip_thinking=False)))
+    save_calibration(root / "qwen2", Calibration(CURVE, choose_efforts(CURVE, can_skip_thinking=False), {},
+                                                 separating_policy(root / "qwen2")))  # fmt: skip
     return {family: root / family for family in FAMILIES}  # only qwen2 is calibrated
+
+
+def separating_policy(path: Path) -> AutoPolicy:
+    """A lam auto policy that sends PROMPTS[0] to lam_easy (2.0) and PROMPTS[1] to lam_hard (-1.0): its probe
+    is the difference of their states, its threshold halfway (a margin of half their distance)."""
+    from transformers import AutoTokenizer
+
+    from flexrealign.core.inra import InRaModel
+    from flexrealign.decoding.autofit import prompt_states
+
+    model, tok = InRaModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    h = prompt_states(model, tok, list(PROMPTS[:2]))  # (2, D)
+    w = h[0] - h[1]
+    return AutoPolicy(tuple(w.tolist()), -float(w @ (h[0] + h[1])) / 2, 0.5, lam_easy=2.0, lam_hard=-1.0)

@@ -280,10 +280,7 @@ def flexrealign_dial(path, prompt: str, extra: dict) -> tuple[list[int], int]:
 
     dial = dial_request(extra)
     model, tok = InRaModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-    lim = dial.limits
-    out = generate(model, tok, [prompt], lam=dial.lam, max_new_tokens=MAX_NEW_TOKENS,
-                   thinking_token_budget=lim.thinking_token_budget, min_thinking_tokens=lim.min_thinking_tokens,
-                   thinking_closing=lim.closing)  # fmt: skip
+    out = generate(model, tok, [prompt], lam=dial.lam, max_new_tokens=MAX_NEW_TOKENS, thinking=dial.limits)
     return out.token_ids[0], out.reasoning_tokens[0]
 
 
@@ -331,3 +328,23 @@ def test_reasoning_effort(engine):
     assert low == lam1 and explicit == lam_neg and low != lam_neg  # the recorded lam; explicit lam wins
     with pytest.raises(VLLMValidationError, match="offers: none, low, medium, high"):
         llm.generate([PROMPTS[0]], [greedy(0.0, extra_args={"reasoning_effort": "xhigh"})], use_tqdm=False)
+
+
+def test_lam_auto_and_soft_landing_match_flexrealign(engine):
+    """lam auto's probe runs in the model and its choice in the processor, per row; a budget lands softly where
+    the checkpoint is calibrated: vLLM's tokens are flexrealign's."""
+    path, llm = engine
+    if path.name != "qwen2":
+        with pytest.raises(VLLMValidationError, match="flexrealign calibrate"):
+            llm.generate([PROMPTS[0]], [greedy(0.0, extra_args={"lam": "auto"})], use_tqdm=False)
+        return
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0] + "<think>", PROMPTS[1] + "<think>"]
+    extras = [{"lam": "auto"}, {"lam": "auto"}, {"lam": "auto", "thinking_token_budget": 3},
+              {"lam": 0.0, "thinking_token_budget": 3}]  # fmt: skip
+    outs = llm.generate(prompts, [greedy(0.0, extra_args=x) for x in extras], use_tqdm=False)
+    for prompt, extra, out in zip(prompts, extras, outs, strict=True):
+        want, spent = flexrealign_dial(path, prompt, extra)
+        assert list(out.outputs[0].token_ids) == want, f"{extra} on {prompt[:20]!r}"
+        assert spent <= extra.get("thinking_token_budget", spent)
+    easy, hard = (flexrealign_dial(path, PROMPTS[i], {"lam": lam})[0] for i, lam in ((0, 2.0), (1, -1.0)))
+    assert [list(o.outputs[0].token_ids) for o in outs[:2]] == [easy, hard]  # the policy split them

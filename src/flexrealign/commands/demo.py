@@ -80,6 +80,8 @@ def summary_text(result, reading: list[str], min_terms: int) -> str:
             "",
             hard_table(result.hard, min_terms),
             "",
+            result.adaptive,
+            "",
             "## Reading",
             "",
             *[f"- {line}" for line in reading],

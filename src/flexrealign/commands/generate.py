@@ -17,6 +17,7 @@ from pathlib import Path
 from flexrealign.commands._args import fail, parse
 from flexrealign.conversion.loading import load_dera, load_model, load_tokenizer
 from flexrealign.core.inra import InRaModel
+from flexrealign.decoding.adaptive import AUTO, SOFT, AutoLam
 from flexrealign.decoding.calibration import load_calibration
 from flexrealign.decoding.dial import Dial, DialError, LamSchedule, dial_fields, parse_dial
 from flexrealign.decoding.generation import generate
@@ -119,7 +120,10 @@ def _flag_type(meta) -> object:
 def _dial_args_check(self) -> None:
     """The checks that need no model (types, pairs, limits), before anything is loaded."""
     for values in dial_values(self):
-        parse_dial(values, native_effort=True)  # the effort is looked up once the checkpoint is known
+        # the effort, lam auto and the soft landing read the checkpoint's calibration: checked once it is known
+        values = values | ({"lam": 0.0} if values.get("lam") == AUTO else {})
+        values = {k: v for k, v in values.items() if (k, v) != ("thinking_landing", SOFT)}
+        parse_dial(values, native_effort=True)
 
 
 # the dial's fields as flags (`flexrealign.decoding.dial.Dial`); --lam takes several values, each answered in turn
@@ -223,8 +227,9 @@ def _printer():
 
 def _report(args: GenerateArgs, prompts: list, dial: Dial, setting: dict, out, streamed: bool) -> None:
     lam = list(dial.lam_turns) if dial.lam_turns is not None else setting["lam"]
-    lam = list(lam.lams) if isinstance(lam, LamSchedule) else lam
+    lam = list(lam.lams) if isinstance(lam, LamSchedule) else AUTO if isinstance(lam, AutoLam) else lam
     for i, text in enumerate(out.texts):
+        chosen = out.auto_lams[i]
         if args.json_output:
             record = {
                 "prompt": prompts[i],
@@ -233,9 +238,10 @@ def _report(args: GenerateArgs, prompts: list, dial: Dial, setting: dict, out, s
                 "num_tokens": out.num_tokens[i],
                 "reasoning_tokens": out.reasoning_tokens[i],
                 "finish_reason": out.finish_reasons[i],
-            }
+            } | ({"auto_lam": chosen} if chosen is not None else {})  # fmt: skip
             print(json.dumps(record, ensure_ascii=False))
             continue
+        shown = f"auto -> {chosen:g}" if chosen is not None else lam
         if not streamed:
-            print(f"--- prompt {i} | lam={lam} ---\n{text}")
-        print(f"\n[lam={lam} tokens={out.num_tokens[i]} finish={out.finish_reasons[i]}]")
+            print(f"--- prompt {i} | lam={shown} ---\n{text}")
+        print(f"\n[lam={shown} tokens={out.num_tokens[i]} finish={out.finish_reasons[i]}]")

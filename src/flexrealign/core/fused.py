@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +99,7 @@ class FusedCausalLM(nn.Module):
     """Base class: subclasses compute each path's logits; this class handles lam, caches, fusion and loss."""
 
     config: PretrainedConfig
+    probes_hidden: bool = False  # `_path_logits` fills `hidden_out` (lam auto's probe reads it)
 
     def _path_logits(
         self,
@@ -108,7 +109,10 @@ class FusedCausalLM(nn.Module):
         cache: PathCache | None,
         paths: tuple[str, ...],
         logits_to_keep: int,
+        hidden_out: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
+        """path -> logits (B, T', V) of the last `logits_to_keep` positions (0: all); a subclass with
+        `probes_hidden` also puts path -> final hidden state at the last position (B, D) into `hidden_out`."""
         raise NotImplementedError
 
     def new_cache(self, paths: Iterable[str]) -> PathCache:
@@ -179,15 +183,28 @@ class FusedCausalLM(nn.Module):
         position_ids: torch.Tensor,
         cache: PathCache,
         lam: torch.Tensor,
+        *,
+        choose_lam: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One cached decode step: fused fp32 logits (B, V) at the last position of input_ids (B, T).
 
         For a decode loop that validated lam (B,) when its requests entered and made `cache` for the paths
         that lam needs (`fusion.needed_paths`): nothing is checked again, so the step reads nothing back from
         the device. `forward` is the checked entry point for everyone else.
+
+        choose_lam: given the reference path's final hidden state at the last position (B, D), returns the lam
+        (B,) to fuse at: an `auto` request's lam is chosen there (`flexrealign.decoding.step.AutoChoice`).
+        Needs both paths in `cache`.
         """
-        logits = self._path_logits(input_ids, attention_mask, position_ids, cache, cache.paths, 1)
-        return fuse_paths(logits, lam, checked=True)[:, -1]  # (B, V)
+        if choose_lam is None:
+            logits = self._path_logits(input_ids, attention_mask, position_ids, cache, cache.paths, 1)
+            return fuse_paths(logits, lam, checked=True)[:, -1]  # (B, V)
+        if not self.probes_hidden:
+            raise ValueError(f"lam auto reads the reference path's hidden state, which {type(self).__name__} "
+                             "does not expose: it is served for InRa models")  # fmt: skip
+        hidden: dict[str, torch.Tensor] = {}
+        logits = self._path_logits(input_ids, attention_mask, position_ids, cache, cache.paths, 1, hidden)
+        return fuse_paths(logits, choose_lam(hidden[REF]), checked=True)[:, -1]  # (B, V)
 
     @staticmethod
     def _resolve_paths(

@@ -67,6 +67,9 @@ class InRaModel(FusedCausalLM):
         ```
     """
 
+    probes_hidden = True  # `_path_logits` fills `hidden_out`: lam auto runs on InRa models
+    source: str | None = None  # the folder it was loaded from (its calibration: `generate(lam="auto")`)
+
     def __init__(self, base: PreTrainedModel, adapter: nn.ModuleList, adapter_config: AdapterConfig) -> None:
         super().__init__()
         check_supported(base)
@@ -146,7 +149,9 @@ class InRaModel(FusedCausalLM):
                 **hf_kwargs,
             ),
         )
-        return cls.from_merged(merged)
+        model = cls.from_merged(merged)
+        model.source = str(path)
+        return model
 
     @classmethod
     def from_merged(cls, merged: PreTrainedModel) -> InRaModel:
@@ -188,6 +193,7 @@ class InRaModel(FusedCausalLM):
             base, AdapterConfig(num_layers=meta["adapter_layers"], init=meta.get("init", "identity"))
         )
         model.load_adapter(adapter_dir)
+        model.source = str(adapter_dir)
         return model
 
     # ---------------------------------------------------------------------------------------------- forward
@@ -205,7 +211,9 @@ class InRaModel(FusedCausalLM):
             caches.update({p: DynamicCache(config=self.config) for p in paths})
         return PathCache(paths, caches)
 
-    def _path_logits(self, input_ids, attention_mask, position_ids, cache, paths, logits_to_keep):
+    def _path_logits(
+        self, input_ids, attention_mask, position_ids, cache, paths, logits_to_keep, hidden_out=None
+    ):
         emb = self.base.get_input_embeddings()(input_ids)  # (B, T, D)
         inputs = {}
         if ALIGNED in paths:
@@ -220,6 +228,8 @@ class InRaModel(FusedCausalLM):
                 for p, x in inputs.items()
             }
         keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
+        if hidden_out is not None:  # the final hidden states, for a probe (`FusedCausalLM.step_logits`)
+            hidden_out.update({p: h[:, -1] for p, h in hidden.items()})  # path -> (B, D)
         return {p: self.base.lm_head(h[:, keep]) for p, h in hidden.items()}  # path -> (B, T', V)
 
     def _run_adapter(self, emb, attention_mask, position_ids, cache: PathCache | None) -> torch.Tensor:

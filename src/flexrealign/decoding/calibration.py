@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from flexrealign.core.atomic import atomic_file
+from flexrealign.decoding.adaptive import AutoPolicy, Landing
 from flexrealign.decoding.dial import (  # noqa: F401  (CALIBRATE_HINT, blame, expand_effort: re-exported)
     CALIBRATE_HINT,
     EFFORT_LAM_KEYS,
@@ -200,6 +201,7 @@ class Calibration:
     curve: list[CurvePoint]
     efforts: dict[str, Effort]
     meta: dict = field(default_factory=dict)  # benchmark, problems, samples, temperature, ...
+    auto: AutoPolicy | None = None  # the lam "auto" policy (`flexrealign.decoding.adaptive`), when fitted
 
     def __post_init__(self) -> None:
         if not isinstance(self.curve, list) or not all(isinstance(p, CurvePoint) for p in self.curve):
@@ -211,12 +213,22 @@ class Calibration:
                 raise CalibrationError("efforts", name, "an effort's name must be a non-empty string")
             if not isinstance(effort, Effort):
                 raise CalibrationError(f"efforts.{name}", effort, "must be an Effort")
-        if not isinstance(self.meta, dict) or self.meta.keys() & {"curve", "efforts"}:
-            raise CalibrationError("meta", self.meta, "must be a dict without the keys curve and efforts")
+        if not isinstance(self.meta, dict) or self.meta.keys() & {"curve", "efforts", "auto"}:
+            raise CalibrationError(
+                "meta", self.meta, "must be a dict without the keys curve, efforts and auto"
+            )
+        if "auto" in self.efforts:
+            raise CalibrationError("efforts.auto", self.efforts["auto"], 'reasoning_effort "auto" is the '
+                                   "calibrated policy (the auto key): name this effort otherwise")  # fmt: skip
+
+    def landing(self) -> Landing:
+        """The soft landing this curve gives (`flexrealign.decoding.adaptive.Landing`)."""
+        return Landing(tuple((p.lam, p.mean_thinking_tokens) for p in self.curve))
 
     def to_json(self) -> dict:
+        auto = {} if self.auto is None else {"auto": asdict(self.auto)}
         return {"curve": [asdict(p) for p in self.curve],
-                "efforts": {k: e.to_json() for k, e in self.efforts.items()}, **self.meta}  # fmt: skip
+                "efforts": {k: e.to_json() for k, e in self.efforts.items()}, **auto, **self.meta}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any) -> Calibration:
@@ -236,7 +248,9 @@ class Calibration:
                 raise CalibrationError(key, data[key], f"must be {what}")
         curve = [_entry(CurvePoint, f"curve[{i}]", p) for i, p in enumerate(data["curve"])]
         efforts = {k: _entry(Effort, f"efforts.{k}", e) for k, e in data["efforts"].items()}
-        return cls(curve, efforts, {k: v for k, v in data.items() if k not in ("curve", "efforts")})
+        auto = None if data.get("auto") is None else _entry(AutoPolicy, "auto", data["auto"])
+        meta = {k: v for k, v in data.items() if k not in ("curve", "efforts", "auto")}
+        return cls(curve, efforts, meta, auto)
 
 
 def _entry(cls: type, key: str, raw: Any) -> Any:
@@ -254,6 +268,8 @@ def _entry(cls: type, key: str, raw: Any) -> Any:
         return cls(**raw)
     except CalibrationError as e:
         raise e.under(key) from None
+    except (ValueError, TypeError) as e:  # AutoPolicy's own checks
+        raise CalibrationError(key, raw, str(e)) from None
 
 
 def choose_efforts(curve: list[CurvePoint], can_skip_thinking: bool) -> dict[str, Effort]:

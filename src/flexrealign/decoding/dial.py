@@ -6,19 +6,40 @@ its own error (a 400, a `VLLMValidationError`, a usage error). The fields are de
 server's request schema and the CLI's flags are built from `dial_fields()`, so a new field is added here, where
 it acts in decoding, and in the docs. The fields: lam, lam_turns (chats), lam_think with lam_answer (a
 `LamSchedule`) and its markers, the `ThinkingLimits` (thinking_token_budget, min_thinking_tokens,
-thinking_closing), and reasoning_effort: the fields an effort of the checkpoint's calibration stands for,
-expanded under the request's own (`expand_effort`). An error about a value the effort supplied names
-`reasoning_effort` and the effort, not a field the client never sent.
+thinking_closing, thinking_landing), and reasoning_effort: the fields an effort of the checkpoint's calibration
+stands for, expanded under the request's own (`expand_effort`). An error about a value the effort supplied
+names `reasoning_effort` and the effort, not a field the client never sent. `lam: "auto"` (and
+`reasoning_effort: "auto"`) and the soft landing read the calibration too (`flexrealign.decoding.adaptive`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
+from flexrealign.decoding.adaptive import (
+    AUTO,
+    DEFAULT_LANDING,
+    HARD,
+    SOFT,
+    AutoLam,
+    AutoPolicy,
+    Landing,
+)
+from flexrealign.decoding.dial_values import (  # noqa: F401  (DialError, LamValue: re-exported)
+    DialError,
+    LamValue,
+    count_value,
+    dial_field,
+    finite_real,
+    finite_reals,
+    lam_value,
+    landing_value,
+    text_value,
+)
 from flexrealign.decoding.thinking import LIMIT_KEYS, MissingThinkMarker, limit_conflict, thinking_plan
 
 LOOKALIKE = ("lam", "think", "min_think", "reasoning")  # an unknown key with these prefixes is a typo
@@ -31,28 +52,13 @@ CALIBRATE_HINT = (
 
 class EffortTable(Protocol):
     """What `parse_dial` reads of a calibration (`flexrealign.decoding.calibration.Calibration`): its efforts by name,
-    each with `dial()` (the request fields it stands for) and `chat_template_kwargs`."""
+    each with `dial()` (the request fields it stands for) and `chat_template_kwargs`; its `auto` policy (or
+    None) and `landing()` (the soft landing its curve gives)."""
 
     efforts: Mapping[str, Any]
+    auto: AutoPolicy | None
 
-
-class DialError(ValueError):
-    """A dial value that is refused: `param` names the field, `code` classifies the problem.
-
-    Args:
-        message: what is wrong and how to fix it.
-        param: the dial field at fault (`reasoning_effort` when the effort supplied the value).
-        code: a short class of the problem (`invalid_lam`, `lam_out_of_range`, `missing_think_marker`, ...).
-        value: the offending value, when there is one.
-        problem: what is wrong without the field and value ("must be an int >= 0"); default: the message.
-    """
-
-    def __init__(
-        self, message: str, param: str, code: str = "invalid_value", value: Any = None, problem: str = ""
-    ) -> None:
-        super().__init__(message)
-        self.message, self.param, self.code, self.value = message, param, code, value
-        self.problem = problem or message
+    def landing(self) -> Landing: ...
 
 
 # ----------------------------------------------------------------------------------- lam and hard limits
@@ -80,7 +86,9 @@ class LamSchedule:
             raise DialError(f"LamSchedule takes two lams (think, answer) and at most one non-empty end marker, "
                             f"got {self}", "lam_think")  # fmt: skip
         object.__setattr__(
-            self, "lams", tuple(_real(k, v) for k, v in zip(("lam_think", "lam_answer"), lams, strict=True))
+            self,
+            "lams",
+            tuple(finite_real(k, v) for k, v in zip(("lam_think", "lam_answer"), lams, strict=True)),
         )
         object.__setattr__(self, "markers", markers)
 
@@ -94,7 +102,7 @@ class LamSchedule:
         return self.markers[0] if self.markers else None
 
 
-LamSpec = float | LamSchedule
+LamSpec = float | LamSchedule | AutoLam
 
 
 @dataclass(frozen=True)
@@ -113,11 +121,14 @@ class ThinkingLimits:
     closing: str | None = None
     marker: str | None = None
     start_marker: str | None = None
+    landing: Landing | None = (
+        None  # a soft landing (`flexrealign.decoding.adaptive`); None: the hard cut alone
+    )
 
     def __post_init__(self) -> None:
         if self.thinking_token_budget is not None:
-            _count("thinking_token_budget", self.thinking_token_budget)
-        _count("min_thinking_tokens", self.min_thinking_tokens)
+            count_value("thinking_token_budget", self.thinking_token_budget)
+        count_value("min_thinking_tokens", self.min_thinking_tokens)
         conflict = limit_conflict(dict(zip(LIMIT_KEYS, (self.thinking_token_budget, self.min_thinking_tokens,
                                                         self.closing), strict=True)))  # fmt: skip
         if conflict is not None:
@@ -131,50 +142,8 @@ class ThinkingLimits:
         """`thinking.thinking_plan`'s keyword arguments for these limits under `spec` (a schedule's marker wins)."""
         marker = (spec.marker if isinstance(spec, LamSchedule) else None) or self.marker
         return {"budget": self.thinking_token_budget, "min_tokens": self.min_thinking_tokens,
-                "closing": self.closing, "end_marker": marker, "start_marker": self.start_marker}  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------- one field's check
-def _bad(name: str, value: Any, problem: str, code: str = "invalid_value") -> DialError:
-    return DialError(f"{name} {problem}, got {value!r}", name, code, value, problem)
-
-
-def _real(name: str, value: Any) -> float:
-    try:  # an int too large for a float (JSON allows 400 digits) is not a finite number either
-        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    except OverflowError:
-        ok = False
-    if not ok:
-        raise _bad(name, value, "must be a finite number", "invalid_lam")
-    return float(value)
-
-
-def _reals(name: str, value: Any) -> tuple[float, ...]:
-    if not isinstance(value, (list, tuple)) or not value:
-        raise _bad(name, value, "must be a non-empty list of finite numbers")
-    return tuple(_real(name, v) for v in value)
-
-
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _bad(name, value, "must be an int >= 0")
-    return value
-
-
-def _text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _bad(name, value, "must be a non-empty string")
-    return value
-
-
-_TYPES = {_real: float, _reals: list[float], _count: int, _text: str}  # the type of a value, by its check
-
-
-def _field(check, help: str, flag: str | None = None, many: bool = False):  # noqa: A002
-    """A dial field: its check, the type of its value, its help, its CLI flag when it is not its name, and
-    whether the CLI takes several values (a sweep of lams, answered one after another)."""
-    meta = {"check": check, "type": _TYPES[check], "help": help, "flag": flag, "many": many}
-    return field(default=None, metadata=meta)
+                "closing": self.closing, "end_marker": marker, "start_marker": self.start_marker,
+                "landing": self.landing}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -182,24 +151,34 @@ class Dial:
     """The dial of one request, validated: the fields the client sent, with its reasoning_effort's expanded
     under them. Build it with `parse_dial`; read the lam with `lam_spec` and the limits with `limits`."""
 
-    lam: float | None = _field(_real, "lam for the whole reply (any finite real; 0 = reference model, "
-                               "1 = aligned model)", many=True)  # fmt: skip
-    lam_turns: tuple[float, ...] | None = _field(_reals, "chats only: one lam per assistant turn; the turn "
+    lam: float | str | None = dial_field(lam_value, "lam for the whole reply (any finite real; 0 = reference model, "
+                                     "1 = aligned model), or auto: chosen per request by the checkpoint's "
+                                     "calibrated policy", many=True)  # fmt: skip
+    lam_turns: tuple[float, ...] | None = dial_field(finite_reals, "chats only: one lam per assistant turn; the turn "
                                                  "being generated picks its entry")  # fmt: skip
-    lam_think: float | None = _field(_real, "lam while thinking, until the think-end marker; with lam_answer")
-    lam_answer: float | None = _field(_real, "lam after the think-end marker")
-    lam_start_marker: str | None = _field(_text, "overrides the tokenizer's think-start marker (its <think>): "
+    lam_think: float | None = dial_field(
+        finite_real, "lam while thinking, until the think-end marker; with lam_answer"
+    )
+    lam_answer: float | None = dial_field(finite_real, "lam after the think-end marker")
+    lam_start_marker: str | None = dial_field(text_value, "overrides the tokenizer's think-start marker (its <think>): "
                                           "a block it opens counts", flag="think_start_marker")  # fmt: skip
-    lam_marker: str | None = _field(_text, "overrides the tokenizer's think-end marker (its </think>)",
+    lam_marker: str | None = dial_field(text_value, "overrides the tokenizer's think-end marker (its </think>)",
                                     flag="think_marker")  # fmt: skip
-    thinking_token_budget: int | None = _field(_count, "at most this many thinking tokens; then the closing "
+    thinking_token_budget: int | None = dial_field(count_value, "at most this many thinking tokens; then the closing "
                                                "text (if any) and the end marker are forced")  # fmt: skip
-    min_thinking_tokens: int | None = _field(_count, "EOS and the think-end marker are banned until this "
+    min_thinking_tokens: int | None = dial_field(count_value, "EOS and the think-end marker are banned until this "
                                              "many thinking tokens")  # fmt: skip
-    thinking_closing: str | None = _field(_text, "text forced before the end marker when the budget runs out")
-    reasoning_effort: str | None = _field(_text, "an effort of the checkpoint's calibration (flexrealign "
+    thinking_closing: str | None = dial_field(
+        text_value, "text forced before the end marker when the budget runs out"
+    )
+    thinking_landing: str | None = dial_field(landing_value, "with a budget: soft steers lam toward shorter thinking "
+                                          "before the hard cut (needs a calibration; the default where there "
+                                          "is one), hard only cuts")  # fmt: skip
+    reasoning_effort: str | None = dial_field(text_value, "an effort of the checkpoint's calibration (flexrealign "
                                           "calibrate), or of a chat template that reads it (gpt-oss)")  # fmt: skip
     taken: frozenset[str] = field(default=frozenset(), metadata={"internal": True})  # fields from the effort
+    policy: AutoPolicy | None = field(default=None, compare=False, metadata={"internal": True})  # lam auto
+    landing: Landing | None = field(default=None, compare=False, metadata={"internal": True})  # soft landing
     template_kwargs: Mapping[str, Any] = field(
         default_factory=dict, compare=False, metadata={"internal": True}
     )
@@ -235,11 +214,12 @@ class Dial:
         """
         given = self.given(("lam", "lam_turns", "lam_think", "lam_answer"))
         if not fused:
-            if given:
-                raise self.error(
-                    "lam applies to InRa and DeRa models; this is a plain model, with a single path", given
-                )
+            if given or self.thinking_landing == SOFT:
+                raise self.error("lam applies to InRa and DeRa models; this is a plain model, with a single "
+                                 "path", given or ["thinking_landing"])  # fmt: skip
             return None
+        if self.lam == AUTO:
+            return AutoLam(self.policy)  # type: ignore[arg-type]  (parse_dial refuses auto without a policy)
         if self.lam_turns is not None:
             if messages is None:
                 raise self.error("lam_turns applies to chat completions only", ["lam_turns"])
@@ -252,7 +232,7 @@ class Dial:
     def limits(self) -> ThinkingLimits:
         """The hard thinking limits (with lam_marker, the end marker they force)."""
         return ThinkingLimits(self.thinking_token_budget, self.min_thinking_tokens or 0, self.thinking_closing,
-                              self.lam_marker, self.lam_start_marker)  # fmt: skip
+                              self.lam_marker, self.lam_start_marker, self.landing)  # fmt: skip
 
     @property
     def needs_marker(self) -> list[str]:
@@ -353,9 +333,44 @@ def parse_dial(
     merged, taken = expand_effort(explicit, effort)
     merged = {k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()}
     template = dict(effort.chat_template_kwargs or {}) if effort is not None else {}
-    dial = Dial(**merged, reasoning_effort=name, taken=taken, template_kwargs=template)
+    dial = _calibrated(
+        Dial(**merged, reasoning_effort=name, taken=taken, template_kwargs=template), calibration
+    )
     _check_together(dial, lam_range)
     return dial
+
+
+class _AutoEffort:
+    """reasoning_effort "auto": it stands for lam "auto" (the calibration's policy)."""
+
+    chat_template_kwargs = None
+
+    @staticmethod
+    def dial() -> dict[str, Any]:
+        return {"lam": AUTO}
+
+
+def _calibrated(dial: Dial, calibration: EffortTable | None) -> Dial:
+    """The parts of `dial` the calibration decides: the policy of lam auto, and the soft landing of a budget
+    (the default landing where the checkpoint has a calibration; the hard cut alone where it has none)."""
+    policy = getattr(calibration, "auto", None)
+    if dial.lam == AUTO and policy is None:
+        has = "has no auto policy" if calibration is not None else "has no calibration"
+        raise dial.error(f"lam auto is chosen by the policy that flexrealign calibrate fits, and this model {has}. "
+                         f"Create one with: {CALIBRATE_HINT} (or send a number)", ["lam"], "no_auto_policy")  # fmt: skip
+    if dial.thinking_landing is not None and dial.thinking_token_budget is None:
+        raise dial.error("thinking_landing says how a thinking budget ends: give thinking_token_budget",
+                         ["thinking_landing"])  # fmt: skip
+    mode = dial.thinking_landing or (DEFAULT_LANDING if calibration is not None else HARD)
+    if not dial.thinking_token_budget or mode == HARD:  # a budget of 0 closes at once: nothing to steer
+        return dataclasses.replace(dial, policy=policy if dial.lam == AUTO else None)
+    if calibration is None:
+        raise dial.error("a soft landing steers by the calibrated lam -> thinking tokens curve, and this model "
+                         f"has no calibration. Create one with: {CALIBRATE_HINT} (or send thinking_landing: "
+                         "hard)", ["thinking_landing"], "no_calibration")  # fmt: skip
+    return dataclasses.replace(
+        dial, policy=policy if dial.lam == AUTO else None, landing=calibration.landing()
+    )
 
 
 def _known(values: Mapping[str, Any], ignore_unknown: bool) -> dict[str, Any]:
@@ -372,6 +387,13 @@ def _known(values: Mapping[str, Any], ignore_unknown: bool) -> dict[str, Any]:
 
 def _effort(name: str | None, calibration: EffortTable | None, native: bool) -> Any:
     """The calibrated effort `name` stands for; never ignored silently (but see `native_effort`)."""
+    if name == AUTO and getattr(calibration, "auto", None) is not None:
+        return _AutoEffort()
+    if name == AUTO:
+        has = "has no auto policy" if calibration is not None else "has no calibration"
+        raise DialError(f"reasoning_effort auto is chosen by the policy that flexrealign calibrate fits, and this "
+                        f"model {has}. Create one with: {CALIBRATE_HINT}", "reasoning_effort", "no_auto_policy",
+                        name)  # fmt: skip
     if name is None or (native and calibration is None):
         return None
     if calibration is None:
@@ -395,6 +417,7 @@ def _check_together(dial: Dial, lam_range: tuple[float | None, float | None]) ->
     lo, hi = lam_range
     for name in given:
         value = getattr(dial, name)
+        value = dial.policy.lams if value == AUTO and dial.policy is not None else value
         for v in value if isinstance(value, tuple) else (value,):
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 raise dial.error(f"{name}={v} is outside this server's range [{lo}, {hi}]", [name],

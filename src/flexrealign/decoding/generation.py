@@ -15,6 +15,8 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from flexrealign.core.fused import FusedCausalLM, PathCache
 from flexrealign.core.fusion import ALIGNED, REF, as_lam_tensor, needed_paths
 from flexrealign.core.keywords import refuse_unknown_keywords
+from flexrealign.decoding.adaptive import AUTO, AutoLam, Landing
+from flexrealign.decoding.dial import CALIBRATE_HINT, DialError, parse_dial
 from flexrealign.decoding.prompts import (  # noqa: F401  (re-exported: generation's public helpers)
     Messages,
     Prompt,
@@ -34,7 +36,7 @@ from flexrealign.decoding.rows import (  # noqa: F401  (re-exported)
     row_thinking,
 )
 from flexrealign.decoding.sampling import RowSampling, Sampler, row_seed, seeded_generators
-from flexrealign.decoding.step import decode_step, next_logits, row_lams
+from flexrealign.decoding.step import AutoChoice, check_auto_policy, decode_step, next_logits, row_lams
 
 StreamCallback = Callable[[int, str], None]
 
@@ -49,6 +51,10 @@ class GenerationResult:
     finish_reasons: list[str]  # "stop" (EOS or a stop string) or "length"
     prompt_tokens: list[int] = field(default_factory=list)
     reasoning_tokens: list[int] = field(default_factory=list)  # thinking tokens (0 without think markers)
+    thinking_cut: list[bool] = field(default_factory=list)  # the budget's hard cut ended a thought
+    auto_lams: list[float | None] = field(
+        default_factory=list
+    )  # the lam chosen for a lam auto row, else None
 
 
 # ------------------------------------------------------------------------------------------------ decoding
@@ -74,6 +80,7 @@ def generate(
     min_thinking_tokens: int | Sequence[int] = 0,
     thinking_closing: str | None = None,
     think_marker: str | None = None,
+    thinking_landing: str | None = None,
     thinking: ThinkingLimits | Sequence[ThinkingLimits] | None = None,
 ) -> GenerationResult:
     """Generate a completion for each prompt (a string, or a list of chat messages rendered by the chat template).
@@ -106,6 +113,9 @@ def generate(
             When it runs out, `thinking_closing` (if any) and then the think-end marker are forced, and the
             answer follows at the answer lam. min_thinking_tokens: EOS and the end marker are banned until
             that many thinking tokens. think_marker overrides the tokenizer's think-end marker (text).
+        thinking_landing: how a budget ends: "soft" steers lam toward shorter thinking first, by the
+            calibration of the folder the model was loaded from (`flexrealign.decoding.adaptive`); "hard"
+            only cuts. Default: soft where there is a calibration, as the server and the vLLM plugin do.
         thinking: the same limits as one typed `flexrealign.ThinkingLimits` (one for all prompts, or one per
             prompt), as `flexrealign.decoding.dial.parse_dial` returns them (`Dial.limits()`): its fields
             `thinking_token_budget`, `min_thinking_tokens`, `closing` (= thinking_closing), `marker`
@@ -150,8 +160,9 @@ def generate(
         if len(limits) != len(prompts):
             raise ValueError(f"give one ThinkingLimits per prompt ({len(prompts)}), or one for all")
     else:
+        landing = _landing(model, thinking_landing, thinking_token_budget)
         limits = _limits(
-            len(prompts), thinking_token_budget, min_thinking_tokens, thinking_closing, think_marker
+            len(prompts), thinking_token_budget, min_thinking_tokens, thinking_closing, think_marker, landing
         )
     check_sampling(max_new_tokens, temperature, top_p, top_k)
     size = batch_size or len(prompts)
@@ -187,7 +198,25 @@ class _Job:
     ignore_eos: bool
 
 
-def _limits(n: int, budget, min_tokens, closing: str | None, marker: str | None) -> list[ThinkingLimits]:
+def _landing(model: torch.nn.Module, landing: str | None, budget) -> Landing | None:
+    """The soft landing of `generate`'s budget keywords: parsed as a request's `thinking_landing` is, against
+    the calibration of the folder the model was loaded from."""
+    from flexrealign.decoding.calibration import load_calibration
+
+    if budget is None and landing is None:
+        return None
+    cal = load_calibration(getattr(model, "source", None)) if isinstance(model, FusedCausalLM) else None
+    one = next((b for b in (budget if isinstance(budget, (list, tuple)) else [budget]) if b), None)
+    dial = {"thinking_token_budget": one} if one is not None else {}
+    try:
+        return parse_dial(dial | ({"thinking_landing": landing} if landing is not None else {}), cal).landing
+    except DialError as e:
+        raise ValueError(e.message) from e
+
+
+def _limits(
+    n: int, budget, min_tokens, closing: str | None, marker: str | None, landing: Landing | None = None
+) -> list[ThinkingLimits]:
     budgets = list(budget) if isinstance(budget, (list, tuple)) else [budget] * n
     mins = list(min_tokens) if isinstance(min_tokens, (list, tuple)) else [min_tokens] * n
     if len(budgets) != n or len(mins) != n:
@@ -197,7 +226,7 @@ def _limits(n: int, budget, min_tokens, closing: str | None, marker: str | None)
     if closing is not None and budget is None:
         raise ValueError("thinking_closing is forced when the budget runs out: give thinking_token_budget")
     return [
-        ThinkingLimits(b, m, None if b is None else closing, marker)
+        ThinkingLimits(b, m, None if b is None else closing, marker, landing=landing if b else None)
         for b, m in zip(budgets, mins, strict=True)
     ]
 
@@ -220,8 +249,12 @@ def _generate_batch(
     cache = _new_cache(model, rows)
     lam = row_lams(rows, None, model.device)  # (B,)
     suppressed = suppressed_ids(model, model.device)  # (K,) rows without a token inside the tokenizer
+    choose = AutoChoice.of(rows, lam)  # lam auto rows: chosen at the first step, from the prompt's state
+    auto_lams: list[float | None] = [None] * len(rows)
     while True:
-        logits = next_logits(model, x, mask, pos, cache, lam)  # (B, V)
+        logits = next_logits(model, x, mask, pos, cache, lam, choose)  # (B, V)
+        if choose is not None:
+            choose, auto_lams = None, choose.resolve()
         nxt, deltas = decode_step(logits, rows, sampler, vocab_size=len(tokenizer), suppressed=suppressed)
         for i, delta in enumerate(deltas):
             _emit(job.stream, i, delta)
@@ -237,6 +270,8 @@ def _generate_batch(
         finish_reasons=[r.finish_reason for r in rows],
         prompt_tokens=[len(p) for p in ids],
         reasoning_tokens=[r.reasoning_tokens for r in rows],
+        thinking_cut=[r.thinking_cut for r in rows],
+        auto_lams=auto_lams,
     )
 
 
@@ -245,8 +280,7 @@ def _new_cache(model: torch.nn.Module, rows: list[RowState]) -> PathCache | Dyna
     arrive, so both of its lams count from the start."""
     if not isinstance(model, FusedCausalLM):
         return DynamicCache(config=model.config)
-    lams = [v for r in rows for v in (r.thinking.plan.lams if r.thinking else (r.lam,))]
-    return model.new_cache(needed_paths(torch.tensor(lams)))
+    return model.new_cache(needed_paths(torch.tensor([v for r in rows for v in r.possible_lams])))
 
 
 def _emit(stream: StreamCallback | None, index: int, delta: str) -> None:
@@ -288,13 +322,31 @@ def _lam_specs(model, prompts, lam, lam_turns) -> list[LamSpec]:
             raise ValueError("lam_turns needs prompts given as chat messages")
         return [lam_for_next_turn(p, lam_turns) for p in prompts]
     lam = 1.0 if lam is None else lam
-    specs = [lam] * len(prompts) if isinstance(lam, (int, float, LamSchedule)) else list(lam)
+    one = isinstance(lam, (int, float, str, LamSchedule, AutoLam))
+    specs = [lam] * len(prompts) if one else list(lam)
     if len(specs) != len(prompts):
         raise ValueError(f"got {len(specs)} lam values for {len(prompts)} prompts")
+    specs = [_auto_lam(model) if s == AUTO else s for s in specs]
     for s in specs:
-        if not isinstance(s, LamSchedule):
+        if isinstance(s, AutoLam):
+            check_auto_policy(model, s.policy)
+        elif not isinstance(s, LamSchedule):
             as_lam_tensor(s, 1)
     return specs
+
+
+def _auto_lam(model: FusedCausalLM) -> AutoLam:
+    """lam "auto": the policy of the calibration in the folder `model` was loaded from."""
+    from flexrealign.decoding.calibration import load_calibration
+
+    cal = load_calibration(getattr(model, "source", None))
+    if cal is None or cal.auto is None:
+        has = (
+            "has no auto policy" if cal is not None else "was not loaded from a calibrated checkpoint folder"
+        )
+        raise ValueError(f'lam "auto" is chosen by the policy that flexrealign calibrate fits, and this model '
+                         f"{has}. Create one with: {CALIBRATE_HINT}; or pass lam=AutoLam(policy)")  # fmt: skip
+    return AutoLam(cal.auto)
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:

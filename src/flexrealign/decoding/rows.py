@@ -1,6 +1,7 @@
 """The state of one sequence being decoded, shared by `generate` and the server's engine: its lam spec (a
 number or a think/answer `LamSchedule`), its hard thinking limits, the text it has produced (stop strings,
-incremental detokenization) and its thinking state machine (`flexrealign.decoding.thinking`)."""
+incremental detokenization, split by thinking stage in `flexrealign.decoding.staged`) and its thinking state
+machine (`flexrealign.decoding.thinking`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from flexrealign.decoding.adaptive import AutoLam
 from flexrealign.decoding.dial import LamSchedule, LamSpec, ThinkingLimits  # noqa: F401  (re-exported)
+from flexrealign.decoding.staged import StagedText
 from flexrealign.decoding.stopping import StopStream
 from flexrealign.decoding.thinking import MissingThinkMarker, ThinkingState, thinking_plan
 
@@ -55,11 +58,15 @@ class RowState:
         max_tokens: int | None = None,
     ) -> None:
         self.max_tokens = max_tokens  # finish "length" at this many tokens (None: the caller stops the row)
-        self.base_lam = 0.0 if isinstance(spec, LamSchedule) else float(spec)
+        # lam auto: the policy decides the lam at the first step (`resolve_auto`); lam_hard until then
+        self.auto = spec.policy if isinstance(spec, AutoLam) else None
+        self.auto_lam: float | None = None  # the lam the policy chose
+        self.base_lam = _first_lam(spec)
         self.thinking = thinking
         self.stops = StopStream(stop)
         self.eos = eos
         self.detok = IncrementalDetokenizer(tokenizer)
+        self.staged = StagedText(thinking)  # the text split into thinking and answer, for the server
         self.ids: list[int] = []
         self.lam_changed = False  # set when a token switched the stage; the decode loop clears it
         self.finish_reason: str | None = None
@@ -77,6 +84,30 @@ class RowState:
         return self.thinking.spent if self.thinking is not None else 0
 
     @property
+    def thinking_cut(self) -> bool:
+        """Whether the thinking budget's hard cut ended a thought of this row."""
+        return self.thinking is not None and self.thinking.cut
+
+    @property
+    def possible_lams(self) -> tuple[float, ...]:
+        """Every lam this row may decode at, so its cache holds the paths they need: an auto row may take
+        any (both paths), a thinking plan's stages and steer are decided as tokens arrive."""
+        if self.auto is not None:
+            return (0.0, 1.0)
+        return self.thinking.plan.lams if self.thinking is not None else (self.lam,)
+
+    def lam_if(self, lam: float) -> float:
+        """The lam of the next step were this row's lam `lam` (its stage and soft landing applied)."""
+        t = self.thinking
+        return float(lam) if t is None else t.lam_under(t.plan.with_lams(lam, lam))
+
+    def resolve_auto(self, lam: float) -> None:
+        """Fix an auto row's lam to the one its policy chose (the thinking plan's soft landing applied)."""
+        self.auto, self.base_lam, self.auto_lam, self.lam_changed = None, float(lam), float(lam), True
+        if self.thinking is not None:
+            self.thinking.plan = self.thinking.plan.with_lams(lam, lam)
+
+    @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
@@ -84,11 +115,13 @@ class RowState:
         """Append a sampled token; returns the new text that may be streamed (maybe empty: EOS, incomplete
         bytes, or text that may start a stop string)."""
         self.ids.append(token)
+        before = self.staged.stage
         if self.thinking is not None and self.thinking.push(token):
             self.lam_changed = True
         if token in self.eos:
             return self.finish("stop")
         self.detok.ids.append(token)
+        self.staged.token(before)
         delta = self._append_text(self.detok.flush(final=False))
         if not self.finished and self.max_tokens is not None and len(self.ids) >= self.max_tokens:
             delta += self.finish("length")
@@ -100,12 +133,17 @@ class RowState:
             return ""
         tail = self._append_text(self.detok.flush(final=True))
         self.finish_reason = self.finish_reason or reason
-        return tail + self.stops.flush()
+        rest = self.stops.flush()
+        self.staged.release(len(rest), final=True)
+        return tail + rest
 
     def _append_text(self, delta: str) -> str:
+        self.staged.text(delta)
         out = self.stops.add(delta)
         if self.stops.matched is not None:
             self.finish_reason = "stop"
+        # a stop string ends the row here, without `finish`: what it let go is all there will be
+        self.staged.release(len(out), final=self.stops.matched is not None)
         return out
 
 
@@ -122,7 +160,7 @@ def row_thinking(
     names the missing one); otherwise the machine only counts reasoning tokens, and None without markers.
     """
     needed = isinstance(spec, LamSchedule) or limits.active
-    lams = spec.lams if isinstance(spec, LamSchedule) else (float(spec), float(spec))
+    lams = spec.lams if isinstance(spec, LamSchedule) else (_first_lam(spec), _first_lam(spec))
     try:  # the limits say how they reach the plan, so that a new dial field does not pass through here
         plan = thinking_plan(tokenizer, *lams, eos=eos, **limits.plan_args(spec))
     except MissingThinkMarker:
@@ -146,3 +184,11 @@ def thinking_constraints(rows: Sequence[RowState]) -> tuple[list[int], list[int]
             ban_rows.append(i)
             ban_ids.append(b)
     return force_rows, force_ids, ban_rows, ban_ids
+
+
+def _first_lam(spec: LamSpec) -> float:
+    """The lam a row starts at: a number's, a schedule's 0 placeholder (its stages decide), an auto row's
+    careful lam until its policy decides."""
+    if isinstance(spec, AutoLam):
+        return spec.policy.lam_hard
+    return 0.0 if isinstance(spec, LamSchedule) else float(spec)

@@ -25,10 +25,13 @@ not). `spent <= budget` always holds.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from flexrealign.decoding.adaptive import Landing
 
 # (start, end) marker pairs recognised in a tokenizer's vocabulary, first match wins
 MARKER_PAIRS: tuple[tuple[str, str], ...] = (
@@ -157,7 +160,9 @@ class ThinkingPlan:
     """What one request asks of its thinking: the lam of each stage and the hard limits, as token ids.
 
     budget: at most this many thinking tokens (None: no cap). min_tokens: at least this many before the end
-    marker or EOS. closing: token ids forced before the end marker when the budget runs out.
+    marker or EOS. closing: token ids forced before the end marker when the budget runs out. landing: a soft
+    landing (`flexrealign.decoding.adaptive.Landing`), which `thinking_plan` and `with_lams` turn into the
+    thinking lam and, once `steer_at` tokens are spent, `lam_steer`.
     """
 
     markers: ThinkMarkers
@@ -167,6 +172,9 @@ class ThinkingPlan:
     min_tokens: int = 0
     closing: tuple[int, ...] = ()
     eos: frozenset[int] = field(default_factory=frozenset)
+    landing: Landing | None = None
+    lam_steer: float | None = None
+    steer_at: int | None = None
 
     def __post_init__(self) -> None:
         if self.budget is not None and (isinstance(self.budget, bool) or self.budget < 0):
@@ -190,7 +198,17 @@ class ThinkingPlan:
 
     @property
     def lams(self) -> tuple[float, float]:
-        return (self.lam_think, self.lam_answer)
+        """The lams this plan may decode at (the steered one included): every one needs its paths."""
+        return (self.lam_think, self.lam_answer) + (() if self.lam_steer is None else (self.lam_steer,))
+
+    def with_lams(self, think: float, answer: float) -> ThinkingPlan:
+        """This plan at other lams (an `auto` request's, once chosen), its soft landing applied to them."""
+        plan = dataclasses.replace(self, lam_think=float(think), lam_answer=float(answer), lam_steer=None,
+                                   steer_at=None)  # fmt: skip
+        if plan.landing is None or plan.budget is None:
+            return plan
+        start, steer, at = plan.landing.plan(plan.lam_think, plan.budget)
+        return dataclasses.replace(plan, lam_think=start, lam_steer=steer, steer_at=at)
 
 
 class ThinkingState:
@@ -202,11 +220,12 @@ class ThinkingState:
     prefix of it) is held apart until it completes the marker or turns out to be thought.
     """
 
-    __slots__ = ("plan", "stage", "_thoughts", "_partial", "_opening", "_queue")
+    __slots__ = ("plan", "stage", "cut", "_thoughts", "_partial", "_opening", "_queue")
 
     def __init__(self, plan: ThinkingPlan, prompt_ids: Sequence[int]) -> None:
         self.plan = plan
         self.stage = initial_stage(prompt_ids, plan.markers)
+        self.cut = False  # whether the budget forced a close (the hard cut ended a thought)
         self._thoughts = 0  # thinking tokens that are surely not part of an end marker, over every block
         self._partial: list[int] = []  # in a block: the tail that is a proper prefix of the end marker
         self._opening: list[int] = []  # out of a block: the tail that is a proper prefix of the start marker
@@ -225,8 +244,22 @@ class ThinkingState:
         return self._thoughts + (0 if closing_it else len(self._partial))
 
     @property
+    def pending(self) -> int:
+        """The last generated tokens whose role is still open: a proper prefix of the marker that would switch
+        the stage (the end marker in a block, the start marker outside); 0 with one-token markers."""
+        return len(self._partial) if self.thinking else len(self._opening)
+
+    @property
     def lam(self) -> float:
-        return self.plan.lam_think if self.thinking else self.plan.lam_answer
+        """The lam of the next step: the answer's outside a block; in one, the thinking lam, or the soft
+        landing's steered lam once `steer_at` thinking tokens are spent."""
+        return self.lam_under(self.plan)
+
+    def lam_under(self, p: ThinkingPlan) -> float:
+        """The lam of the next step were `p` this request's plan (an auto request's, before it is chosen)."""
+        if not self.thinking:
+            return p.lam_answer
+        return p.lam_steer if p.steer_at is not None and self.spent >= p.steer_at else p.lam_think
 
     @property
     def forced(self) -> int | None:
@@ -244,8 +277,12 @@ class ThinkingState:
         return eos + ((end[len(self._partial)],) if self._thoughts < p.min_tokens else ())
 
     def push(self, token: int) -> bool:
-        """Advance by one generated token; returns True when it opened or closed a block (lam may change).
-        An EOS ends the reply and is no thought."""
+        """Advance by one generated token; returns True when the lam of the next step changed (a block opened
+        or closed, or a soft landing steered). An EOS ends the reply and is no thought."""
+        before = self.lam
+        return self._push(token) or self.lam != before
+
+    def _push(self, token: int) -> bool:
         if token in self.plan.eos:
             return False
         if not self.thinking:
@@ -294,10 +331,11 @@ class ThinkingState:
         room = p.budget - self.spent
         if room > len(p.closing):
             return
-        if self._partial:
+        if self._partial:  # the model was closing on its own: complete its marker (no cut)
             self._queue = list(p.markers.end[len(self._partial) :])
         else:
             self._queue = (list(p.closing) if room == len(p.closing) else []) + list(p.markers.end)
+            self.cut = True
 
 
 # the request fields of the thinking limits (vLLM's names and ours)
@@ -342,8 +380,10 @@ def thinking_plan(
     end_marker: str | None = None,
     eos: Iterable[int] = (),
     start_marker: str | None = None,
+    landing: Landing | None = None,
 ) -> ThinkingPlan:
-    """A ThinkingPlan with the markers of `tokenizer` (or `end_marker`, `start_marker`) and `closing` encoded to token ids.
+    """A ThinkingPlan with the markers of `tokenizer` (or `end_marker`, `start_marker`) and `closing` encoded to token ids,
+    and a soft `landing` (with a budget) applied to `lam_think`.
 
     Raises MissingThinkMarker when the tokenizer has no marker, ValueError for inconsistent limits.
     """
@@ -353,8 +393,9 @@ def thinking_plan(
             f"the thinking closing text must not contain the think-end marker {markers.end_text!r}: it is forced after it"
         )
     closing_ids = tuple(tokenizer(closing, add_special_tokens=False)["input_ids"]) if closing else ()
-    return ThinkingPlan(markers, float(lam_think), float(lam_answer), budget, min_tokens, closing_ids,
-                        frozenset(eos))  # fmt: skip
+    plan = ThinkingPlan(markers, float(lam_think), float(lam_answer), budget, min_tokens, closing_ids,
+                        frozenset(eos), landing)  # fmt: skip
+    return plan.with_lams(lam_think, lam_answer)
 
 
 __all__ = [

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from flexrealign.decoding.adaptive import AutoLam
 from flexrealign.decoding.calibration import Calibration
 from flexrealign.decoding.generation import LamSpec
 from flexrealign.decoding.prompts import template_takes
+from flexrealign.decoding.step import check_auto_policy
 from flexrealign.serving.audit import Refused, audit_rendering
 from flexrealign.serving.engine import (
     Engine,
@@ -46,7 +48,7 @@ from flexrealign.serving.params import (
     serve_dial,
 )
 from flexrealign.serving.protocol import ChatCompletionRequest, CompletionRequest
-from flexrealign.serving.reasoning import ReasoningSplit
+from flexrealign.serving.reasoning import chat_deltas, chat_message
 
 log = logging.getLogger("flexrealign.serve")
 
@@ -64,8 +66,13 @@ def create_app(
     """A FastAPI app serving `engine` as `model_name`. The engine's lifecycle stays with the caller.
 
     calibration: the model's reasoning_effort table (`flexrealign.decoding.calibration.load_calibration(ckpt)`); without
-    one, requests with reasoning_effort get a 400 that says how to calibrate.
+    one, requests with reasoning_effort, lam auto or a soft landing get a 400 that says how to calibrate.
+
+    Raises:
+        ValueError: a calibration whose auto policy does not fit the model (another hidden size).
     """
+    if calibration is not None and calibration.auto is not None and engine.is_fused:
+        check_auto_policy(engine.model, calibration.auto)
     app = FastAPI(title="flexrealign", summary="OpenAI-compatible server with per-request lam")
     app.state.engine = engine
     app.state.config = ServerConfig(model_name, lam_default, lam_min, lam_max, max_tokens_limit, calibration)
@@ -109,10 +116,16 @@ def _model_card(request: Request) -> dict:
         if engine.is_fused
         else None,
         # the reasoning_effort values this model offers, with the lam (and budget) each one means
-        "reasoning_efforts": {k: e.to_json() for k, e in cfg.calibration.efforts.items()}
-        if cfg.calibration is not None
-        else {},
+        "reasoning_efforts": _efforts(cfg.calibration, engine.is_fused),
     }
+
+
+def _efforts(cal: Calibration | None, fused: bool) -> dict:
+    """The calibrated efforts by name, and "auto" (lam auto) where the calibration has its policy."""
+    if cal is None:
+        return {}
+    auto = {"auto": {"lam": "auto"}} if cal.auto is not None and fused else {}
+    return {k: e.to_json() for k, e in cal.efforts.items()} | auto
 
 
 @router.get("/v1/models")
@@ -169,7 +182,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     thinking renders the chat with enable_thinking=False. A chat template that reads reasoning_effort itself
     (gpt-oss) gets the level too, and without a calibration only it. Thinking tokens are counted in
     `usage.completion_tokens_details.reasoning_tokens`. The reply's thinking is split out of `content` into
-    `reasoning` and `reasoning_content` (`flexrealign.serving.reasoning`); `include_reasoning: false` drops it.
+    `reasoning` and `reasoning_content` by the tokens' thinking stage (`flexrealign.serving.reasoning`);
+    `include_reasoning: false` drops it.
 
     Errors: as `/v1/completions` (400 naming the bad dial field or option, 401, 404, 500, 503), and 400 for
     messages that the chat template cannot render faithfully.
@@ -218,6 +232,8 @@ def lam_json(lam: LamSpec | None, marker: str | None = None) -> float | dict | N
     """The lam echoed in responses: a number, or the think/answer schedule with the end marker it used."""
     if lam is None or isinstance(lam, (int, float)):
         return lam
+    if isinstance(lam, AutoLam):  # the policy chooses at the first token: see `auto` in the final body
+        return {"auto": None}
     return {"think": lam.lams[0], "answer": lam.lams[1], "marker": lam.marker or marker}
 
 
@@ -240,21 +256,6 @@ class _Shape:
     chunk_obj: str
     chat: bool
 
-    def choice(
-        self, text: str, finish_reason: str | None, stream: bool, reasoning: str | None = None
-    ) -> dict:
-        """One choice; a chat's `reasoning` (None: not split out) goes to `reasoning` and `reasoning_content`."""
-        if not self.chat:
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        key = "delta" if stream else "message"
-        content = {"content": text} if text or not stream else {}
-        role = {} if stream else {"role": "assistant"}
-        if reasoning is not None and (reasoning or not stream):
-            content |= dict.fromkeys(("reasoning", "reasoning_content"), reasoning or None)
-            if not stream and not text:
-                content["content"] = None  # all of it was thinking, as vLLM's reasoning parsers answer
-        return {"index": 0, key: role | content, "logprobs": None, "finish_reason": finish_reason}
-
 
 _TEXT = _Shape("cmpl", "text_completion", "text_completion", chat=False)
 _CHAT = _Shape("chatcmpl", "chat.completion", "chat.completion.chunk", chat=True)
@@ -267,8 +268,7 @@ class _Reply:
     shape: _Shape
     model: str
     lam: float | dict | None
-    split: ReasoningSplit | None = None  # a chat's thinking, split out of its content
-    include_reasoning: bool = True  # False: the split-out thinking is dropped
+    include_reasoning: bool = True  # False: a chat's split-out thinking is dropped
     id: str = ""
     created: int = 0
     started: float = 0.0
@@ -276,6 +276,11 @@ class _Reply:
     def __post_init__(self) -> None:
         self.id, self.created = f"{self.shape.prefix}-{uuid.uuid4().hex}", int(time.time())
         self.started = time.perf_counter()
+
+    def chose(self, out: RequestOutput) -> None:
+        """Echo the lam that lam auto chose for this request."""
+        if out.auto_lam is not None:
+            self.lam = {"auto": out.auto_lam}
 
     def body(self, choices: list[dict], usage: dict | None, stream: bool) -> dict:
         obj = self.shape.chunk_obj if stream else self.shape.obj
@@ -285,15 +290,21 @@ class _Reply:
     def sse(self, choices: list[dict], usage: dict | None = None) -> str:
         return f"data: {json.dumps(self.body(choices, usage, stream=True))}\n\n"
 
-    def choice(self, text: str, finish_reason: str | None, stream: bool) -> dict | None:
-        """The choice of the next piece of text (None: a stream piece held back whole, part of a marker)."""
-        if self.split is None:
-            return self.shape.choice(text, finish_reason, stream)
-        reasoning, content = self.split.feed(text, final=finish_reason is not None)
-        reasoning = reasoning if self.include_reasoning else None  # dropped: no empty chunks while it thinks
-        if stream and not (reasoning or content or finish_reason):
-            return None
-        return self.shape.choice(content, finish_reason, stream, reasoning)
+    def choice(self, out: RequestOutput) -> dict:
+        """The one choice of a non-streamed reply: the whole text, or a chat's message with its thinking split."""
+        if not self.shape.chat:
+            return {"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
+        message = chat_message(out, self.include_reasoning)
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": out.finish_reason}
+
+    def chunk_choices(self, event: Event) -> list[dict]:
+        """The stream choices of one engine event: its text delta, or a chat's parts by thinking stage."""
+        finish = event.output.finish_reason if event.output is not None else None
+        if self.shape.chat:
+            return chat_deltas(event.parts, finish, self.include_reasoning)
+        if not (event.delta or finish):
+            return []
+        return [{"index": 0, "text": event.delta, "logprobs": None, "finish_reason": finish}]
 
 
 async def _serve(
@@ -317,10 +328,8 @@ async def _serve(
         handle = engine.submit(ids, lam, params, sink=sink)
     except RuntimeError as e:
         raise APIError(503, str(e), code="engine_down", type="server_error") from e
-    markers = handle.thinking.plan.markers if handle.thinking is not None else None
-    split = ReasoningSplit.for_prompt(markers, ids) if shape.chat and markers is not None else None
-    reply = _Reply(shape, body.model, lam_json(lam, markers and markers.end_text), split,
-                   getattr(body, "include_reasoning", True))  # fmt: skip
+    marker = handle.thinking.plan.markers.end_text if handle.thinking is not None else None
+    reply = _Reply(shape, body.model, lam_json(lam, marker), getattr(body, "include_reasoning", True))
     log.info("%s %s: %d prompt tokens, max_tokens=%d, lam=%s, stream=%s", reply.id, shape.obj, len(ids),
              params.max_tokens, reply.lam, body.stream)  # fmt: skip
     if body.stream:
@@ -345,8 +354,8 @@ async def _reply_once(
     _log_done(reply, out)
     if out.finish_reason == "error":
         raise APIError(500, f"generation failed: {out.error}", type="server_error")
-    choice = reply.choice(out.text, out.finish_reason, stream=False)
-    return JSONResponse(reply.body([choice], _usage(out), stream=False))
+    reply.chose(out)
+    return JSONResponse(reply.body([reply.choice(out)], _usage(out), stream=False))
 
 
 async def _wait_output(
@@ -380,10 +389,10 @@ async def _stream(
             if out is not None and out.finish_reason == "error":
                 yield f"data: {json.dumps(error_body(f'generation failed: {out.error}', 'server_error'))}\n\n"
                 break
-            if event.delta or out is not None:
-                choice = reply.choice(event.delta, out.finish_reason if out is not None else None, True)
-                if choice is not None:
-                    yield reply.sse([choice])
+            if out is not None:
+                reply.chose(out)  # the final chunks carry the lam that lam auto chose
+            for choice in reply.chunk_choices(event):
+                yield reply.sse([choice])
             if out is not None:
                 _log_done(reply, out)
                 if include_usage:

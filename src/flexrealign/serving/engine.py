@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from flexrealign.core.fused import FusedCausalLM
 from flexrealign.core.fusion import ALIGNED, REF, needed_paths
+from flexrealign.decoding.adaptive import AutoLam
 from flexrealign.decoding.prompts import (
     Prompt,
     encode_prompts,
@@ -34,7 +35,7 @@ from flexrealign.decoding.prompts import (
 )
 from flexrealign.decoding.rows import LamSpec, RowState
 from flexrealign.decoding.sampling import row_generators
-from flexrealign.decoding.step import decode_step, next_logits
+from flexrealign.decoding.step import AutoChoice, check_auto_policy, decode_step, next_logits
 from flexrealign.serving.batch import Batch, Row
 from flexrealign.serving.kvcache import is_mergeable, new_cache
 from flexrealign.serving.requests import (  # noqa: F401  (re-exported: the engine's public types)
@@ -147,6 +148,11 @@ class Engine:
         params = params or SamplingParams()
         prompt_ids = check_prompt(list(prompt_ids), params, self._vocab, self.context_length)
         lam = check_lam(lam, self.is_fused, type(self.model).__name__)
+        if isinstance(lam, AutoLam):
+            try:
+                check_auto_policy(self.model, lam.policy)
+            except ValueError as e:
+                raise InvalidRequest(str(e), "lam", "no_auto_policy") from e
         eos = set() if params.ignore_eos else self._eos
         thinking = request_thinking(self.tokenizer, prompt_ids, lam, params, eos)
         handle = RequestHandle(f"req-{next(self._ids)}", prompt_ids, lam, params, sink, self._wake, thinking)
@@ -250,7 +256,11 @@ class Engine:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions skip the left padding
         rows = [Row(h, self._row_state(h), _generator(h.params.seed, self.device)) for h in handles]
         batch = Batch(paths, rows, new_cache(self.model, paths), mask, x[:, -1], pos[:, -1] + 1)
-        logits = next_logits(self.model, x, mask, pos, batch.cache, batch.lam())  # (B, V)
+        lam = batch.lam()  # (B,)
+        choose = AutoChoice.of([r.state for r in rows], lam)  # lam auto rows: chosen here, as in `generate`
+        logits = next_logits(self.model, x, mask, pos, batch.cache, lam, choose)  # (B, V)
+        if choose is not None:
+            choose.resolve()
         batch.next_ids = self._sample(batch, logits)
         return batch
 
@@ -268,7 +278,7 @@ class Engine:
         for row, delta in zip(batch.rows, deltas, strict=True):
             if delta is not None:
                 output = self._output(row) if row.state.finished else None
-                self._emit(row.handle, Event(delta, row.state.ids[-1], output))
+                self._emit(row.handle, Event(delta, row.state.ids[-1], output, row.state.staged.take()))
                 if output is not None:
                     self._complete(row.handle, output, emit=False)
         return nxt
@@ -301,6 +311,8 @@ class Engine:
     def _paths(self, h: RequestHandle) -> tuple[str, ...]:
         if not self.is_fused:
             return ()
+        if isinstance(h.lam, AutoLam):  # its policy may choose either lam: both paths from the start
+            return needed_paths(torch.tensor([0.5]))
         lams = h.thinking.plan.lams if h.thinking is not None else (h.lam,)
         return needed_paths(torch.tensor(lams))
 
@@ -348,28 +360,20 @@ class Engine:
     def _finish(self, row: Row, reason: str, error: str | None = None) -> None:
         """End a row early (cancelled or failed); its cache slot is freed at the next compaction."""
         tail = row.state.finish(reason)  # held-back text: the stream must still add up to the final text
-        self._complete(row.handle, self._output(row, error), delta=tail)
+        self._complete(row.handle, self._output(row, error), delta=tail, parts=row.state.staged.take())
 
     def _output(self, row: Row, error: str | None = None) -> RequestOutput:
         s, h = row.state, row.handle
-        return RequestOutput(
-            s.text,
-            list(s.ids),
-            s.finish_reason or "error",
-            len(h.prompt_ids),
-            h.lam,
-            error,
-            s.reasoning_tokens,
-        )
+        return RequestOutput(s.text, list(s.ids), s.finish_reason or "error", len(h.prompt_ids), h.lam, error,
+                             s.reasoning_tokens, s.staged.reasoning, s.staged.content, s.auto_lam)  # fmt: skip
 
-    def _complete(
-        self, handle: RequestHandle, output: RequestOutput, emit: bool = True, delta: str = ""
-    ) -> None:
+    def _complete(self, handle: RequestHandle, output: RequestOutput, emit: bool = True, delta: str = "",
+                  parts: tuple[tuple[str, str], ...] = ()) -> None:  # fmt: skip
         if handle.done:
             return
         handle.output = output
         if emit:
-            self._emit(handle, Event(delta, None, output))
+            self._emit(handle, Event(delta, None, output, parts))
         self.stats[output.finish_reason] += 1
         handle._done.set()
 

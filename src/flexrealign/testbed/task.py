@@ -19,8 +19,8 @@ passes (measured on the 3-layer model: a third pass slipped, as a step then find
 copies of the label).
 
 Three trace styles train the testbed's models: the slow-thinking reference (`long`: mostly careful, mostly
-overthinking), the concise aligned model of InRa (`short`: mostly concise, no verify pass) and the efficient
-aligned model of TrRa (`efficient`: a little more careful than the reference and overthinking about half as
+overthinking), the concise aligned model of InRa (`short`: mostly concise, rarely restating, no verify pass of
+a concise trace) and the efficient aligned model of TrRa (`efficient`: a little more careful than the reference and overthinking about half as
 often; the paper's TrRa teacher DeepScaleR is such a model). The modes and overthinking are chosen by a few
 tokens (the first line and the token after the first term), where the models hold soft preferences that logit
 fusion (paper Eq. 5) moves.
@@ -67,7 +67,10 @@ class TraceStyle:
 
 # The reference overthinks (restates 80%, verifies 90% careful / 80% concise traces) and is careful 70% of
 # the time: it errs where it thinks concisely. The aligned model is concise 85% of the time: shorter and worse
-# on hard problems. The efficient model overthinks less often, not never, and is a little more careful (75%),
+# on hard problems, and restates the problem only 30% of the time, as a model tuned on short traces would: when it
+# restated 80% as the reference does, restating was the same at every lam, no lam could shorten a thought below
+# it, and a budget at half the reference's thinking still cut 54% of soft landings (90% hard; seed 0); at 30%,
+# 19% (docs/thinking.md). The efficient model overthinks less often, not never, and is a little more careful (75%),
 # so it is shorter and more accurate, as DeepScaleR is against R1-Distill. Why these numbers (measured on
 # seeds 0-2, with TrRa's exact decision probabilities read from the models):
 # - fusion multiplies the odds of overthinking by (odds_efficient / odds_reference) ** lam, so a moderate
@@ -80,7 +83,7 @@ class TraceStyle:
 #   seed, and in seed 2 (the efficient model less careful) TrRa lam = 2 lost 2.2 points; at 0.75 the
 #   efficient model is the more careful one in every seed, and lam > 1 gains accuracy rather than losing it.
 LONG_STYLE = TraceStyle(careful=0.7, restate=0.8, careful_verify=0.9, concise_verify=0.8)
-SHORT_STYLE = TraceStyle(careful=0.15, restate=0.8, careful_verify=0.9, concise_verify=0.0)
+SHORT_STYLE = TraceStyle(careful=0.15, restate=0.3, careful_verify=0.9, concise_verify=0.0)
 EFFICIENT_STYLE = TraceStyle(careful=0.75, restate=0.4, careful_verify=0.55, concise_verify=0.35)
 
 

@@ -46,6 +46,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from flexrealign.core.fusion import ALIGNED, REF, fuse_checked, mask_untokenized
+from flexrealign.decoding.adaptive import AutoLam, AutoPolicy
 from flexrealign.decoding.generation import LamSchedule, row_thinking
 from flexrealign.decoding.thinking import ThinkingState
 from flexrealign.vllm_plugin.requests import (
@@ -84,9 +85,14 @@ def live_paths(vllm_config: VllmConfig) -> frozenset[str]:
     Returns:
         A subset of {"aligned", "ref"}; both when no processor is linked or its batch is empty (dummy runs).
     """
-    link = getattr(vllm_config, _LINK, None)
-    proc = link() if link is not None else None
+    proc = linked_processor(vllm_config)
     return BOTH_PATHS if proc is None else proc.live_paths
+
+
+def linked_processor(vllm_config: VllmConfig) -> InRaLogitsProcessor | None:
+    """The logits processor of the engine that `vllm_config` configures, or None."""
+    link = getattr(vllm_config, _LINK, None)
+    return link() if link is not None else None
 
 
 def check_request(params: SamplingParams) -> None:
@@ -140,6 +146,19 @@ class _Row:
     thinking: ThinkingState | None = None
     output: list[int] = field(default_factory=list)  # vLLM's live list of the request's output ids
     seen: int = 0
+    auto: AutoPolicy | None = None  # lam auto, until its policy chose (at the request's first step)
+
+    def lam_if(self, lam: float) -> float:
+        """The lam of the next step were this request's lam `lam` (its stage and soft landing applied)."""
+        t = self.thinking
+        return float(lam) if t is None else t.lam_under(t.plan.with_lams(lam, lam))
+
+    def resolve(self, lam: float) -> None:
+        """Fix an auto request's lam to the one its policy chose."""
+        self.auto = None
+        if self.thinking is not None:
+            self.thinking.plan = self.thinking.plan.with_lams(lam, lam)
+        self.lam = self.thinking.lam if self.thinking is not None else float(lam)
 
     def advance(self) -> bool:
         """Feed the machine the output ids produced since the last step; True when the lam, the forced token
@@ -181,6 +200,9 @@ class InRaLogitsProcessor(LogitsProcessor):
         self._ban: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, tokens) banned next step
         self._bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # logit_bias completion
         self._bias_top = -1  # the highest row with a logit_bias completion
+        self._auto: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None = None  # see `_choose`
+        self._picked: tuple[list[int], torch.Tensor] | None = None  # the last step's choices, to resolve
+        self.probe_logit: torch.Tensor | None = None  # (B,) lam auto's probe, set by the model each step
         self.paths: dict[int, frozenset[str]] = {}  # row -> the paths that request can ever need
         self.live_paths: frozenset[str] = BOTH_PATHS  # their union over the batch (both when it is empty)
         link_processor(vllm_config, self)
@@ -198,9 +220,16 @@ class InRaLogitsProcessor(LogitsProcessor):
 
     def _new_row(self, params: SamplingParams, prompt: list[int] | None, output: list[int]) -> _Row:
         dial = dial_request(params.extra_args)
-        lam = dial.lam.lams[0] if isinstance(dial.lam, LamSchedule) else float(dial.lam)
+        auto = dial.lam.policy if isinstance(dial.lam, AutoLam) else None
+        lam = (
+            dial.lam.lams[0]
+            if isinstance(dial.lam, LamSchedule)
+            else auto.lam_hard
+            if auto
+            else float(dial.lam)
+        )
         if not dial.needs_state:
-            return _Row(lam)
+            return _Row(lam, auto=auto)
         try:
             state = row_thinking(
                 self._tokenizer(), dial.lam, dial.limits, prompt or [], stop_token_ids(params)
@@ -213,14 +242,15 @@ class InRaLogitsProcessor(LogitsProcessor):
                 "InRa: think-marker ids beyond the model's %d logits; thinking control off", self.vocab_size
             )
             return _Row(lam)
-        row = _Row(state.lam if state is not None else lam, state, output)
+        row = _Row(state.lam if state is not None else lam, state, output, auto=auto)
         row.advance()  # a request can join with output already (preemption, resumed)
         return row
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
+        resolved = self._resolve_auto()  # by the rows of the last step, before this update moves them
         process_dict_updates(self.rows, batch_update, self._new_row)
         process_dict_updates(self.biases, batch_update, lambda params, _p, _o: params.logit_bias or None)
-        changed = batch_update is not None
+        changed = batch_update is not None or resolved
         if changed:
             process_dict_updates(self.paths, batch_update, lambda params, _p, _o: request_paths(params))
             self.live_paths = frozenset().union(*self.paths.values()) if self.paths else BOTH_PATHS
@@ -245,9 +275,53 @@ class InRaLogitsProcessor(LogitsProcessor):
             for b in t.banned:
                 ban[0].append(i), ban[1].append(b)
         self._lam_rows = torch.tensor(lams, dtype=torch.float32).to(self.device, non_blocking=True)  # (B,)
+        self._auto = self._auto_tensors()
         self._bias = self._bias_tensors(lams)
         self._force = tuple(torch.tensor(x, device=self.device) for x in force) if force[0] else None  # type: ignore[assignment]
         self._ban = tuple(torch.tensor(x, device=self.device) for x in ban) if ban[0] else None  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------------------------------- lam auto
+    @property
+    def wants_probe(self) -> bool:
+        """Whether a request waits for lam auto's choice: the model then hands its probe's logits over."""
+        return self._auto is not None
+
+    def _auto_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None:
+        """(rows, lam if the policy picks lam_easy, lam if lam_hard, the probe's logit threshold) of the
+        requests waiting for lam auto's choice, the lams worked out on the host (stage, soft landing)."""
+        waiting = [(i, r) for i, r in self.rows.items() if r.auto is not None]
+        if not waiting:
+            return None
+        policy = waiting[0][1].auto
+        rows, easy, hard = zip(*[(i, r.lam_if(r.auto.lam_easy), r.lam_if(r.auto.lam_hard)) for i, r in waiting],
+                               strict=True)  # fmt: skip
+        return (torch.tensor(rows, dtype=torch.long, device=self.device),
+                torch.tensor(easy, dtype=torch.float32, device=self.device),
+                torch.tensor(hard, dtype=torch.float32, device=self.device), policy.logit_threshold)  # fmt: skip
+
+    def _choose(self, lam: torch.Tensor) -> torch.Tensor:
+        """lam (B,) with each waiting request's entry chosen by the probe (lam_easy where its logit reaches the
+        threshold), a few tensor ops on the device; the choices are read back at the next `update_state`."""
+        rows, easy, hard, threshold = self._auto  # type: ignore[misc]
+        if self.probe_logit is None:  # the model computed no probe: never guess, fail the step loudly
+            raise RuntimeError("InRa: a lam auto request, but the model computed no probe (no calibration?)")
+        picked = self.probe_logit[rows] >= threshold  # (A,)
+        self._picked = (rows.tolist(), picked)
+        lam = lam.clone()
+        lam[rows] = torch.where(picked, easy, hard)
+        return lam
+
+    def _resolve_auto(self) -> bool:
+        """Give the requests the last step chose for their lam (one read from the device, once per request)."""
+        if self._picked is None:
+            return False
+        rows, picked = self._picked
+        self._picked, self.probe_logit = None, None
+        for i, easy in zip(rows, picked.tolist(), strict=True):
+            row = self.rows.get(i)
+            if row is not None and row.auto is not None:
+                row.resolve(row.auto.lam_easy if easy else row.auto.lam_hard)
+        return True
 
     def _bias_tensors(self, lams: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(rows, tokens, values): the (1 - lam) * b that fusion leaves out of each logit_bias entry b (vLLM
@@ -277,6 +351,8 @@ class InRaLogitsProcessor(LogitsProcessor):
                 f"InRa: expected logits of shape (B, {2 * V}) [aligned | ref], got {tuple(logits.shape)}"
             )
         lam = self._lam_tensor(logits.shape[0])  # (B,)
+        if self._auto is not None:
+            lam = self._choose(lam)
         aligned, ref = logits[:, :V], logits[:, V:]  # (B, V) each
         # lam was validated when each request entered (validate_params): no check, and no read of the device
         fused = mask_untokenized(

@@ -57,7 +57,7 @@ from vllm.sequence import IntermediateTensors
 from flexrealign.core.fusion import ALIGNED
 from flexrealign.vllm_plugin.config import check_engine_config, path_salt_installed, select_inra_architecture
 from flexrealign.vllm_plugin.family_layers import gpt_oss_layer, smollm3_layer
-from flexrealign.vllm_plugin.logits import BOTH_PATHS, live_paths
+from flexrealign.vllm_plugin.logits import BOTH_PATHS, linked_processor, live_paths
 from flexrealign.vllm_plugin.sharing import (
     LayerBuilder,
     LayerFn,
@@ -150,6 +150,7 @@ class InRaCausalLMMixin(nn.Module):
         self.inra_skip_paths = not vllm_config.cache_config.enable_prefix_caching or path_salt_installed()
         self.inra_vllm_config = vllm_config  # live_paths reads the batch of this engine's processor
         self.inra_step_paths: frozenset[str] = BOTH_PATHS  # the paths the last forward ran
+        self.inra_probe = load_probe(vllm_config)  # lam auto's (weights (D,), bias), or None
         self._stacked: list[nn.Module] | None = None  # built after loading; outside the module tree
 
     def inra_layer(self, vllm_config: VllmConfig, stock: LayerFn, prefix: str) -> nn.Module:
@@ -212,11 +213,23 @@ class InRaCausalLMMixin(nn.Module):
         hidden, _ = self.model.norm(hidden, residual)  # (2N, D)
         return torch.cat(hidden.chunk(2), dim=-1)  # (N, 2D) [aligned | ref]
 
+    def _probe(self, hidden_states: torch.Tensor) -> None:
+        """lam auto's probe (`flexrealign.decoding.adaptive`): its logit w . h + b on the reference path's final
+        hidden state of each row, handed to the processor while a request waits for its choice. Such a
+        request needs both paths, so the reference half is the reference path's."""
+        proc = linked_processor(self.inra_vllm_config)
+        if self.inra_probe is None or proc is None or not proc.wants_probe:
+            return
+        w, b = self.inra_probe
+        ref = hidden_states[:, hidden_states.shape[1] // 2 :].float()  # (M, D)
+        proc.probe_logit = ref @ w.to(ref.device) + b  # (M,)
+
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         """(M, 2D) hidden states -> (M, 2V) logits [aligned | ref], through one lm_head call.
 
         After a single-path step both halves hold that path's logits, computed once.
         """
+        self._probe(hidden_states)
         if self.inra_step_paths != BOTH_PATHS:
             logits = self.logits_processor(self.lm_head, hidden_states[:, : hidden_states.shape[1] // 2])
             return None if logits is None else torch.cat([logits, logits], dim=-1)  # (M, 2V)
@@ -359,3 +372,21 @@ class InRaSmolLM3ForCausalLM(InRaCausalLMMixin, LlamaForCausalLM):
 
     def inra_layer(self, vllm_config: VllmConfig, stock: LayerFn, prefix: str) -> nn.Module:
         return smollm3_layer(vllm_config, stock, prefix)
+
+
+def load_probe(vllm_config: VllmConfig) -> tuple[torch.Tensor, float] | None:
+    """lam auto's probe from the checkpoint's calibration (None without one), checked against the model.
+
+    Raises:
+        ValueError: a probe fitted on another hidden size (a calibration copied from another checkpoint).
+    """
+    from flexrealign.decoding.calibration import load_calibration
+
+    cal = load_calibration(getattr(vllm_config.model_config, "model", None))
+    if cal is None or cal.auto is None:
+        return None
+    size = vllm_config.model_config.hf_config.get_text_config().hidden_size
+    if len(cal.auto.weights) != size:
+        raise ValueError(f"the auto policy was fitted on a hidden size of {len(cal.auto.weights)}; this model's "
+                         f"is {size}: rerun flexrealign calibrate on this checkpoint")  # fmt: skip
+    return torch.tensor(cal.auto.weights, dtype=torch.float32), cal.auto.bias

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from vllm.exceptions import VLLMValidationError
 
 from flexrealign.core.fusion import ALIGNED, REF
+from flexrealign.decoding.adaptive import AutoLam
 from flexrealign.decoding.calibration import Calibration, load_calibration
 from flexrealign.decoding.dial import Dial, DialError, LamSchedule, LamSpec, ThinkingLimits, parse_dial
 
@@ -131,8 +132,13 @@ def request_paths(params: SamplingParams) -> frozenset[str]:
     Every stage counts, since a path skipped in one step leaves a hole in that path's KV cache that no
     later step (a later stage with another lam) can fill.
     """
-    spec = dial_request(params.extra_args).lam
-    return lam_paths(spec.lams if isinstance(spec, LamSchedule) else [float(spec)])
+    request = dial_request(params.extra_args)
+    spec, landing = request.lam, request.limits.landing
+    if isinstance(spec, AutoLam):  # its policy may choose either lam
+        return lam_paths([0.5])
+    lams = list(spec.lams) if isinstance(spec, LamSchedule) else [float(spec)]
+    # a soft landing thinks between the request's lam and the shortest-thinking one, then steers to it
+    return lam_paths(lams + ([landing.shortest_lam] if landing is not None else []))
 
 
 def record_served_model(model_config: Any) -> None:
