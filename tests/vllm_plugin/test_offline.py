@@ -338,9 +338,10 @@ def test_lam_auto_and_soft_landing_match_flexrealign(engine):
         with pytest.raises(VLLMValidationError, match="flexrealign calibrate"):
             llm.generate([PROMPTS[0]], [greedy(0.0, extra_args={"lam": "auto"})], use_tqdm=False)
         return
-    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0] + "<think>", PROMPTS[1] + "<think>"]
+    # the long prompt's prefill is chunked: the policy must read its last position, not a chunk's
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0] + "<think>", PROMPTS[1] + "<think>", PROMPTS[2]]
     extras = [{"lam": "auto"}, {"lam": "auto"}, {"lam": "auto", "thinking_token_budget": 3},
-              {"lam": 0.0, "thinking_token_budget": 3}]  # fmt: skip
+              {"lam": 0.0, "thinking_token_budget": 3}, {"lam": "auto"}]  # fmt: skip
     outs = llm.generate(prompts, [greedy(0.0, extra_args=x) for x in extras], use_tqdm=False)
     for prompt, extra, out in zip(prompts, extras, outs, strict=True):
         want, spent = flexrealign_dial(path, prompt, extra)

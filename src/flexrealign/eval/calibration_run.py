@@ -104,28 +104,40 @@ def calibrate(args: CalibrateArgs) -> Path:
 
 
 def fit_auto(args: CalibrateArgs, spec, problems: list, curve: list, work: Path, lam_hard: float) -> tuple:
-    """The auto policy (`flexrealign.decoding.autofit`) between the curve's shortest-thinking lam and
-    `lam_hard` (the most accurate), from the per-problem outcomes of the run and the prompts' states.
+    """The auto policy (`flexrealign.decoding.autofit`): for each lam of the curve that thinks less than
+    `lam_hard` (the most accurate), a probe choosing between it and `lam_hard`; the one that spends the fewest
+    tokens out of fold wins (a too-short lam that is never safe to use would spend lam_hard's).
 
     Returns:
-        (the AutoPolicy, its out-of-fold statistics).
+        (the AutoPolicy, its out-of-fold statistics with the short lams it tried).
     """
-    from flexrealign.decoding.autofit import ProblemOutcome, fit_auto_policy, prompt_states
+    from flexrealign.decoding.autofit import fit_auto_policy, prompt_states
     from flexrealign.eval.benchmarks import build_messages
-    from flexrealign.eval.generations import load_generations
     from flexrealign.eval.harness import load_model
 
-    lam_easy = min(curve, key=lambda p: (p.mean_thinking_tokens, -p.pass_at_1)).lam
-    done = load_generations(work / "generations.jsonl")
-    stats: dict[tuple[float, str], list[float]] = {}
-    for (label, lam, pid, _), r in done.items():
-        if label == "model" and lam in (lam_easy, lam_hard):
-            acc = stats.setdefault((lam, pid), [0.0, 0.0, 0])
-            acc[0], acc[1], acc[2] = acc[0] + bool(r["correct"]), acc[1] + r["tokens"], acc[2] + 1
-    mean = {key: (c / n, t / n) for key, (c, t, n) in stats.items()}
-    outcomes = [ProblemOutcome(mean[lam_easy, p.id][0], mean[lam_hard, p.id][0], mean[lam_easy, p.id][1],
-                               mean[lam_hard, p.id][1]) for p in problems]  # fmt: skip
+    hard = next(p for p in curve if p.lam == lam_hard)
+    shorter = sorted((p for p in curve if p.mean_thinking_tokens < hard.mean_thinking_tokens),
+                     key=lambda p: p.mean_thinking_tokens) or [hard]  # fmt: skip
     model, tok = load_model(spec)
     states = prompt_states(model, tok, [build_messages(p, args.template) for p in problems],
                            batch_size=args.batch_size)  # fmt: skip
-    return fit_auto_policy(states, outcomes, lam_easy, lam_hard, tolerance=args.auto_tolerance)
+    fits = [fit_auto_policy(states, problem_outcomes(work, problems, p.lam, lam_hard), p.lam, lam_hard,
+                            tolerance=args.auto_tolerance) for p in shorter]  # fmt: skip
+    policy, stats = min(fits, key=lambda f: (f[1]["out_of_fold_mean_tokens"], -f[1]["out_of_fold_pass_at_1"]))
+    tried = {f"{f[0].lam_easy:g}": f[1]["out_of_fold_mean_tokens"] for f in fits}
+    return policy, stats | {"out_of_fold_mean_tokens_by_lam_easy": tried}
+
+
+def problem_outcomes(work: Path, problems: list, lam_easy: float, lam_hard: float) -> list:
+    """Per problem, Pass@1 (0..1) and mean tokens at both lams, from the run's generations."""
+    from flexrealign.decoding.autofit import ProblemOutcome
+    from flexrealign.eval.generations import load_generations
+
+    sums: dict[tuple[float, str], list[float]] = {}
+    for (label, lam, pid, _), r in load_generations(work / "generations.jsonl").items():
+        if label == "model" and lam in (lam_easy, lam_hard):
+            acc = sums.setdefault((lam, pid), [0.0, 0.0, 0])
+            acc[0], acc[1], acc[2] = acc[0] + bool(r["correct"]), acc[1] + r["tokens"], acc[2] + 1
+    mean = {key: (c / n, t / n) for key, (c, t, n) in sums.items()}
+    return [ProblemOutcome(mean[lam_easy, p.id][0], mean[lam_hard, p.id][0], mean[lam_easy, p.id][1],
+                           mean[lam_hard, p.id][1]) for p in problems]  # fmt: skip

@@ -8,7 +8,8 @@ grading, and every request's dial parsed by `parse_dial` against that calibratio
 * `inra@auto`, and a fixed row at each lam of the policy that Figure 4 lacks (the fair comparison);
 * the landing table: InRa at lam 0 (the reference) with thinking budgets of 25%, 50% and 75% of the
   reference's mean thinking tokens, `hard` and `soft`.
-Records go to adaptive.jsonl ("model" is the row name) and are reused when it holds every row.
+Records go to adaptive.jsonl ("model" is the row name) and are reused while the rows and the calibration they
+were measured with are unchanged (adaptive_key.json).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ CAL_SAMPLES = (
     3  # per problem: the probe's labels are each problem's Pass@1 at the short lam (one sample: 0/1)
 )
 BUDGET_SHARES = (0.25, 0.5, 0.75)
-RECORDS = "adaptive.jsonl"
+RECORDS, RECORDS_KEY = "adaptive.jsonl", "adaptive_key.json"
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,10 @@ def plan_rows(cal: Calibration, figure4_lams: tuple[float, ...], ref_thinking: f
 
 def measure(out: Path, inra_dir: Path, cfg, rows: list[AdaptiveRow], cal: Calibration) -> list[dict]:
     """Every row's records on the test set (reused from adaptive.jsonl when it holds them all)."""
-    path = out / RECORDS
-    if path.is_file():
-        records = [json.loads(line) for line in path.read_text().splitlines()]
-        if {r["model"] for r in records} == {row.name for row in rows}:
-            return records
+    path, key = out / RECORDS, out / RECORDS_KEY  # the key: what the records were measured with
+    want = json.dumps({"rows": [row.dial for row in rows], "calibration": cal.to_json()}, sort_keys=True)
+    if path.is_file() and key.is_file() and key.read_text() == want:
+        return [json.loads(line) for line in path.read_text().splitlines()]
     from flexrealign.decoding.generation import generate
     from flexrealign.eval.harness import ModelSpec
 
@@ -104,6 +104,7 @@ def measure(out: Path, inra_dir: Path, cfg, rows: list[AdaptiveRow], cal: Calibr
                                                             res.thinking_cut, res.auto_lams, strict=True)]  # fmt: skip
     with atomic_file(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    key.write_text(want)
     return records
 
 

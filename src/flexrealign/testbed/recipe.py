@@ -235,7 +235,7 @@ class CacheMismatch(RuntimeError):
 
 
 MANAGED = ("models", "test.jsonl", "recipe.json", "generations.jsonl", "results.md", "results.csv",
-           "accuracy_vs_tokens.png", "summary.md", "calibration.jsonl", "calibration", "adaptive.jsonl",
+           "accuracy_vs_tokens.png", "summary.md", "calibration.jsonl", "calibration", "adaptive.jsonl", "adaptive_key.json",
            "adaptive.md", "adaptive.json")  # fmt: skip
 
 

@@ -147,6 +147,7 @@ class _Row:
     output: list[int] = field(default_factory=list)  # vLLM's live list of the request's output ids
     seen: int = 0
     auto: AutoPolicy | None = None  # lam auto, until its policy chose (at the request's first step)
+    seen_at_join: int = 0  # output ids it joined with: lam auto chooses at the step that samples the next one
 
     def lam_if(self, lam: float) -> float:
         """The lam of the next step were this request's lam `lam` (its stage and soft landing applied)."""
@@ -229,7 +230,7 @@ class InRaLogitsProcessor(LogitsProcessor):
             else float(dial.lam)
         )
         if not dial.needs_state:
-            return _Row(lam, auto=auto)
+            return _Row(lam, output=output, auto=auto, seen_at_join=len(output))
         try:
             state = row_thinking(
                 self._tokenizer(), dial.lam, dial.limits, prompt or [], stop_token_ids(params)
@@ -242,7 +243,9 @@ class InRaLogitsProcessor(LogitsProcessor):
                 "InRa: think-marker ids beyond the model's %d logits; thinking control off", self.vocab_size
             )
             return _Row(lam)
-        row = _Row(state.lam if state is not None else lam, state, output, auto=auto)
+        row = _Row(
+            state.lam if state is not None else lam, state, output, auto=auto, seen_at_join=len(output)
+        )
         row.advance()  # a request can join with output already (preemption, resumed)
         return row
 
@@ -319,7 +322,8 @@ class InRaLogitsProcessor(LogitsProcessor):
         self._picked, self.probe_logit = None, None
         for i, easy in zip(rows, picked.tolist(), strict=True):
             row = self.rows.get(i)
-            if row is not None and row.auto is not None:
+            # a step that sampled nothing for it (a chunk of a long prompt) read a state mid-prompt: choose again
+            if row is not None and row.auto is not None and len(row.output) > row.seen_at_join:
                 row.resolve(row.auto.lam_easy if easy else row.auto.lam_hard)
         return True
 
