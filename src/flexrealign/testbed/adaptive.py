@@ -26,7 +26,7 @@ from flexrealign.eval.grading import grade
 from flexrealign.eval.harness import load_model, sample_seed
 from flexrealign.testbed.effects import TOLERANCE, Effect
 from flexrealign.testbed.paired import Outcomes, fmt_pct, paired_diff
-from flexrealign.testbed.task import make_problems
+from flexrealign.testbed.task import make_problems, write_test_set
 
 CAL_LAMS = (-1.5, -0.5, 0.0, 0.5, 1.0, 1.5)
 CAL_SAMPLES = (
@@ -51,8 +51,6 @@ def calibrate_inra(out: Path, inra_dir: Path, cfg, show: bool) -> Calibration:
     cal = load_calibration(inra_dir)
     if cal is not None and cal.auto is not None:
         return cal
-    from flexrealign.testbed.recipe import write_test_set
-
     bench = out / "calibration.jsonl"  # as many problems as the test set, from a generator seed of their own
     write_test_set(bench, make_problems(cfg.n_test, cfg.seed + 3, cfg.task))
     calibrate(CalibrateArgs(model=str(inra_dir), benchmark=str(bench), lam=list(CAL_LAMS),

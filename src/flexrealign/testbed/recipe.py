@@ -43,7 +43,7 @@ from flexrealign.testbed.stages import (
     train_trra,
     trainer_fields,
 )
-from flexrealign.testbed.task import Problem, TaskConfig, make_problems
+from flexrealign.testbed.task import Problem, TaskConfig, make_problems, write_test_set
 from flexrealign.testbed.tokenizer import build_tokenizer
 
 REFERENCE, ALIGNED, EFFICIENT, INRA, INRA_KAIMING, TRRA_ITER = (
@@ -253,12 +253,6 @@ def prepare_out(out: Path, cfg: RecipeConfig, force: bool) -> None:
     if meta.exists() and json.loads(meta.read_text()) != cfg.to_dict():
         raise CacheMismatch(f"{out} holds results of another configuration; use --force or another --out")
     meta.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-
-
-def write_test_set(path: Path, problems: list[Problem]) -> None:
-    rows = [{"id": p.id, "question": p.question, "answer": str(p.answer), "num_terms": len(p.terms)}
-            for p in problems]  # fmt: skip
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def model_specs(pipe: Pipeline) -> list[ModelSpec]:

@@ -28,9 +28,11 @@ fusion (paper Eq. 5) moves.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flexrealign.core.keywords import refuse_unknown_keywords
 
@@ -228,3 +230,10 @@ def _pass_ok(lines: list[str], terms: tuple[int, ...]) -> bool:
         if int(m.group(3)) != acc:
             return False
     return i == len(terms)
+
+
+def write_test_set(path: Path, problems: list[Problem]) -> None:
+    """`problems` as a benchmark file (JSONL: id, question, answer, num_terms) that the harness loads."""
+    rows = [{"id": p.id, "question": p.question, "answer": str(p.answer), "num_terms": len(p.terms)}
+            for p in problems]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
