@@ -84,11 +84,22 @@ def test_an_effort_is_the_keys_it_stands_for(calibrated):
              "thinking_closing": "Time is up."}  # fmt: skip
     assert dial({"reasoning_effort": "paced"}) == dial(paced)
     assert dial({"reasoning_effort": "paced"})[0] == LamSchedule.think_answer(-0.5, 1.5, "</think>")
-    assert dial({"reasoning_effort": "floor"}) == (1.0, ThinkingLimits(6, 4))
+    soft = calibration().landing()  # a budget lands softly by default where there is a calibration
+    assert dial({"reasoning_effort": "floor"}) == (1.0, ThinkingLimits(6, 4, landing=soft))
     # the request's lam keys replace the effort's as a group; its limits replace the effort's one by one
-    assert dial({"reasoning_effort": "paced", "lam": 0.3}) == (0.3, ThinkingLimits(12, 0, "Time is up."))
-    assert dial({"reasoning_effort": "floor", "thinking_token_budget": 9}) == (1.0, ThinkingLimits(9, 4))
-    assert dial({"reasoning_effort": "none", "thinking_token_budget": 3}) == (2.0, ThinkingLimits(3))
+    assert dial({"reasoning_effort": "paced", "lam": 0.3}) == (
+        0.3,
+        ThinkingLimits(12, 0, "Time is up.", landing=soft),
+    )
+    assert dial({"reasoning_effort": "floor", "thinking_token_budget": 9}) == (
+        1.0,
+        ThinkingLimits(9, 4, landing=soft),
+    )
+    assert dial({"reasoning_effort": "floor", "thinking_landing": "hard"}) == (1.0, ThinkingLimits(6, 4))
+    assert dial({"reasoning_effort": "none", "thinking_token_budget": 3}) == (
+        2.0,
+        ThinkingLimits(3, landing=soft),
+    )
     for name in EFFORTS.keys() - {"wordy"}:
         InRaLogitsProcessor.validate_params(SamplingParams(extra_args={"reasoning_effort": name}))
 
