@@ -30,7 +30,7 @@ from flexrealign.core.fusion import mask_untokenized  # noqa: E402
 from flexrealign.core.inra import InRaModel  # noqa: E402
 from flexrealign.decoding.generation import generate  # noqa: E402
 from flexrealign.decoding.stopping import find_stop  # noqa: E402
-from flexrealign.vllm_plugin.requests import dial_request  # noqa: E402
+from flexrealign.vllm_plugin.requests import DEFAULT_LAM  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 PREFIX_CACHING = {"qwen2": True, "qwen3": False, "llama": False, "mistral": True}
@@ -278,9 +278,14 @@ def flexrealign_dial(path, prompt: str, extra: dict) -> tuple[list[int], int]:
     """flexrealign's greedy tokens and thinking tokens for one request of THINKING."""
     from transformers import AutoTokenizer
 
-    dial = dial_request(extra)
+    from flexrealign.decoding.calibration import load_calibration
+    from flexrealign.decoding.dial import parse_dial
+
+    # the checkpoint's own calibration (a budget lands softly where there is one), whatever engine ran last
+    dial = parse_dial(extra, load_calibration(path))
     model, tok = InRaModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-    out = generate(model, tok, [prompt], lam=dial.lam, max_new_tokens=MAX_NEW_TOKENS, thinking=dial.limits)
+    lam = dial.lam_spec(default=DEFAULT_LAM)
+    out = generate(model, tok, [prompt], lam=lam, max_new_tokens=MAX_NEW_TOKENS, thinking=dial.limits())
     return out.token_ids[0], out.reasoning_tokens[0]
 
 
