@@ -200,3 +200,16 @@ def test_a_calibrated_checkpoint_serves_auto_and_soft_landings_from_its_folder(i
     assert got.token_ids == want.token_ids != hard.token_ids and got.auto_lams == [-0.5, -0.5]
     with pytest.raises(ValueError, match="no calibration"):
         generate(inra, tok, CHATS, thinking_token_budget=8, thinking_landing="soft", max_new_tokens=2)
+
+
+def test_auto_is_refused_where_no_hidden_state_is_probed(inra, tok) -> None:
+    """DeRa's two models expose no shared reference state, and a plain model has one path: never a fallback."""
+    from flexrealign.core.dera import DeRa
+    from flexrealign.core.tiny import tiny_model
+
+    ref = tiny_model("qwen3", seed=0, vocab_size=len(tok), hidden_size=32, num_layers=2)
+    dera = DeRa(ref, tiny_model("qwen3", seed=1, vocab_size=len(tok), hidden_size=32, num_layers=2))
+    with pytest.raises(ValueError, match="served for InRa models"):
+        generate(dera, tok, CHATS, lam=AutoLam(policy((0.0,) * 32)), max_new_tokens=2)
+    with pytest.raises(ValueError, match="single path"):
+        generate(ref, tok, CHATS, lam="auto", max_new_tokens=2)

@@ -149,3 +149,13 @@ def test_a_budget_lands_softly_where_the_server_is_calibrated(served):
         with pytest.raises(openai.BadRequestError) as err:
             chat(client_, **body)
         assert err.value.body["param"] == "thinking_landing"
+
+
+def test_a_probe_of_another_hidden_size_is_refused_when_the_app_starts(served):
+    from flexrealign.serving.api import create_app
+
+    _, _, model, tok = served
+    engine = Engine(model, tok)  # not started: create_app only checks
+    wrong = AutoPolicy((0.0,) * (model.config.hidden_size + 1), 0.0, 0.5, lam_easy=2.0, lam_hard=-0.5)
+    with pytest.raises(ValueError, match="hidden size of 33; this model's is 32"):
+        create_app(engine, MODEL, calibration=Calibration(CURVE, choose_efforts(CURVE, True), {}, wrong))

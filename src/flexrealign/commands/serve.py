@@ -75,6 +75,7 @@ def run(argv: list[str]) -> int:
 
     from flexrealign.conversion.loading import load
     from flexrealign.decoding.calibration import load_calibration
+    from flexrealign.decoding.step import check_auto_policy
     from flexrealign.serving import Engine, create_app
 
     try:
@@ -83,6 +84,9 @@ def run(argv: list[str]) -> int:
             device=args.device, trust_remote_code=args.trust_remote_code,
         )  # fmt: skip
         calibration = load_calibration(args.model) if args.model else None
+        auto = calibration.auto if calibration is not None else None
+        if auto is not None and getattr(model, "probes_hidden", False):
+            check_auto_policy(model, auto)  # a probe fitted on another hidden size: refused now
     except (OSError, ValueError, ImportError) as e:  # CheckpointError is a ValueError
         return fail(f"cannot load the model: {e}", code=1)
     if calibration is not None:

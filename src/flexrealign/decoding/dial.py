@@ -6,9 +6,9 @@ its own error (a 400, a `VLLMValidationError`, a usage error). The fields are de
 server's request schema and the CLI's flags are built from `dial_fields()`, so a new field is added here, where
 it acts in decoding, and in the docs. The fields: lam, lam_turns (chats), lam_think with lam_answer (a
 `LamSchedule`) and its markers, the `ThinkingLimits` (thinking_token_budget, min_thinking_tokens,
-thinking_closing, thinking_landing), and reasoning_effort: the fields an effort of the checkpoint's calibration
-stands for, expanded under the request's own (`expand_effort`). An error about a value the effort supplied
-names `reasoning_effort` and the effort, not a field the client never sent. `lam: "auto"` (and
+thinking_closing, thinking_landing), and reasoning_effort: the fields an effort of the checkpoint's
+calibration stands for, expanded under the request's own (`expand_effort`). An error about a value the effort
+supplied names `reasoning_effort` and the effort, not a field the client never sent. `lam: "auto"` (and
 `reasoning_effort: "auto"`) and the soft landing read the calibration too (`flexrealign.decoding.adaptive`).
 """
 
@@ -151,31 +151,42 @@ class Dial:
     """The dial of one request, validated: the fields the client sent, with its reasoning_effort's expanded
     under them. Build it with `parse_dial`; read the lam with `lam_spec` and the limits with `limits`."""
 
-    lam: float | str | None = dial_field(lam_value, "lam for the whole reply (any finite real; 0 = reference model, "
-                                     "1 = aligned model), or auto: chosen per request by the checkpoint's "
-                                     "calibrated policy", many=True)  # fmt: skip
-    lam_turns: tuple[float, ...] | None = dial_field(finite_reals, "chats only: one lam per assistant turn; the turn "
-                                                 "being generated picks its entry")  # fmt: skip
+    lam: float | str | None = dial_field(
+        lam_value, "lam for the whole reply (any finite real; 0 = reference model, 1 = aligned model), or auto: "
+        "chosen per request by the checkpoint's calibrated policy", many=True,
+    )  # fmt: skip
+    lam_turns: tuple[float, ...] | None = dial_field(
+        finite_reals, "chats only: one lam per assistant turn; the turn being generated picks its entry"
+    )
     lam_think: float | None = dial_field(
         finite_real, "lam while thinking, until the think-end marker; with lam_answer"
     )
     lam_answer: float | None = dial_field(finite_real, "lam after the think-end marker")
-    lam_start_marker: str | None = dial_field(text_value, "overrides the tokenizer's think-start marker (its <think>): "
-                                          "a block it opens counts", flag="think_start_marker")  # fmt: skip
-    lam_marker: str | None = dial_field(text_value, "overrides the tokenizer's think-end marker (its </think>)",
-                                    flag="think_marker")  # fmt: skip
-    thinking_token_budget: int | None = dial_field(count_value, "at most this many thinking tokens; then the closing "
-                                               "text (if any) and the end marker are forced")  # fmt: skip
-    min_thinking_tokens: int | None = dial_field(count_value, "EOS and the think-end marker are banned until this "
-                                             "many thinking tokens")  # fmt: skip
+    lam_start_marker: str | None = dial_field(
+        text_value, "overrides the tokenizer's think-start marker (its <think>): a block it opens counts",
+        flag="think_start_marker",
+    )  # fmt: skip
+    lam_marker: str | None = dial_field(
+        text_value, "overrides the tokenizer's think-end marker (its </think>)", flag="think_marker"
+    )
+    thinking_token_budget: int | None = dial_field(
+        count_value, "at most this many thinking tokens; then the closing text (if any) and the end marker are "
+        "forced",
+    )  # fmt: skip
+    min_thinking_tokens: int | None = dial_field(
+        count_value, "EOS and the think-end marker are banned until this many thinking tokens"
+    )
     thinking_closing: str | None = dial_field(
         text_value, "text forced before the end marker when the budget runs out"
     )
-    thinking_landing: str | None = dial_field(landing_value, "with a budget: soft steers lam toward shorter thinking "
-                                          "before the hard cut (needs a calibration; the default where there "
-                                          "is one), hard only cuts")  # fmt: skip
-    reasoning_effort: str | None = dial_field(text_value, "an effort of the checkpoint's calibration (flexrealign "
-                                          "calibrate), or of a chat template that reads it (gpt-oss)")  # fmt: skip
+    thinking_landing: str | None = dial_field(
+        landing_value, "with a budget: soft steers lam toward shorter thinking before the hard cut (needs a "
+        "calibration; the default where there is one), hard only cuts",
+    )  # fmt: skip
+    reasoning_effort: str | None = dial_field(
+        text_value, "an effort of the checkpoint's calibration (flexrealign calibrate), or of a chat template "
+        "that reads it (gpt-oss)",
+    )  # fmt: skip
     taken: frozenset[str] = field(default=frozenset(), metadata={"internal": True})  # fields from the effort
     policy: AutoPolicy | None = field(default=None, compare=False, metadata={"internal": True})  # lam auto
     landing: Landing | None = field(default=None, compare=False, metadata={"internal": True})  # soft landing
@@ -340,6 +351,13 @@ def parse_dial(
     return dial
 
 
+def no_policy(what: str, calibration: EffortTable | None) -> str:
+    """The message of a request for lam auto that this model cannot serve, with the way to calibrate it."""
+    has = "has no auto policy" if calibration is not None else "has no calibration"
+    return (f"{what} is chosen by the policy that flexrealign calibrate fits, and this model {has}. Create one "
+            f"with: {CALIBRATE_HINT}")  # fmt: skip
+
+
 class _AutoEffort:
     """reasoning_effort "auto": it stands for lam "auto" (the calibration's policy)."""
 
@@ -355,9 +373,9 @@ def _calibrated(dial: Dial, calibration: EffortTable | None) -> Dial:
     (the default landing where the checkpoint has a calibration; the hard cut alone where it has none)."""
     policy = getattr(calibration, "auto", None)
     if dial.lam == AUTO and policy is None:
-        has = "has no auto policy" if calibration is not None else "has no calibration"
-        raise dial.error(f"lam auto is chosen by the policy that flexrealign calibrate fits, and this model {has}. "
-                         f"Create one with: {CALIBRATE_HINT} (or send a number)", ["lam"], "no_auto_policy")  # fmt: skip
+        raise dial.error(
+            no_policy("lam auto", calibration) + " (or send a number)", ["lam"], "no_auto_policy"
+        )
     if dial.thinking_landing is not None and dial.thinking_token_budget is None:
         raise dial.error("thinking_landing says how a thinking budget ends: give thinking_token_budget",
                          ["thinking_landing"])  # fmt: skip
@@ -390,10 +408,9 @@ def _effort(name: str | None, calibration: EffortTable | None, native: bool) -> 
     if name == AUTO and getattr(calibration, "auto", None) is not None:
         return _AutoEffort()
     if name == AUTO:
-        has = "has no auto policy" if calibration is not None else "has no calibration"
-        raise DialError(f"reasoning_effort auto is chosen by the policy that flexrealign calibrate fits, and this "
-                        f"model {has}. Create one with: {CALIBRATE_HINT}", "reasoning_effort", "no_auto_policy",
-                        name)  # fmt: skip
+        raise DialError(
+            no_policy("reasoning_effort auto", calibration), "reasoning_effort", "no_auto_policy", name
+        )
     if name is None or (native and calibration is None):
         return None
     if calibration is None:
