@@ -201,7 +201,9 @@ class InRaLogitsProcessor(LogitsProcessor):
         self._ban: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, tokens) banned next step
         self._bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # logit_bias completion
         self._bias_top = -1  # the highest row with a logit_bias completion
-        self._auto: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None = None  # see `_choose`
+        self._auto: tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor, float] | None = (
+            None  # `_choose`
+        )
         self._picked: tuple[list[int], torch.Tensor] | None = None  # the last step's choices, to resolve
         self.probe_logit: torch.Tensor | None = None  # (B,) lam auto's probe, set by the model each step
         self.paths: dict[int, frozenset[str]] = {}  # row -> the paths that request can ever need
@@ -289,27 +291,27 @@ class InRaLogitsProcessor(LogitsProcessor):
         """Whether a request waits for lam auto's choice: the model then hands its probe's logits over."""
         return self._auto is not None
 
-    def _auto_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None:
-        """(rows, lam if the policy picks lam_easy, lam if lam_hard, the probe's logit threshold) of the
-        requests waiting for lam auto's choice, the lams worked out on the host (stage, soft landing)."""
+    def _auto_tensors(self) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor, float] | None:
+        """(rows as a list and on the device, lam if the policy picks lam_easy, lam if lam_hard, the probe's
+        logit threshold) of the requests waiting for lam auto's choice, the lams worked out on the host."""
         waiting = [(i, r) for i, r in self.rows.items() if r.auto is not None]
         if not waiting:
             return None
         policy = waiting[0][1].auto
         rows, easy, hard = zip(*[(i, r.lam_if(r.auto.lam_easy), r.lam_if(r.auto.lam_hard)) for i, r in waiting],
                                strict=True)  # fmt: skip
-        return (torch.tensor(rows, dtype=torch.long, device=self.device),
+        return (list(rows), torch.tensor(rows, dtype=torch.long, device=self.device),
                 torch.tensor(easy, dtype=torch.float32, device=self.device),
                 torch.tensor(hard, dtype=torch.float32, device=self.device), policy.logit_threshold)  # fmt: skip
 
     def _choose(self, lam: torch.Tensor) -> torch.Tensor:
         """lam (B,) with each waiting request's entry chosen by the probe (lam_easy where its logit reaches the
         threshold), a few tensor ops on the device; the choices are read back at the next `update_state`."""
-        rows, easy, hard, threshold = self._auto  # type: ignore[misc]
+        host_rows, rows, easy, hard, threshold = self._auto  # type: ignore[misc]
         if self.probe_logit is None:  # the model computed no probe: never guess, fail the step loudly
             raise RuntimeError("InRa: a lam auto request, but the model computed no probe (no calibration?)")
         picked = self.probe_logit[rows] >= threshold  # (A,)
-        self._picked = (rows.tolist(), picked)
+        self._picked = (host_rows, picked)  # the rows from the host: no read of the device here
         lam = lam.clone()
         lam[rows] = torch.where(picked, easy, hard)
         return lam
